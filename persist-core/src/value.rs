@@ -1,0 +1,219 @@
+//! Column values and the mapping between Rust field types and SQL column types.
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::DecodeError;
+
+/// The SQL type of a column, independent of the backend.
+///
+/// Each backend maps these onto its own type names (see `ARCHITECTURE.md`);
+/// the mapping is part of the schema fingerprint, so two nodes only replicate
+/// when they agree on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum SqlType {
+    /// 64-bit signed integer (`i64`).
+    BigInt,
+    /// 32-bit signed integer (`i32`).
+    Integer,
+    /// 64-bit float (`f64`).
+    Double,
+    /// Boolean (`bool`).
+    Bool,
+    /// UTF-8 text (`String`, and enums stored by variant name).
+    Text,
+    /// Raw bytes (`Vec<u8>`).
+    Blob,
+    /// A UTC instant with microsecond precision (`chrono::DateTime<Utc>`).
+    Timestamp,
+}
+
+impl SqlType {
+    /// A short, stable name used in error messages and the schema fingerprint.
+    pub const fn name(self) -> &'static str {
+        match self {
+            SqlType::BigInt => "bigint",
+            SqlType::Integer => "integer",
+            SqlType::Double => "double",
+            SqlType::Bool => "bool",
+            SqlType::Text => "text",
+            SqlType::Blob => "blob",
+            SqlType::Timestamp => "timestamp",
+        }
+    }
+}
+
+/// One column value, as stored in a row image and bound to a statement.
+///
+/// The serialized form of a `Vec<Value>` (postcard) is the *row image* that
+/// travels in the replication log and feeds the state digest, so the
+/// variant order below is part of the log format: append, never reorder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    /// SQL NULL.
+    Null,
+    /// A `BigInt` value.
+    I64(i64),
+    /// An `Integer` value.
+    I32(i32),
+    /// A `Double` value.
+    F64(f64),
+    /// A `Bool` value.
+    Bool(bool),
+    /// A `Text` value.
+    Text(String),
+    /// A `Blob` value.
+    Blob(Vec<u8>),
+    /// A `Timestamp` value: microseconds since the Unix epoch, UTC.
+    Timestamp(i64),
+}
+
+impl Value {
+    /// Whether this is SQL NULL.
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+
+    /// The SQL type this value belongs to, or `None` for NULL.
+    pub fn sql_type(&self) -> Option<SqlType> {
+        Some(match self {
+            Value::Null => return None,
+            Value::I64(_) => SqlType::BigInt,
+            Value::I32(_) => SqlType::Integer,
+            Value::F64(_) => SqlType::Double,
+            Value::Bool(_) => SqlType::Bool,
+            Value::Text(_) => SqlType::Text,
+            Value::Blob(_) => SqlType::Blob,
+            Value::Timestamp(_) => SqlType::Timestamp,
+        })
+    }
+
+    /// A short description of the value's kind, for error messages.
+    pub fn kind(&self) -> &'static str {
+        self.sql_type().map_or("null", SqlType::name)
+    }
+
+    /// Whether this value may be stored in a column of type `ty`
+    /// (NULL fits every type; nullability is checked separately).
+    pub fn fits(&self, ty: SqlType) -> bool {
+        self.sql_type().is_none_or(|t| t == ty)
+    }
+}
+
+/// A Rust type that can be a field of a [`PersistentRecord`](crate::PersistentRecord).
+///
+/// Implemented for `i64`, `i32`, `f64`, `bool`, `String`, `Vec<u8>`,
+/// `chrono::DateTime<Utc>`, every `#[derive(PersistentEnum)]` enum, and
+/// `Option<T>` of any of those (a nullable column). A field of any other
+/// type is a compile error at the derive.
+pub trait FieldType: Sized {
+    /// The column type.
+    const SQL_TYPE: SqlType;
+    /// Whether the column accepts NULL (true only for `Option<T>`).
+    const NULLABLE: bool = false;
+
+    /// Converts the field into a column value.
+    fn to_value(&self) -> Value;
+
+    /// Converts a column value back; fails on a value of another kind.
+    fn from_value(value: Value) -> Result<Self, DecodeError>;
+
+    /// For enums stored by name: the variant names, in declaration order.
+    fn variants() -> Option<&'static [&'static str]> {
+        None
+    }
+}
+
+fn mismatch(expected: SqlType, found: &Value) -> DecodeError {
+    DecodeError::TypeMismatch {
+        expected: expected.name(),
+        found: found.kind(),
+    }
+}
+
+macro_rules! scalar_field {
+    ($t:ty, $sql:ident, $variant:ident) => {
+        impl FieldType for $t {
+            const SQL_TYPE: SqlType = SqlType::$sql;
+            fn to_value(&self) -> Value {
+                Value::$variant(self.clone())
+            }
+            fn from_value(value: Value) -> Result<Self, DecodeError> {
+                match value {
+                    Value::$variant(v) => Ok(v),
+                    other => Err(mismatch(SqlType::$sql, &other)),
+                }
+            }
+        }
+    };
+}
+
+scalar_field!(i64, BigInt, I64);
+scalar_field!(i32, Integer, I32);
+scalar_field!(f64, Double, F64);
+scalar_field!(bool, Bool, Bool);
+scalar_field!(String, Text, Text);
+scalar_field!(Vec<u8>, Blob, Blob);
+
+impl FieldType for DateTime<Utc> {
+    const SQL_TYPE: SqlType = SqlType::Timestamp;
+    fn to_value(&self) -> Value {
+        Value::Timestamp(self.timestamp_micros())
+    }
+    fn from_value(value: Value) -> Result<Self, DecodeError> {
+        match value {
+            Value::Timestamp(us) => Utc
+                .timestamp_micros(us)
+                .single()
+                .ok_or(DecodeError::OutOfRange("timestamp")),
+            other => Err(mismatch(SqlType::Timestamp, &other)),
+        }
+    }
+}
+
+impl<T: FieldType> FieldType for Option<T> {
+    const SQL_TYPE: SqlType = T::SQL_TYPE;
+    const NULLABLE: bool = true;
+    fn to_value(&self) -> Value {
+        match self {
+            Some(v) => v.to_value(),
+            None => Value::Null,
+        }
+    }
+    fn from_value(value: Value) -> Result<Self, DecodeError> {
+        match value {
+            Value::Null => Ok(None),
+            v => T::from_value(v).map(Some),
+        }
+    }
+    fn variants() -> Option<&'static [&'static str]> {
+        T::variants()
+    }
+}
+
+/// An enum stored by variant name in a text column.
+///
+/// Derive it with `#[derive(PersistentEnum)]` on an enum whose variants carry
+/// no data; the derive also implements [`FieldType`], so the enum can be a
+/// record field. A variant can be stored under another name with
+/// `#[persist(rename = "...")]`.
+pub trait PersistentEnum: Sized + 'static {
+    /// Every stored name, in declaration order.
+    const VARIANTS: &'static [&'static str];
+    /// The stored name of this variant.
+    fn variant_name(&self) -> &'static str;
+    /// The variant stored under `name`, if any.
+    fn from_variant_name(name: &str) -> Option<Self>;
+}
+
+/// Implements [`FieldType`] for a [`PersistentEnum`]; used by the derive.
+#[doc(hidden)]
+pub fn enum_from_value<E: PersistentEnum>(value: Value) -> Result<E, DecodeError> {
+    match value {
+        Value::Text(name) => E::from_variant_name(&name).ok_or_else(|| DecodeError::UnknownVariant {
+            name,
+            expected: E::VARIANTS,
+        }),
+        other => Err(mismatch(SqlType::Text, &other)),
+    }
+}

@@ -1,0 +1,1 @@
+//! Sync worker, protocol and redundancy runtime (issue 3 onward).
