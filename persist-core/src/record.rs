@@ -158,8 +158,7 @@ pub trait PersistentRecord: Sized + Send + 'static {
 }
 
 /// Takes the next value of a row image; used by generated `from_row` code.
-#[doc(hidden)]
-pub fn next_value(
+pub(crate) fn next_value(
     it: &mut std::vec::IntoIter<Value>,
     expected: usize,
     found: usize,

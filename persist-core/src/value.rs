@@ -106,6 +106,11 @@ impl Value {
 /// `chrono::DateTime<Utc>`, every `#[derive(PersistentEnum)]` enum, and
 /// `Option<T>` of any of those (a nullable column). A field of any other
 /// type is a compile error at the derive.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a field of a persistent record",
+    label = "unsupported field type",
+    note = "supported: i64, i32, f64, bool, String, Vec<u8>, chrono::DateTime<chrono::Utc>, an enum with #[derive(PersistentEnum)], or Option<T> of one of these"
+)]
 pub trait FieldType: Sized {
     /// The column type.
     const SQL_TYPE: SqlType;
@@ -206,9 +211,8 @@ pub trait PersistentEnum: Sized + 'static {
     fn from_variant_name(name: &str) -> Option<Self>;
 }
 
-/// Implements [`FieldType`] for a [`PersistentEnum`]; used by the derive.
-#[doc(hidden)]
-pub fn enum_from_value<E: PersistentEnum>(value: Value) -> Result<E, DecodeError> {
+/// Implements [`FieldType::from_value`] for a [`PersistentEnum`]; used by the derive.
+pub(crate) fn enum_from_value<E: PersistentEnum>(value: Value) -> Result<E, DecodeError> {
     match value {
         Value::Text(name) => E::from_variant_name(&name).ok_or_else(|| DecodeError::UnknownVariant {
             name,
