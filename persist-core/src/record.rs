@@ -158,7 +158,8 @@ pub trait PersistentRecord: Sized + Send + 'static {
 }
 
 /// Takes the next value of a row image; used by generated `from_row` code.
-pub(crate) fn next_value(
+#[doc(hidden)]
+pub fn next_value(
     it: &mut std::vec::IntoIter<Value>,
     expected: usize,
     found: usize,

@@ -212,7 +212,8 @@ pub trait PersistentEnum: Sized + 'static {
 }
 
 /// Implements [`FieldType::from_value`] for a [`PersistentEnum`]; used by the derive.
-pub(crate) fn enum_from_value<E: PersistentEnum>(value: Value) -> Result<E, DecodeError> {
+#[doc(hidden)]
+pub fn enum_from_value<E: PersistentEnum>(value: Value) -> Result<E, DecodeError> {
     match value {
         Value::Text(name) => E::from_variant_name(&name).ok_or_else(|| DecodeError::UnknownVariant {
             name,
