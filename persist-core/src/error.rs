@@ -88,7 +88,9 @@ pub enum Error {
         key: String,
     },
     /// A delete was refused because rows reference the record (`on_delete = restrict`).
-    #[error("{table} key {key} is still referenced by {by_table}.{by_column} (on_delete = restrict)")]
+    #[error(
+        "{table} key {key} is still referenced by {by_table}.{by_column} (on_delete = restrict)"
+    )]
     Referenced {
         /// The table of the record being deleted.
         table: String,

@@ -2,9 +2,13 @@
 //!
 //! See the `persist` facade crate for the user guide.
 
+pub mod backend;
 pub mod digest;
 pub mod error;
+pub mod listen;
+pub mod log;
 pub mod record;
+pub mod store;
 pub mod value;
 
 pub use digest::Digest;
@@ -29,3 +33,8 @@ pub mod __private {
         r.map_err(|e| e.to_string())
     }
 }
+
+pub use backend::Dialect;
+pub use listen::{RecordEvent, Subscription};
+pub use log::LogEntry;
+pub use store::{Applied, LogHead, Query, Store, StoreConfig, Verification, WriteTx};

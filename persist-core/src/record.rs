@@ -92,13 +92,21 @@ impl RecordMeta {
 
     /// The column with this name.
     pub fn column(&self, name: &str) -> Option<(usize, &ColumnMeta)> {
-        self.columns.iter().enumerate().find(|(_, c)| c.name == name)
+        self.columns
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.name == name)
     }
 
     /// A canonical, stable text form of the table definition: the input of the
     /// schema fingerprint and what the store records to detect changes.
     pub fn canonical(&self) -> String {
-        let mut s = format!("table {} key {} {:?}\n", self.table, self.key_column().name, self.key_kind);
+        let mut s = format!(
+            "table {} key {} {:?}\n",
+            self.table,
+            self.key_column().name,
+            self.key_kind
+        );
         for c in &self.columns {
             s.push_str(&canonical_column(c));
             s.push('\n');
@@ -121,7 +129,11 @@ pub fn canonical_column(c: &ColumnMeta) -> String {
         s.push_str(&format!(" default={d:?}"));
     }
     if let Some(r) = &c.reference {
-        s.push_str(&format!(" references={} on-delete={:?}", (r.target)().table, r.on_delete));
+        s.push_str(&format!(
+            " references={} on-delete={:?}",
+            (r.target)().table,
+            r.on_delete
+        ));
     }
     if let Some(v) = c.variants {
         s.push_str(&format!(" variants={v:?}"));
@@ -164,7 +176,8 @@ pub fn next_value(
     expected: usize,
     found: usize,
 ) -> Result<Value, DecodeError> {
-    it.next().ok_or(DecodeError::ColumnCount { expected, found })
+    it.next()
+        .ok_or(DecodeError::ColumnCount { expected, found })
 }
 
 /// A typed handle to one column of record type `R`, whose field has type `T`.
@@ -227,7 +240,11 @@ pub struct Filter<R> {
 
 impl<R> fmt::Debug for Filter<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Filter(column {} {:?} {:?})", self.column, self.op, self.value)
+        write!(
+            f,
+            "Filter(column {} {:?} {:?})",
+            self.column, self.op, self.value
+        )
     }
 }
 
@@ -240,7 +257,12 @@ pub struct Order<R> {
 
 impl<R> fmt::Debug for Order<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Order(column {} {})", self.column, if self.descending { "desc" } else { "asc" })
+        write!(
+            f,
+            "Order(column {} {})",
+            self.column,
+            if self.descending { "desc" } else { "asc" }
+        )
     }
 }
 

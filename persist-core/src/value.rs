@@ -215,10 +215,12 @@ pub trait PersistentEnum: Sized + 'static {
 #[doc(hidden)]
 pub fn enum_from_value<E: PersistentEnum>(value: Value) -> Result<E, DecodeError> {
     match value {
-        Value::Text(name) => E::from_variant_name(&name).ok_or_else(|| DecodeError::UnknownVariant {
-            name,
-            expected: E::VARIANTS,
-        }),
+        Value::Text(name) => {
+            E::from_variant_name(&name).ok_or_else(|| DecodeError::UnknownVariant {
+                name,
+                expected: E::VARIANTS,
+            })
+        }
         other => Err(mismatch(SqlType::Text, &other)),
     }
 }

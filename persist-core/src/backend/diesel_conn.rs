@@ -1,0 +1,201 @@
+//! The generic diesel implementation of [`Connection`](super::Connection).
+
+use diesel::backend::Backend;
+use diesel::connection::LoadConnection;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::row::{Field, Row};
+use diesel::sql_types::Untyped;
+use diesel::QueryResult;
+
+use super::{Connection, Dialect, Statement};
+use crate::error::{Error, Result};
+use crate::value::{SqlType, Value};
+
+/// How one diesel backend binds and reads [`Value`]s.
+pub trait ValueCodec: Backend + Sized {
+    /// The dialect for DDL.
+    const DIALECT: Dialect;
+
+    /// Pushes `value` as a bind parameter of type `ty`.
+    fn push_value<'b>(
+        pass: &mut AstPass<'_, 'b, Self>,
+        ty: SqlType,
+        value: &'b Value,
+    ) -> QueryResult<()>;
+
+    /// Decodes one result column of type `ty` (`None` is SQL NULL).
+    fn read_value(
+        raw: Option<Self::RawValue<'_>>,
+        ty: SqlType,
+    ) -> diesel::deserialize::Result<Value>;
+}
+
+/// A statement with its values, as a diesel query.
+pub(crate) struct Bound<'a> {
+    stmt: &'a Statement,
+    values: &'a [Value],
+}
+
+impl<DB: ValueCodec> QueryFragment<DB> for Bound<'_> {
+    fn walk_ast<'b>(&'b self, mut pass: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        let parts = self.stmt.parts();
+        for (i, part) in parts.iter().enumerate() {
+            pass.push_sql(part);
+            if let Some(&(index, ty)) = self.stmt.binds().get(i) {
+                let value = self.values.get(index).ok_or_else(|| {
+                    DieselError::QueryBuilderError(
+                        format!("bind {index} missing for `{}`", self.stmt.display()).into(),
+                    )
+                })?;
+                DB::push_value(&mut pass, ty, value)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl QueryId for Bound<'_> {
+    type QueryId = ();
+    // Not static: diesel caches the prepared statement under its SQL text.
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl Query for Bound<'_> {
+    type SqlType = Untyped;
+}
+
+/// A diesel connection serving as a persist [`Connection`].
+pub struct DieselConnection<C> {
+    pub(crate) conn: C,
+}
+
+impl<C> DieselConnection<C> {
+    /// Wraps an open diesel connection.
+    pub fn new(conn: C) -> Self {
+        DieselConnection { conn }
+    }
+}
+
+impl<C, DB> Connection for DieselConnection<C>
+where
+    C: diesel::Connection<Backend = DB> + LoadConnection + Send,
+    DB: ValueCodec,
+    DB::QueryBuilder: Default,
+{
+    fn dialect(&self) -> Dialect {
+        DB::DIALECT
+    }
+
+    fn batch(&mut self, sql: &str) -> Result<()> {
+        self.conn.batch_execute(sql).map_err(|e| map_error(e, sql))
+    }
+
+    fn execute(&mut self, stmt: &Statement, values: &[Value]) -> Result<usize> {
+        self.conn
+            .execute_returning_count(&Bound { stmt, values })
+            .map_err(|e| map_error(e, &stmt.display()))
+    }
+
+    fn query(
+        &mut self,
+        stmt: &Statement,
+        values: &[Value],
+        columns: &[SqlType],
+        each: &mut dyn FnMut(Vec<Value>) -> Result<()>,
+    ) -> Result<()> {
+        let sql = || stmt.display();
+        let cursor = self
+            .conn
+            .load(Bound { stmt, values })
+            .map_err(|e| map_error(e, &sql()))?;
+        for row in cursor {
+            let row = row.map_err(|e| map_error(e, &sql()))?;
+            let mut out = Vec::with_capacity(columns.len());
+            for (i, &ty) in columns.iter().enumerate() {
+                let field = row.get(i).ok_or_else(|| {
+                    Error::Database(format!("result has no column {i} in `{}`", sql()))
+                })?;
+                let value = DB::read_value(field.value(), ty)
+                    .map_err(|e| Error::Database(format!("column {i} of `{}`: {e}", sql())))?;
+                out.push(value);
+            }
+            each(out)?;
+        }
+        Ok(())
+    }
+
+    fn begin_write(&mut self) -> Result<()> {
+        match DB::DIALECT {
+            Dialect::Sqlite => self.batch("BEGIN IMMEDIATE"),
+            Dialect::Postgres => self.batch("BEGIN ISOLATION LEVEL READ COMMITTED"),
+        }
+    }
+
+    fn begin_read(&mut self) -> Result<()> {
+        match DB::DIALECT {
+            Dialect::Sqlite => self.batch("BEGIN DEFERRED"),
+            Dialect::Postgres => self.batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"),
+        }
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        self.batch("COMMIT")
+    }
+
+    fn rollback(&mut self) -> Result<()> {
+        self.batch("ROLLBACK")
+    }
+
+    fn table_names(&mut self) -> Result<Vec<String>> {
+        let stmt = Statement::new(match DB::DIALECT {
+            Dialect::Sqlite => "SELECT name FROM sqlite_master WHERE type = 'table'",
+            Dialect::Postgres => "SELECT table_name::text FROM information_schema.tables WHERE table_schema = current_schema()",
+        });
+        let mut names = Vec::new();
+        self.query(&stmt, &[], &[SqlType::Text], &mut |row| {
+            if let Some(Value::Text(name)) = row.into_iter().next() {
+                names.push(name);
+            }
+            Ok(())
+        })?;
+        Ok(names)
+    }
+}
+
+/// Maps a diesel error to the store's typed errors. Constraint violations are
+/// refined by the store, which knows the table; here they become `Database`.
+pub(crate) fn map_error(e: DieselError, sql: &str) -> Error {
+    match e {
+        DieselError::DatabaseError(kind, info) => {
+            let message = info.message().to_owned();
+            let lower = message.to_ascii_lowercase();
+            if lower.contains("database is locked")
+                || lower.contains("database table is locked")
+                || lower.contains("lock timeout")
+            {
+                Error::Locked(message)
+            } else if lower.contains("disk is full")
+                || lower.contains("disk full")
+                || lower.contains("no space left")
+            {
+                Error::DiskFull(message)
+            } else if matches!(kind, DatabaseErrorKind::ClosedConnection) {
+                Error::Unavailable(message)
+            } else {
+                let detail = match (kind, info.constraint_name()) {
+                    (DatabaseErrorKind::UniqueViolation, Some(c)) => format!("unique:{c}"),
+                    (DatabaseErrorKind::UniqueViolation, None) => "unique:".to_owned(),
+                    (DatabaseErrorKind::ForeignKeyViolation, _) => "foreign-key:".to_owned(),
+                    _ => String::new(),
+                };
+                Error::Database(if detail.is_empty() {
+                    format!("{message} (in `{sql}`)")
+                } else {
+                    format!("[{detail}] {message}")
+                })
+            }
+        }
+        other => Error::Database(format!("{other} (in `{sql}`)")),
+    }
+}

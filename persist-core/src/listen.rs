@@ -1,0 +1,287 @@
+//! Record listeners: added / updated / deleted events after commit.
+//!
+//! The committing thread hands each subscription one message per commit that
+//! touches its table, through a bounded crossbeam channel, with `try_send`:
+//! the writer never blocks on a listener. When a subscription's channel is
+//! full, further commits are not queued for it; instead it receives a single
+//! [`RecordEvent::Lagged`] carrying how many commits it missed, as soon as
+//! there is room again, in its place in commit order. A listener that lags
+//! must re-read what it cares about (e.g. `store.list()`), exactly as after a
+//! restart. Memory per subscription is therefore bounded by its capacity
+//! (default [`DEFAULT_CAPACITY`] commits), whatever the listener's speed.
+
+use std::collections::VecDeque;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+
+use crate::error::{DecodeError, Error};
+use crate::log::Op;
+use crate::record::PersistentRecord;
+use crate::value::Value;
+
+/// Commits a subscription can hold before it lags.
+pub const DEFAULT_CAPACITY: usize = 1024;
+
+/// One captured row change of a commit.
+#[derive(Debug, Clone)]
+pub struct RowChange {
+    /// Table name.
+    pub table: &'static str,
+    /// What happened.
+    pub op: Op,
+    /// The row before (updates and deletes).
+    pub old: Option<Vec<Value>>,
+    /// The row after (inserts and updates).
+    pub new: Option<Vec<Value>>,
+}
+
+/// The changes of one committed transaction.
+#[derive(Debug)]
+pub struct Commit {
+    /// The log position of the transaction.
+    pub position: u64,
+    /// Its row changes in commit order.
+    pub changes: Vec<RowChange>,
+}
+
+#[derive(Debug)]
+pub(crate) enum Message {
+    Commit(Arc<Commit>),
+    Lagged(u64),
+}
+
+pub(crate) struct Subscriber {
+    /// `None`: all tables (raw commit feed).
+    table: Option<&'static str>,
+    tx: Sender<Message>,
+    missed: u64,
+}
+
+/// The writer-side list of subscriptions.
+#[derive(Default)]
+pub(crate) struct Listeners {
+    subs: Vec<Subscriber>,
+}
+
+impl Listeners {
+    pub fn is_empty(&self) -> bool {
+        self.subs.is_empty()
+    }
+
+    pub fn add(&mut self, table: Option<&'static str>, capacity: usize) -> Receiver<Message> {
+        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        self.subs.push(Subscriber {
+            table,
+            tx,
+            missed: 0,
+        });
+        rx
+    }
+
+    /// Hands a commit to every interested subscription without blocking.
+    pub fn dispatch(&mut self, commit: Commit) {
+        if self.subs.is_empty() || commit.changes.is_empty() {
+            return;
+        }
+        let commit = Arc::new(commit);
+        self.subs.retain_mut(|s| {
+            if let Some(t) = s.table {
+                if !commit.changes.iter().any(|c| c.table == t) {
+                    // A dropped subscription is noticed at its next relevant commit.
+                    return true;
+                }
+            }
+            if s.missed > 0 {
+                match s.tx.try_send(Message::Lagged(s.missed)) {
+                    Ok(()) => s.missed = 0,
+                    Err(TrySendError::Full(_)) => {
+                        s.missed += 1;
+                        return true;
+                    }
+                    Err(TrySendError::Disconnected(_)) => return false,
+                }
+            }
+            match s.tx.try_send(Message::Commit(commit.clone())) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    s.missed += 1;
+                    true
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            }
+        });
+    }
+}
+
+/// An event for a record type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordEvent<R> {
+    /// A record was inserted.
+    Added(R),
+    /// A record was changed.
+    Updated {
+        /// Before the change.
+        old: R,
+        /// After the change.
+        new: R,
+    },
+    /// A record was deleted (directly or by a cascade).
+    Deleted(R),
+    /// The listener fell behind and this many commits were not delivered;
+    /// re-read the records you track.
+    Lagged(u64),
+}
+
+/// Why a subscription yielded no event.
+#[derive(Debug, thiserror::Error)]
+pub enum RecvError {
+    /// The store was dropped.
+    #[error("the store was closed")]
+    Closed,
+    /// No event within the timeout.
+    #[error("no event within the timeout")]
+    Timeout,
+    /// A row could not be decoded as the record type.
+    #[error("cannot decode a {table} row: {source}")]
+    Decode {
+        /// The table.
+        table: &'static str,
+        /// Why.
+        #[source]
+        source: DecodeError,
+    },
+}
+
+impl From<RecvError> for Error {
+    fn from(e: RecvError) -> Self {
+        Error::Database(e.to_string())
+    }
+}
+
+/// Events of one record type, in commit order. Dropping it unsubscribes.
+pub struct Subscription<R> {
+    rx: Receiver<Message>,
+    table: &'static str,
+    pending: VecDeque<RecordEvent<R>>,
+    _marker: PhantomData<fn() -> R>,
+}
+
+impl<R: PersistentRecord> Subscription<R> {
+    pub(crate) fn new(rx: Receiver<Message>) -> Self {
+        Subscription {
+            rx,
+            table: R::meta().table,
+            pending: VecDeque::new(),
+            _marker: PhantomData,
+        }
+    }
+
+    fn decode(&self, row: Option<&Vec<Value>>) -> Result<R, RecvError> {
+        let row = row.cloned().ok_or(RecvError::Decode {
+            table: self.table,
+            source: DecodeError::Malformed("change without row image".into()),
+        })?;
+        R::from_row(row).map_err(|source| RecvError::Decode {
+            table: self.table,
+            source,
+        })
+    }
+
+    fn absorb(&mut self, msg: Message) -> Result<(), RecvError> {
+        match msg {
+            Message::Lagged(n) => self.pending.push_back(RecordEvent::Lagged(n)),
+            Message::Commit(c) => {
+                for ch in c.changes.iter().filter(|ch| ch.table == self.table) {
+                    let ev = match ch.op {
+                        Op::Insert => RecordEvent::Added(self.decode(ch.new.as_ref())?),
+                        Op::Update => RecordEvent::Updated {
+                            old: self.decode(ch.old.as_ref())?,
+                            new: self.decode(ch.new.as_ref())?,
+                        },
+                        Op::Delete => RecordEvent::Deleted(self.decode(ch.old.as_ref())?),
+                    };
+                    self.pending.push_back(ev);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the next event.
+    pub fn recv(&mut self) -> Result<RecordEvent<R>, RecvError> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Ok(e);
+            }
+            let msg = self.rx.recv().map_err(|_| RecvError::Closed)?;
+            self.absorb(msg)?;
+        }
+    }
+
+    /// Waits up to `timeout` for the next event.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<RecordEvent<R>, RecvError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Ok(e);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let msg = self.rx.recv_timeout(left).map_err(|e| match e {
+                RecvTimeoutError::Timeout => RecvError::Timeout,
+                RecvTimeoutError::Disconnected => RecvError::Closed,
+            })?;
+            self.absorb(msg)?;
+        }
+    }
+
+    /// The next event if one is ready.
+    pub fn try_recv(&mut self) -> Result<Option<RecordEvent<R>>, RecvError> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Ok(Some(e));
+            }
+            match self.rx.try_recv() {
+                Ok(msg) => self.absorb(msg)?,
+                Err(TryRecvError::Empty) => return Ok(None),
+                Err(TryRecvError::Disconnected) => return Err(RecvError::Closed),
+            }
+        }
+    }
+}
+
+/// Every commit, all tables: the feed the sync worker wakes on.
+pub struct CommitFeed {
+    pub(crate) rx: Receiver<Message>,
+}
+
+/// An item of the [`CommitFeed`].
+#[derive(Debug, Clone)]
+pub enum FeedItem {
+    /// A commit.
+    Commit(Arc<Commit>),
+    /// This many commits were dropped because the feed was full.
+    Lagged(u64),
+}
+
+impl CommitFeed {
+    /// Waits for the next commit.
+    pub fn recv(&self) -> Result<FeedItem, RecvError> {
+        match self.rx.recv().map_err(|_| RecvError::Closed)? {
+            Message::Commit(c) => Ok(FeedItem::Commit(c)),
+            Message::Lagged(n) => Ok(FeedItem::Lagged(n)),
+        }
+    }
+
+    /// Waits up to `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<FeedItem, RecvError> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(Message::Commit(c)) => Ok(FeedItem::Commit(c)),
+            Ok(Message::Lagged(n)) => Ok(FeedItem::Lagged(n)),
+            Err(RecvTimeoutError::Timeout) => Err(RecvError::Timeout),
+            Err(RecvTimeoutError::Disconnected) => Err(RecvError::Closed),
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Applying a log entry from the master: the whole transaction atomically,
+//! verified against the master's digest, recorded at the master's position.
+
+use crate::error::{Error, Result};
+use crate::log::{LogEntry, Op};
+
+use super::write::WriteTx;
+use super::{check_image, Registry, Writer};
+
+/// What [`Store::apply`](super::Store::apply) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The entry was applied; it held this many row changes.
+    Applied {
+        /// Row changes applied.
+        changes: usize,
+    },
+    /// The entry's position was already applied; nothing was done.
+    AlreadyApplied,
+}
+
+fn inapplicable(position: u64, reason: impl Into<String>) -> Error {
+    Error::Inapplicable {
+        position,
+        reason: reason.into(),
+    }
+}
+
+pub(crate) fn apply(w: &mut Writer, reg: &Registry, entry: &LogEntry) -> Result<Applied> {
+    let position = entry.position;
+    if position <= w.position {
+        return Ok(Applied::AlreadyApplied);
+    }
+    if position != w.position + 1 {
+        return Err(Error::Gap {
+            expected: w.position + 1,
+            got: position,
+        });
+    }
+    let changes = entry.changes().map_err(|source| Error::Decode {
+        context: format!("log entry {position}"),
+        source,
+    })?;
+    let mut tx = WriteTx::begin(w, reg)?;
+    for ch in &changes {
+        let t = reg.tables.get(ch.table).ok_or_else(|| {
+            inapplicable(
+                position,
+                format!("table {} is not registered on this node", ch.table),
+            )
+        })?;
+        let wrap = |e: Error| match e {
+            e @ (Error::Locked(_) | Error::Unavailable(_) | Error::DiskFull(_)) => e,
+            other => inapplicable(position, format!("{} {:?}: {other}", ch.table, ch.op)),
+        };
+        match ch.op {
+            Op::Insert => {
+                let values = check_image(t, ch.payload).map_err(|r| inapplicable(position, r))?;
+                tx.insert_row(t, values).map_err(wrap)?;
+            }
+            Op::Update => {
+                let values = check_image(t, ch.payload).map_err(|r| inapplicable(position, r))?;
+                tx.update_row(t, values, false).map_err(wrap)?;
+            }
+            Op::Delete => {
+                let key = ch.key().map_err(|source| Error::Decode {
+                    context: format!("log entry {position}, {} key", ch.table),
+                    source,
+                })?;
+                if !key.fits(t.key_type()) || key.is_null() {
+                    return Err(inapplicable(
+                        position,
+                        format!("{}: key of kind {}", t.name, key.kind()),
+                    ));
+                }
+                tx.delete_row(t, key, false).map_err(wrap)?;
+            }
+        }
+    }
+    if tx.digest != entry.digest {
+        return Err(Error::Divergence {
+            position,
+            local: tx.digest,
+            remote: entry.digest,
+        });
+    }
+    tx.commit(
+        position,
+        entry.epoch,
+        entry.committed_at,
+        Some((&entry.body, entry.digest)),
+    )?;
+    Ok(Applied::Applied {
+        changes: changes.len(),
+    })
+}

@@ -1,0 +1,445 @@
+//! Write transactions: every change is executed, captured into the log entry
+//! body, folded into the digest, and kept for listeners, in one pass.
+
+use crate::backend::Statement;
+use crate::digest::Digest;
+use crate::error::{Error, KeyDisplay, Result};
+use crate::listen::{Commit, RowChange};
+use crate::log::{encode_image, encode_key, BodyWriter, Op};
+use crate::record::{KeyKind, OnDelete, PersistentRecord};
+use crate::value::{FieldType, SqlType, Value};
+
+use super::query::{self, Query, Source};
+use super::schema::{Table, LOG_TABLE};
+use super::{now_micros, query_rows, Registry, Writer};
+
+/// One write transaction (see [`Store::write`](super::Store::write)).
+///
+/// If any operation returns an error, the transaction is spoiled: later
+/// writes in it fail, and it is rolled back when the closure returns, even
+/// if the closure itself returns `Ok` (a database that aborted a statement,
+/// as PostgreSQL does, cannot be trusted to commit the rest).
+pub struct WriteTx<'a> {
+    pub(crate) w: &'a mut Writer,
+    pub(crate) reg: &'a Registry,
+    pub(crate) digest: Digest,
+    pub(crate) body: BodyWriter,
+    pub(crate) captured: Vec<RowChange>,
+    pub(crate) capture: bool,
+    scratch: Vec<u8>,
+    spoiled: Option<String>,
+    finished: bool,
+    /// (table, key) rows being deleted, so cascades through cycles terminate.
+    deleting: Vec<(&'static str, Value)>,
+}
+
+fn log_insert() -> &'static Statement {
+    static STMT: std::sync::OnceLock<Statement> = std::sync::OnceLock::new();
+    STMT.get_or_init(|| {
+        let mut s = Statement::new(format!(
+            "INSERT INTO {LOG_TABLE} (position, epoch, committed_at, digest, body) VALUES ("
+        ));
+        s.bind(0, SqlType::BigInt)
+            .sql(", ")
+            .bind(1, SqlType::BigInt)
+            .sql(", ")
+            .bind(2, SqlType::BigInt)
+            .sql(", ")
+            .bind(3, SqlType::Blob)
+            .sql(", ")
+            .bind(4, SqlType::Blob)
+            .sql(")");
+        s
+    })
+}
+
+pub(crate) fn run<T>(
+    w: &mut Writer,
+    reg: &Registry,
+    f: impl FnOnce(&mut WriteTx<'_>) -> Result<T>,
+) -> Result<T> {
+    let mut tx = WriteTx::begin(w, reg)?;
+    let value = f(&mut tx)?;
+    if let Some(why) = tx.spoiled.take() {
+        return Err(Error::Database(format!(
+            "transaction rolled back after an earlier error: {why}"
+        )));
+    }
+    let position = tx.w.position + 1;
+    let epoch = tx.w.epoch;
+    tx.commit(position, epoch, now_micros(), None)?;
+    Ok(value)
+}
+
+impl<'a> WriteTx<'a> {
+    pub(crate) fn begin(w: &'a mut Writer, reg: &'a Registry) -> Result<WriteTx<'a>> {
+        w.conn.begin_write()?;
+        Ok(WriteTx {
+            digest: w.digest,
+            capture: !w.listeners.is_empty(),
+            w,
+            reg,
+            body: BodyWriter::new(),
+            captured: Vec::new(),
+            scratch: Vec::new(),
+            spoiled: None,
+            finished: false,
+            deleting: Vec::new(),
+        })
+    }
+
+    /// Commits. `replay` carries the body of an entry being applied as-is.
+    pub(crate) fn commit(
+        mut self,
+        position: u64,
+        epoch: u64,
+        committed_at: i64,
+        replay: Option<(&[u8], Digest)>,
+    ) -> Result<()> {
+        let changed = replay.is_some() || !self.body.is_empty();
+        if changed {
+            let (body, digest) = match replay {
+                Some((b, d)) => (b.to_vec(), d),
+                None => (self.body.finish(), self.digest),
+            };
+            let values = [
+                Value::I64(position as i64),
+                Value::I64(epoch as i64),
+                Value::I64(committed_at),
+                Value::Blob(digest.to_bytes().to_vec()),
+                Value::Blob(body),
+            ];
+            self.w.conn.execute(log_insert(), &values)?;
+        }
+        self.w.conn.commit()?;
+        self.finished = true;
+        if changed {
+            self.w.position = position;
+            self.w.digest = self.digest;
+            let changes = std::mem::take(&mut self.captured);
+            self.w.listeners.dispatch(Commit { position, changes });
+        }
+        Ok(())
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        match &self.spoiled {
+            Some(why) => Err(Error::Database(format!(
+                "transaction already failed: {why}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn spoil<T>(&mut self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r {
+            self.spoiled.get_or_insert_with(|| e.to_string());
+        }
+        r
+    }
+
+    /// Inserts a record; returns its key (the assigned one for an identity key,
+    /// whose value in `record` is ignored).
+    pub fn insert<R: PersistentRecord>(&mut self, record: &R) -> Result<R::Key> {
+        self.check_usable()?;
+        let r = self.insert_inner(record);
+        self.spoil(r)
+    }
+
+    fn insert_inner<R: PersistentRecord>(&mut self, record: &R) -> Result<R::Key> {
+        let t = self.reg.table_of::<R>()?;
+        validate(t, record)?;
+        let mut values = record.to_row();
+        let k = t.meta.key;
+        if t.meta.key_kind == KeyKind::Identity {
+            let next = self.w.next_id.entry(t.name).or_insert(1);
+            values[k] = Value::I64(*next);
+            *next += 1;
+        }
+        let key = R::Key::from_value(values[k].clone()).map_err(|source| Error::Decode {
+            context: format!("{} key", t.name),
+            source,
+        })?;
+        self.check_references(t, &values)?;
+        self.insert_row(t, values)?;
+        Ok(key)
+    }
+
+    /// Updates the record with `record`'s key; [`Error::NotFound`] if there is none.
+    pub fn update<R: PersistentRecord>(&mut self, record: &R) -> Result<()> {
+        self.check_usable()?;
+        let r = (|| {
+            let t = self.reg.table_of::<R>()?;
+            validate(t, record)?;
+            let values = record.to_row();
+            self.check_references(t, &values)?;
+            self.update_row(t, values, true)
+        })();
+        self.spoil(r)
+    }
+
+    /// Inserts the record, or updates it if a record with its key exists.
+    /// For identity keys this is an update when the key exists, an insert
+    /// (with a newly assigned key) otherwise.
+    pub fn save<R: PersistentRecord>(&mut self, record: &R) -> Result<R::Key> {
+        self.check_usable()?;
+        let r = (|| {
+            let t = self.reg.table_of::<R>()?;
+            let key = record.key();
+            if self.exists(t, &key.to_value())? {
+                validate(t, record)?;
+                let values = record.to_row();
+                self.check_references(t, &values)?;
+                self.update_row(t, values, true)?;
+                Ok(key)
+            } else {
+                self.insert_inner(record)
+            }
+        })();
+        self.spoil(r)
+    }
+
+    /// Deletes the record with `key`: [`Error::NotFound`] if there is none,
+    /// [`Error::Referenced`] if a `restrict` reference points at it; rows
+    /// referencing it with `cascade` are deleted first, each logged.
+    pub fn delete<R: PersistentRecord>(&mut self, key: impl Into<R::Key>) -> Result<()> {
+        self.check_usable()?;
+        let key = key.into().to_value();
+        let r = (|| {
+            let t = self.reg.table_of::<R>()?;
+            self.delete_row(t, key, true)
+        })();
+        self.spoil(r)
+    }
+
+    /// The record with `key`, as this transaction sees it.
+    pub fn get<R: PersistentRecord>(&mut self, key: impl Into<R::Key>) -> Result<Option<R>> {
+        let t = self.reg.table_of::<R>()?;
+        query::get::<R>(&mut *self.w.conn, t, key.into())
+    }
+
+    /// Every record of a type, as this transaction sees it.
+    pub fn list<R: PersistentRecord>(&mut self) -> Result<Vec<R>> {
+        self.query::<R>().load()
+    }
+
+    /// A query that sees this transaction's changes.
+    pub fn query<R: PersistentRecord>(&mut self) -> Query<'_, R> {
+        Query::new(Source::Tx(&mut *self.w.conn, self.reg))
+    }
+
+    pub(crate) fn select_key(&mut self, t: &Table, key: &Value) -> Result<Option<Vec<Value>>> {
+        let rows = query_rows(
+            &mut *self.w.conn,
+            &t.select_key,
+            std::slice::from_ref(key),
+            &t.types,
+        )?;
+        Ok(rows.into_iter().next())
+    }
+
+    fn exists(&mut self, t: &Table, key: &Value) -> Result<bool> {
+        let rows = query_rows(
+            &mut *self.w.conn,
+            &t.exists_key,
+            std::slice::from_ref(key),
+            &[t.key_type()],
+        )?;
+        Ok(!rows.is_empty())
+    }
+
+    fn check_references(&mut self, t: &Table, values: &[Value]) -> Result<()> {
+        for &(col, target) in &t.refs {
+            let v = &values[col];
+            if v.is_null() {
+                continue;
+            }
+            let Some(tt) = self.reg.tables.get(target) else {
+                continue;
+            };
+            if !self.exists(tt, v)? {
+                return Err(Error::MissingReference {
+                    table: t.name.to_owned(),
+                    column: t.meta.columns[col].name.to_owned(),
+                    target: target.to_owned(),
+                    key: KeyDisplay(v).to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn insert_row(&mut self, t: &Table, values: Vec<Value>) -> Result<()> {
+        self.w
+            .conn
+            .execute(&t.insert, &values)
+            .map_err(|e| refine(e, t, &values))?;
+        if let Some(next) = self.w.next_id.get_mut(t.name) {
+            if let Value::I64(id) = values[t.meta.key] {
+                *next = (*next).max(id.saturating_add(1));
+            }
+        }
+        encode_image(&values, &mut self.scratch);
+        self.digest.toggle(t.seed, &self.scratch);
+        self.body.push(t.name, Op::Insert, &self.scratch);
+        if self.capture {
+            self.captured.push(RowChange {
+                table: t.name,
+                op: Op::Insert,
+                old: None,
+                new: Some(values),
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn update_row(&mut self, t: &Table, values: Vec<Value>, local: bool) -> Result<()> {
+        let key = &values[t.meta.key];
+        let Some(old) = self.select_key(t, key)? else {
+            return Err(not_found(t, key));
+        };
+        if local && old == values {
+            // Nothing changes: no log entry, no event.
+            return Ok(());
+        }
+        self.w
+            .conn
+            .execute(&t.update, &values)
+            .map_err(|e| refine(e, t, &values))?;
+        encode_image(&old, &mut self.scratch);
+        self.digest.toggle(t.seed, &self.scratch);
+        encode_image(&values, &mut self.scratch);
+        self.digest.toggle(t.seed, &self.scratch);
+        self.body.push(t.name, Op::Update, &self.scratch);
+        if self.capture {
+            self.captured.push(RowChange {
+                table: t.name,
+                op: Op::Update,
+                old: Some(old),
+                new: Some(values),
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn delete_row(&mut self, t: &Table, key: Value, local: bool) -> Result<()> {
+        let Some(old) = self.select_key(t, &key)? else {
+            return Err(not_found(t, &key));
+        };
+        if local && !t.children.is_empty() {
+            self.deleting.push((t.name, key.clone()));
+            let r = self.delete_children(t, &key);
+            self.deleting.pop();
+            r?;
+        }
+        self.w.conn.execute(&t.delete, std::slice::from_ref(&key))?;
+        encode_image(&old, &mut self.scratch);
+        self.digest.toggle(t.seed, &self.scratch);
+        encode_key(&key, &mut self.scratch);
+        self.body.push(t.name, Op::Delete, &self.scratch);
+        if self.capture {
+            self.captured.push(RowChange {
+                table: t.name,
+                op: Op::Delete,
+                old: Some(old),
+                new: None,
+            });
+        }
+        Ok(())
+    }
+
+    fn delete_children(&mut self, t: &Table, key: &Value) -> Result<()> {
+        let reg = self.reg;
+        let mut cascade: Vec<(&Table, Value)> = Vec::new();
+        for (child, sel) in t.children.iter().zip(&t.child_select) {
+            let Some(ct) = reg.tables.get(child.table) else {
+                continue;
+            };
+            let rows = query_rows(&mut *self.w.conn, sel, std::slice::from_ref(key), &ct.types)?;
+            for row in rows {
+                let child_key = row[ct.meta.key].clone();
+                if self
+                    .deleting
+                    .iter()
+                    .any(|(tn, k)| *tn == ct.name && *k == child_key)
+                {
+                    continue;
+                }
+                match child.on_delete {
+                    OnDelete::Restrict => {
+                        return Err(Error::Referenced {
+                            table: t.name.to_owned(),
+                            key: KeyDisplay(key).to_string(),
+                            by_table: ct.name.to_owned(),
+                            by_column: ct.meta.columns[child.column].name.to_owned(),
+                        })
+                    }
+                    OnDelete::Cascade => cascade.push((ct, child_key)),
+                }
+            }
+        }
+        for (ct, child_key) in cascade {
+            // A row reached twice through two paths is deleted once.
+            if self.select_key(ct, &child_key)?.is_some() {
+                self.delete_row(ct, child_key, true)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for WriteTx<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            if let Err(e) = self.w.conn.rollback() {
+                tracing::warn!("rollback failed: {e}");
+            }
+        }
+    }
+}
+
+fn validate<R: PersistentRecord>(t: &Table, record: &R) -> Result<()> {
+    record.validate().map_err(|message| Error::Validation {
+        table: t.name.to_owned(),
+        message,
+    })
+}
+
+pub(crate) fn not_found(t: &Table, key: &Value) -> Error {
+    Error::NotFound {
+        table: t.name.to_owned(),
+        key: KeyDisplay(key).to_string(),
+    }
+}
+
+/// Turns a constraint failure into the typed error naming the column.
+pub(crate) fn refine(e: Error, t: &Table, values: &[Value]) -> Error {
+    let Error::Database(msg) = &e else {
+        return e;
+    };
+    let unique = msg.starts_with("[unique:") || msg.contains("UNIQUE constraint failed");
+    if !unique {
+        return e;
+    }
+    // SQLite: "UNIQUE constraint failed: table.column"; PostgreSQL: the index
+    // or constraint name, `<table>__<column>__key` or `<table>_pkey`.
+    let column = t
+        .meta
+        .columns
+        .iter()
+        .enumerate()
+        .find(|(i, c)| {
+            msg.contains(&format!("{}.{}", t.name, c.name))
+                || msg.contains(&format!("{}__{}__key", t.name, c.name))
+                || (*i == t.meta.key && msg.contains(&format!("{}_pkey", t.name)))
+        })
+        .map(|(i, c)| (i, c.name));
+    match column {
+        Some((i, name)) => Error::UniqueViolation {
+            table: t.name.to_owned(),
+            column: name.to_owned(),
+            value: values.get(i).map(|v| KeyDisplay(v).to_string()),
+        },
+        None => e,
+    }
+}
