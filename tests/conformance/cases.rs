@@ -1,0 +1,579 @@
+//! The cases. Each takes a fixture and must hold on every backend.
+
+use std::time::Duration;
+
+use persist::log::{decode_body, LogEntry, Op};
+use persist::{Applied, Error, PersistentRecord, RecordEvent, Store, Value};
+
+use super::records::*;
+use super::Fixture;
+
+fn store_with_all(fx: &Fixture) -> Store {
+    let s = fx.open();
+    s.register::<SmsSettings>().unwrap(); // registers Profile first
+    s.register::<Broker>().unwrap();
+    s.register::<Folder>().unwrap();
+    s
+}
+
+pub fn crud_round_trips_every_field_type(fx: &Fixture) {
+    let s = store_with_all(fx);
+    let mut p = profile("alarms");
+    p.note = Some("multi\nline 'quoted' \"text\" ✓".into());
+    let id = s.insert(&p).unwrap();
+    p.id = id;
+    assert_eq!(s.get::<Profile>(id).unwrap(), Some(p.clone()));
+    let mut settings = sms(id);
+    s.insert(&settings).unwrap();
+    assert_eq!(s.get::<SmsSettings>(id).unwrap(), Some(settings.clone()));
+    settings.timeout_ms = None;
+    settings.mode = Mode::Plain;
+    settings.weight = -1e300;
+    settings.secret = Vec::new();
+    s.update(&settings).unwrap();
+    assert_eq!(s.get::<SmsSettings>(id).unwrap(), Some(settings));
+    p.enabled = false;
+    p.note = None;
+    s.update(&p).unwrap();
+    assert_eq!(s.list::<Profile>().unwrap(), vec![p]);
+}
+
+pub fn identity_keys_are_assigned_in_order(fx: &Fixture) {
+    let s = store_with_all(fx);
+    let mut p = profile("a");
+    p.id = 999; // ignored: the store assigns identities
+    let a = s.insert(&p).unwrap();
+    let b = s.insert(&profile("b")).unwrap();
+    assert_eq!((a, b), (1, 2));
+    drop(s);
+    let s = store_with_all(fx);
+    assert_eq!(s.insert(&profile("c")).unwrap(), 3);
+}
+
+pub fn explicit_keys_and_save(fx: &Fixture) {
+    let s = store_with_all(fx);
+    let id = s.insert(&profile("p")).unwrap();
+    let mut st = sms(id);
+    assert_eq!(s.write(|tx| tx.save(&st)).unwrap(), id);
+    st.port = 1;
+    s.write(|tx| tx.save(&st)).unwrap();
+    assert_eq!(s.get::<SmsSettings>(id).unwrap().unwrap().port, 1);
+    let err = s.insert(&st).unwrap_err();
+    assert!(matches!(err, Error::UniqueViolation { ref column, .. } if column == "profile_id"), "{err}");
+}
+
+pub fn missing_rows_are_not_found(fx: &Fixture) {
+    let s = store_with_all(fx);
+    assert_eq!(s.get::<Profile>(42).unwrap(), None);
+    let mut p = profile("ghost");
+    p.id = 42;
+    assert!(matches!(s.update(&p), Err(Error::NotFound { ref table, ref key }) if table == "notification_profile" && key == "42"));
+    assert!(matches!(s.delete::<Profile>(42), Err(Error::NotFound { .. })));
+    assert_eq!(s.position(), 0, "failed writes log nothing");
+}
+
+pub fn unique_violation_names_the_column(fx: &Fixture) {
+    let s = store_with_all(fx);
+    s.insert(&profile("dup")).unwrap();
+    let err = s.insert(&profile("dup")).unwrap_err();
+    match err {
+        Error::UniqueViolation { table, column, value } => {
+            assert_eq!((table.as_str(), column.as_str()), ("notification_profile", "name"));
+            assert_eq!(value.as_deref(), Some("\"dup\""));
+        }
+        other => panic!("expected a unique violation, got {other}"),
+    }
+    assert_eq!(s.position(), 1);
+    assert_eq!(s.list::<Profile>().unwrap().len(), 1);
+}
+
+pub fn validation_error_reaches_the_caller(fx: &Fixture) {
+    let s = store_with_all(fx);
+    let err = s.insert(&profile("  ")).unwrap_err();
+    assert!(matches!(err, Error::Validation { ref message, .. } if message == "name must not be blank"), "{err}");
+    let id = s.insert(&profile("ok")).unwrap();
+    let mut p = s.get::<Profile>(id).unwrap().unwrap();
+    p.name = String::new();
+    assert!(matches!(s.update(&p), Err(Error::Validation { .. })));
+    assert_eq!(s.get::<Profile>(id).unwrap().unwrap().name, "ok");
+    assert_eq!(s.position(), 1);
+}
+
+pub fn missing_reference_is_refused(fx: &Fixture) {
+    let s = store_with_all(fx);
+    let err = s.insert(&sms(77)).unwrap_err();
+    match err {
+        Error::MissingReference { table, column, target, key } => {
+            assert_eq!((table.as_str(), column.as_str(), target.as_str(), key.as_str()), ("sms_settings", "profile_id", "notification_profile", "77"));
+        }
+        other => panic!("expected a missing reference, got {other}"),
+    }
+    // Inserting the parent in the same transaction makes it valid.
+    s.write(|tx| {
+        let id = tx.insert(&profile("p"))?;
+        tx.insert(&sms(id))
+    })
+    .unwrap();
+}
+
+pub fn restrict_refuses_delete(fx: &Fixture) {
+    let s = store_with_all(fx);
+    let p = s.insert(&profile("p")).unwrap();
+    s.insert(&Broker { id: 0, profile_id: p, name: "b".into(), parent: None }).unwrap();
+    let err = s.delete::<Profile>(p).unwrap_err();
+    match err {
+        Error::Referenced { table, by_table, by_column, .. } => {
+            assert_eq!((table.as_str(), by_table.as_str(), by_column.as_str()), ("notification_profile", "broker", "profile_id"));
+        }
+        other => panic!("expected referenced, got {other}"),
+    }
+    assert!(s.get::<Profile>(p).unwrap().is_some());
+}
+
+pub fn cascade_deletes_are_logged_and_announced(fx: &Fixture) {
+    let s = store_with_all(fx);
+    let mut events = s.subscribe::<SmsSettings>().unwrap();
+    let p = s.insert(&profile("p")).unwrap();
+    s.insert(&sms(p)).unwrap();
+    let before = s.position();
+    s.delete::<Profile>(p).unwrap();
+    assert_eq!(s.get::<SmsSettings>(p).unwrap(), None);
+    let entry = s.read_log(before + 1, 1).unwrap().remove(0);
+    let changes = decode_body(&entry.body).unwrap();
+    let summary: Vec<_> = changes.iter().map(|c| (c.table, c.op)).collect();
+    assert_eq!(summary, vec![("sms_settings", Op::Delete), ("notification_profile", Op::Delete)]);
+    assert!(matches!(events.recv_timeout(Duration::from_secs(5)).unwrap(), RecordEvent::Added(_)));
+    assert!(matches!(events.recv_timeout(Duration::from_secs(5)).unwrap(), RecordEvent::Deleted(ref d) if d.profile_id == p));
+    assert!(s.verify().unwrap().is_consistent());
+}
+
+pub fn cascade_through_self_reference(fx: &Fixture) {
+    let s = store_with_all(fx);
+    let root = s.insert(&Folder { id: 0, parent: None, name: "root".into() }).unwrap();
+    let a = s.insert(&Folder { id: 0, parent: Some(root), name: "a".into() }).unwrap();
+    s.insert(&Folder { id: 0, parent: Some(a), name: "a1".into() }).unwrap();
+    let other = s.insert(&Folder { id: 0, parent: None, name: "other".into() }).unwrap();
+    s.delete::<Folder>(root).unwrap();
+    let left: Vec<i64> = s.list::<Folder>().unwrap().iter().map(|f| f.id).collect();
+    assert_eq!(left, vec![other]);
+    assert!(s.verify().unwrap().is_consistent());
+}
+
+pub fn transaction_is_all_or_nothing(fx: &Fixture) {
+    let s = store_with_all(fx);
+    let r: Result<(), Error> = s.write(|tx| {
+        tx.insert(&profile("one"))?;
+        tx.insert(&profile("two"))?;
+        Err(Error::Database("module gave up".into()))
+    });
+    assert!(r.is_err());
+    assert!(s.list::<Profile>().unwrap().is_empty());
+    assert_eq!(s.position(), 0);
+    s.write(|tx| {
+        tx.insert(&profile("one"))?;
+        tx.insert(&profile("two"))
+    })
+    .unwrap();
+    assert_eq!(s.list::<Profile>().unwrap().len(), 2);
+    assert_eq!(s.position(), 1, "one transaction, one entry");
+}
+
+pub fn failed_operation_spoils_the_transaction(fx: &Fixture) {
+    let s = store_with_all(fx);
+    s.insert(&profile("taken")).unwrap();
+    let r = s.write(|tx| {
+        tx.insert(&profile("fresh"))?;
+        let dup = tx.insert(&profile("taken"));
+        assert!(matches!(dup, Err(Error::UniqueViolation { .. })));
+        // Ignoring the error does not let the transaction commit half done.
+        assert!(tx.insert(&profile("later")).is_err());
+        Ok(())
+    });
+    assert!(r.is_err());
+    assert_eq!(s.list::<Profile>().unwrap().len(), 1);
+    assert_eq!(s.position(), 1);
+}
+
+pub fn panic_in_transaction_rolls_back(fx: &Fixture) {
+    let s = store_with_all(fx);
+    let s2 = s.clone();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        s2.write(|tx| {
+            tx.insert(&profile("half")).unwrap();
+            panic!("module bug");
+        })
+    }));
+    assert!(r.is_err());
+    assert!(s.list::<Profile>().unwrap().is_empty());
+    s.insert(&profile("after")).unwrap();
+    assert_eq!(s.position(), 1);
+}
+
+pub fn queries_filter_order_limit_count(fx: &Fixture) {
+    let s = store_with_all(fx);
+    for (i, name) in ["d", "a", "c", "b", "e"].iter().enumerate() {
+        let mut p = profile(name);
+        p.enabled = i % 2 == 0;
+        p.note = (i < 2).then(|| format!("n{i}"));
+        s.insert(&p).unwrap();
+    }
+    let c = Profile::columns();
+    let names = |v: Vec<Profile>| v.into_iter().map(|p| p.name).collect::<Vec<_>>();
+    assert_eq!(names(s.query::<Profile>().order_by(c.name.asc()).load().unwrap()), ["a", "b", "c", "d", "e"]);
+    assert_eq!(names(s.query::<Profile>().order_by(c.name.desc()).limit(2).load().unwrap()), ["e", "d"]);
+    assert_eq!(names(s.query::<Profile>().order_by(c.name.asc()).limit(2).offset(2).load().unwrap()), ["c", "d"]);
+    assert_eq!(names(s.query::<Profile>().filter(c.enabled.eq(true)).load().unwrap()), ["d", "c", "e"]);
+    assert_eq!(names(s.query::<Profile>().filter(c.name.ne("a")).filter(c.name.lt("d")).order_by(c.name.asc()).load().unwrap()), ["b", "c"]);
+    assert_eq!(names(s.query::<Profile>().filter(c.id.ge(4)).load().unwrap()), ["b", "e"]);
+    assert_eq!(names(s.query::<Profile>().filter(c.id.gt(4)).load().unwrap()), ["e"]);
+    assert_eq!(names(s.query::<Profile>().filter(c.id.le(1)).load().unwrap()), ["d"]);
+    assert_eq!(names(s.query::<Profile>().filter(c.note.is_null()).load().unwrap()), ["c", "b", "e"]);
+    assert_eq!(names(s.query::<Profile>().filter(c.note.is_not_null()).load().unwrap()), ["d", "a"]);
+    assert_eq!(s.query::<Profile>().filter(c.note.eq(Some("n1".to_string()))).first().unwrap().unwrap().name, "a");
+    assert_eq!(s.query::<Profile>().filter(c.enabled.eq(false)).count().unwrap(), 2);
+    // Inside a transaction, queries see its own writes.
+    s.write(|tx| {
+        tx.insert(&profile("f"))?;
+        assert_eq!(tx.query::<Profile>().count()?, 6);
+        assert_eq!(tx.list::<Profile>()?.len(), 6);
+        Ok(())
+    })
+    .unwrap();
+}
+
+pub fn log_positions_are_dense_and_survive_restart(fx: &Fixture) {
+    let s = store_with_all(fx);
+    for i in 0..5 {
+        s.insert(&profile(&format!("p{i}"))).unwrap();
+    }
+    let _ = s.insert(&profile("p0")); // refused: no entry
+    let _ = s.write(|tx| {
+        tx.insert(&profile("rolled back"))?;
+        Err::<(), _>(Error::Database("no".into()))
+    });
+    s.write(|_| Ok(())).unwrap(); // empty: no entry
+    let positions: Vec<u64> = s.read_log(0, 100).unwrap().iter().map(|e| e.position).collect();
+    assert_eq!(positions, vec![1, 2, 3, 4, 5]);
+    let digest = s.digest();
+    drop(s);
+    let s = store_with_all(fx);
+    assert_eq!((s.position(), s.digest()), (5, digest));
+    s.insert(&profile("p5")).unwrap();
+    assert_eq!(s.read_log(6, 10).unwrap()[0].position, 6);
+}
+
+pub fn log_entries_hold_changes_in_commit_order(fx: &Fixture) {
+    let s = store_with_all(fx);
+    s.set_epoch(7);
+    let (p, b) = s
+        .write(|tx| {
+            let p = tx.insert(&profile("p"))?;
+            let b = tx.insert(&Broker { id: 0, profile_id: p, name: "b".into(), parent: None })?;
+            let mut pr = tx.get::<Profile>(p)?.unwrap();
+            pr.note = Some("edited".into());
+            tx.update(&pr)?;
+            tx.delete::<Broker>(b)?;
+            Ok((p, b))
+        })
+        .unwrap();
+    let e = &s.read_log(1, 1).unwrap()[0];
+    assert_eq!(e.epoch, 7);
+    assert_eq!(e.digest, s.digest());
+    let changes = e.changes().unwrap();
+    let ops: Vec<_> = changes.iter().map(|c| (c.table, c.op)).collect();
+    assert_eq!(
+        ops,
+        vec![("notification_profile", Op::Insert), ("broker", Op::Insert), ("notification_profile", Op::Update), ("broker", Op::Delete)]
+    );
+    let image = changes[2].image().unwrap();
+    assert_eq!(image[0], Value::I64(p));
+    assert_eq!(image[4], Value::Text("edited".into()));
+    assert_eq!(changes[3].key().unwrap(), Value::I64(b));
+}
+
+pub fn log_reads_and_trim(fx: &Fixture) {
+    let s = store_with_all(fx);
+    for i in 0..10 {
+        s.insert(&profile(&format!("p{i}"))).unwrap();
+    }
+    let all: Vec<LogEntry> = s.log_iter(1, 3).collect::<Result<_, _>>().unwrap();
+    assert_eq!(all.len(), 10);
+    assert_eq!(s.read_log(4, 2).unwrap().iter().map(|e| e.position).collect::<Vec<_>>(), vec![4, 5]);
+    assert_eq!(s.trim_log(6).unwrap(), 5);
+    let head = s.head().unwrap();
+    assert_eq!((head.position, head.first_retained), (10, 6));
+    assert_eq!(s.read_log(0, 100).unwrap().len(), 5);
+    // The newest entry always stays, so the head digest survives a restart.
+    assert_eq!(s.trim_log(1000).unwrap(), 4);
+    let digest = s.digest();
+    drop(s);
+    let s = store_with_all(fx);
+    let head = s.head().unwrap();
+    assert_eq!((head.position, head.digest, head.first_retained), (10, digest, 10));
+    assert!(s.verify().unwrap().is_consistent());
+}
+
+/// Writes a mixed history on `a` and replays it on a fresh sibling.
+fn replicate(fx: &Fixture) -> (Store, Store, Fixture) {
+    let a = store_with_all(fx);
+    let p = a.insert(&profile("p")).unwrap();
+    a.write(|tx| {
+        tx.insert(&sms(p))?;
+        let q = tx.insert(&profile("q"))?;
+        tx.insert(&Broker { id: 0, profile_id: q, name: "b".into(), parent: Some(p) })?;
+        Ok(())
+    })
+    .unwrap();
+    let mut st = a.get::<SmsSettings>(p).unwrap().unwrap();
+    st.host = "other".into();
+    a.update(&st).unwrap();
+    a.delete::<Profile>(p).unwrap();
+    let fx_b = fx.sibling();
+    let b = store_with_all(&fx_b);
+    (a, b, fx_b)
+}
+
+pub fn apply_replicates_exactly(fx: &Fixture) {
+    let (a, b, _fx_b) = replicate(fx);
+    for e in a.read_log(1, 100).unwrap() {
+        assert!(matches!(b.apply(&e).unwrap(), Applied::Applied { .. }));
+    }
+    assert_eq!((b.position(), b.digest()), (a.position(), a.digest()));
+    assert_eq!(b.list::<Profile>().unwrap(), a.list::<Profile>().unwrap());
+    assert_eq!(b.list::<SmsSettings>().unwrap(), a.list::<SmsSettings>().unwrap());
+    assert_eq!(b.list::<Broker>().unwrap(), a.list::<Broker>().unwrap());
+    assert_eq!(b.read_log(1, 100).unwrap(), a.read_log(1, 100).unwrap(), "the backup's log is the master's");
+    assert!(b.verify().unwrap().is_consistent());
+    // Identity counters follow applied rows, so the backup can take over.
+    let next = b.insert(&profile("after failover")).unwrap();
+    assert_eq!(next, 3);
+}
+
+pub fn apply_is_idempotent_and_refuses_gaps(fx: &Fixture) {
+    let (a, b, _fx_b) = replicate(fx);
+    let log = a.read_log(1, 100).unwrap();
+    assert!(matches!(b.apply(&log[1]), Err(Error::Gap { expected: 1, got: 2 })));
+    b.apply(&log[0]).unwrap();
+    assert_eq!(b.apply(&log[0]).unwrap(), Applied::AlreadyApplied);
+    for e in &log {
+        b.apply(e).unwrap();
+    }
+    assert_eq!(b.digest(), a.digest());
+}
+
+pub fn apply_detects_divergence(fx: &Fixture) {
+    let (a, b, fx_b) = replicate(fx);
+    let log = a.read_log(1, 100).unwrap();
+    b.apply(&log[0]).unwrap();
+    // Someone edits the backup's database behind the library's back.
+    fx_b.raw("UPDATE notification_profile SET note = 'tampered'");
+    assert!(!b.verify().unwrap().is_consistent());
+    let err = b.apply(&log[1]).unwrap_err();
+    assert!(matches!(err, Error::Divergence { position: 2, .. } | Error::Inapplicable { position: 2, .. }), "{err}");
+    assert_eq!(b.position(), 1, "nothing of a refused entry is kept");
+    // A forged digest is caught as well.
+    let (a2, b2, _fx2) = replicate(fx);
+    let mut forged = a2.read_log(1, 1).unwrap().remove(0);
+    forged.digest = persist::Digest(forged.digest.0 ^ 1);
+    assert!(matches!(b2.apply(&forged), Err(Error::Divergence { position: 1, .. })));
+    assert!(b2.list::<Profile>().unwrap().is_empty());
+}
+
+pub fn apply_refuses_malformed_entries(fx: &Fixture) {
+    let (a, b, _fx_b) = replicate(fx);
+    let good = a.read_log(1, 1).unwrap().remove(0);
+    let mut bad = good.clone();
+    bad.body.truncate(bad.body.len() / 2);
+    assert!(matches!(b.apply(&bad), Err(Error::Decode { .. })));
+    let mut wrong_table = good.clone();
+    wrong_table.body = persist::log::encode_body(&[("no_such_table", Op::Insert, &[1, 0])]);
+    assert!(matches!(b.apply(&wrong_table), Err(Error::Inapplicable { .. })));
+    let mut wrong_image = good.clone();
+    let mut img = Vec::new();
+    persist::log::encode_image(&[Value::Text("not an id".into())], &mut img);
+    wrong_image.body = persist::log::encode_body(&[("notification_profile", Op::Insert, &img)]);
+    assert!(matches!(b.apply(&wrong_image), Err(Error::Inapplicable { .. })));
+    assert_eq!(b.position(), 0);
+    b.apply(&good).unwrap();
+    assert_eq!(b.position(), 1);
+}
+
+pub fn listeners_see_commits_in_order_on_master_and_backup(fx: &Fixture) {
+    let (a, b, _fx_b) = {
+        let a = store_with_all(fx);
+        let fx_b = fx.sibling();
+        let b = store_with_all(&fx_b);
+        (a, b, fx_b)
+    };
+    let mut on_a = a.subscribe::<Profile>().unwrap();
+    let mut on_b = b.subscribe::<Profile>().unwrap();
+    let id = a.insert(&profile("one")).unwrap();
+    let mut p = a.get::<Profile>(id).unwrap().unwrap();
+    p.enabled = false;
+    a.update(&p).unwrap();
+    a.update(&p).unwrap(); // no change: no event
+    a.delete::<Profile>(id).unwrap();
+    for e in a.read_log(1, 10).unwrap() {
+        b.apply(&e).unwrap();
+    }
+    for sub in [&mut on_a, &mut on_b] {
+        let evs: Vec<_> = (0..3).map(|_| sub.recv_timeout(Duration::from_secs(5)).unwrap()).collect();
+        assert!(matches!(&evs[0], RecordEvent::Added(p) if p.name == "one"));
+        assert!(matches!(&evs[1], RecordEvent::Updated { old, new } if old.enabled && !new.enabled));
+        assert!(matches!(&evs[2], RecordEvent::Deleted(p) if p.id == id));
+        assert!(sub.try_recv().unwrap().is_none());
+    }
+}
+
+pub fn slow_listener_lags_instead_of_growing(fx: &Fixture) {
+    let mut config = fx.config();
+    config.listener_capacity = 4;
+    let s = Store::open(config).unwrap();
+    s.register::<Profile>().unwrap();
+    let mut slow = s.subscribe::<Profile>().unwrap();
+    for i in 0..20 {
+        s.insert(&profile(&format!("p{i}"))).unwrap();
+    }
+    let mut added = 0;
+    let mut lagged = 0;
+    while let Some(ev) = slow.try_recv().unwrap() {
+        match ev {
+            RecordEvent::Added(_) => added += 1,
+            RecordEvent::Lagged(n) => lagged += n,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(added, 4, "the channel holds its capacity");
+    assert_eq!(added + lagged, 20, "every commit is delivered or counted as missed");
+    s.insert(&profile("later")).unwrap();
+    assert!(matches!(slow.recv_timeout(Duration::from_secs(5)).unwrap(), RecordEvent::Added(p) if p.name == "later"));
+}
+
+pub fn migration_adds_columns_without_losing_rows(fx: &Fixture) {
+    let s = fx.open();
+    s.register::<v1::Evolving>().unwrap();
+    for i in 0..3 {
+        s.insert(&v1::Evolving { id: 0, name: format!("r{i}"), legacy: Some("x".into()) }).unwrap();
+    }
+    drop(s);
+    let s = fx.open();
+    s.register::<v2_added::Evolving>().unwrap();
+    let rows = s.list::<v2_added::Evolving>().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r.retries == 5 && r.comment.is_none() && r.legacy.as_deref() == Some("x")));
+    assert!(s.verify().unwrap().is_consistent(), "the digest follows the new row images");
+    s.insert(&v2_added::Evolving { id: 0, name: "new".into(), legacy: None, retries: 1, comment: Some("c".into()) }).unwrap();
+    drop(s);
+    let s = fx.open();
+    s.register::<v2_added::Evolving>().unwrap();
+    assert_eq!(s.list::<v2_added::Evolving>().unwrap().len(), 4);
+    assert!(s.verify().unwrap().is_consistent());
+}
+
+fn seeded_v1(fx: &Fixture) {
+    let s = fx.open();
+    s.register::<v1::Evolving>().unwrap();
+    s.insert(&v1::Evolving { id: 0, name: "keep me".into(), legacy: Some("data".into()) }).unwrap();
+}
+
+fn assert_conflict(err: Error, column: &str) {
+    match err {
+        Error::SchemaConflict { table, column: Some(c), reason } => {
+            assert_eq!((table.as_str(), c.as_str()), ("evolving", column), "{reason}");
+        }
+        other => panic!("expected a schema conflict on evolving.{column}, got {other}"),
+    }
+}
+
+fn assert_v1_intact(fx: &Fixture) {
+    let s = fx.open();
+    s.register::<v1::Evolving>().unwrap();
+    let rows = s.list::<v1::Evolving>().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].legacy.as_deref(), Some("data"));
+}
+
+pub fn migration_refuses_type_change(fx: &Fixture) {
+    seeded_v1(fx);
+    assert_conflict(fx.open().register::<v2_type_change::Evolving>().unwrap_err(), "name");
+    assert_v1_intact(fx);
+}
+
+pub fn migration_refuses_dropping_data(fx: &Fixture) {
+    seeded_v1(fx);
+    assert_conflict(fx.open().register::<v2_dropped::Evolving>().unwrap_err(), "legacy");
+    assert_v1_intact(fx);
+}
+
+pub fn migration_refuses_new_not_null_without_default(fx: &Fixture) {
+    seeded_v1(fx);
+    assert_conflict(fx.open().register::<v2_not_null::Evolving>().unwrap_err(), "required");
+    assert_v1_intact(fx);
+}
+
+pub fn migration_drops_empty_column(fx: &Fixture) {
+    let s = fx.open();
+    s.register::<v1::Evolving>().unwrap();
+    s.insert(&v1::Evolving { id: 0, name: "n".into(), legacy: None }).unwrap();
+    drop(s);
+    let s = fx.open();
+    s.register::<v2_dropped::Evolving>().unwrap();
+    assert_eq!(s.list::<v2_dropped::Evolving>().unwrap()[0].name, "n");
+    assert!(s.verify().unwrap().is_consistent());
+}
+
+pub fn fingerprint_is_stable_and_sensitive(fx: &Fixture) {
+    let a = store_with_all(fx);
+    let fx_b = fx.sibling();
+    let b = fx_b.open();
+    // Registration order does not matter.
+    b.register::<Folder>().unwrap();
+    b.register::<Broker>().unwrap();
+    b.register::<SmsSettings>().unwrap();
+    assert_eq!(a.schema_fingerprint(), b.schema_fingerprint());
+    let fp = a.schema_fingerprint();
+    drop(a);
+    assert_eq!(store_with_all(fx).schema_fingerprint(), fp);
+    let c = fx.sibling().open();
+    c.register::<SmsSettings>().unwrap();
+    assert_ne!(c.schema_fingerprint(), fp);
+    let d = fx.sibling().open();
+    d.register::<v1::Evolving>().unwrap();
+    let e = fx.sibling().open();
+    e.register::<v2_added::Evolving>().unwrap();
+    assert_ne!(d.schema_fingerprint(), e.schema_fingerprint());
+}
+
+pub fn digest_is_order_independent_and_verifiable(fx: &Fixture) {
+    let a = store_with_all(fx);
+    let fx_b = fx.sibling();
+    let b = store_with_all(&fx_b);
+    // Same final rows, reached by different histories.
+    a.insert(&profile("x")).unwrap();
+    a.insert(&profile("y")).unwrap();
+    b.write(|tx| {
+        tx.insert(&profile("x"))?;
+        tx.insert(&profile("y"))
+    })
+    .unwrap();
+    assert_eq!(a.digest(), b.digest());
+    a.delete::<Profile>(2).unwrap();
+    assert_ne!(a.digest(), b.digest());
+    let v = a.verify().unwrap();
+    assert!(v.is_consistent());
+    assert_eq!(v.position, 3);
+}
+
+pub fn foreign_table_name_is_refused(fx: &Fixture) {
+    fx.raw("CREATE TABLE notification_profile (x INTEGER)");
+    let s = fx.open();
+    let err = s.register::<Profile>().unwrap_err();
+    assert!(matches!(err, Error::SchemaConflict { ref table, .. } if table == "notification_profile"), "{err}");
+}
+
+pub fn unregistered_type_is_an_error(fx: &Fixture) {
+    let s = fx.open();
+    assert!(matches!(s.insert(&profile("p")), Err(Error::NotRegistered { table: "notification_profile", .. })));
+    assert!(matches!(s.list::<Profile>(), Err(Error::NotRegistered { .. })));
+    assert!(s.subscribe::<Profile>().is_err());
+}
