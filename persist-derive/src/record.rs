@@ -1,0 +1,262 @@
+//! Code generation of `#[derive(PersistentRecord)]`.
+
+use proc_macro2::{Literal, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{DeriveInput, Lit, Path};
+
+use crate::ast::{Field, Record};
+use crate::attr::OnDelete;
+use crate::check;
+use crate::ctxt::Ctxt;
+use crate::ty::Scalar;
+
+pub(crate) fn derive(input: DeriveInput) -> syn::Result<TokenStream> {
+    let cx = Ctxt::new();
+    let record = Record::from_ast(&cx, &input);
+    if let Some(record) = &record {
+        check::record(&cx, record);
+    }
+    cx.check()?;
+    match record {
+        Some(record) => Ok(expand(&record)),
+        None => Err(syn::Error::new_spanned(
+            &input.ident,
+            "persist-derive bug: no record and no error",
+        )),
+    }
+}
+
+/// The crate path of the generated code: `#[persist(crate = ...)]`, else the facade.
+pub(crate) fn krate(path: Option<&Path>) -> TokenStream {
+    match path {
+        Some(p) => quote!(#p),
+        None => quote!(::persist),
+    }
+}
+
+fn expand(r: &Record<'_>) -> TokenStream {
+    let krate = krate(r.attrs.krate.as_ref().map(|s| &s.value));
+    let ident = r.ident;
+    let vis = &r.original.vis;
+    let type_name = ident.to_string();
+    let table = r.table();
+    let n = Literal::usize_unsuffixed(r.fields.len());
+    let columns_ident = format_ident!("{}Columns", ident);
+    let columns_doc = format!("Typed column handles of [`{ident}`], for filters and ordering.");
+
+    // The checks guarantee exactly one key field.
+    let key_index = r.key_index().unwrap_or(0);
+    let key_field = &r.fields[key_index];
+    let key_ident = key_field.ident;
+    let key_ty = key_field.ty;
+    let key_kind = if key_field.attrs.identity.is_some() {
+        quote!(#krate::KeyKind::Identity)
+    } else {
+        quote!(#krate::KeyKind::Explicit)
+    };
+    let key_index = Literal::usize_unsuffixed(key_index);
+
+    let idents: Vec<_> = r.fields.iter().map(|f| f.ident).collect();
+    let tys: Vec<_> = r.fields.iter().map(|f| f.ty).collect();
+    let column_names: Vec<_> = r.fields.iter().map(Field::column).collect();
+    let indexes = (0..r.fields.len()).map(Literal::usize_unsuffixed);
+    let column_docs = column_names.iter().map(|c| format!("The `{c}` column."));
+    let column_metas = r.fields.iter().map(|f| column_meta(&krate, f));
+    let assertions = r.fields.iter().map(|f| assertions(&krate, f));
+
+    let validate = r.attrs.validate.as_ref().map(|v| {
+        let path = &v.value;
+        let call = quote_spanned!(path.span()=> #path(self));
+        quote! {
+            fn validate(&self) -> ::core::result::Result<(), ::std::string::String> {
+                #krate::__private::validation_message(#call)
+            }
+        }
+    });
+
+    quote! {
+        const _: () = {
+            #[doc = #columns_doc]
+            #[derive(::core::clone::Clone, ::core::marker::Copy, ::core::fmt::Debug)]
+            #[allow(non_camel_case_types, private_interfaces)]
+            #vis struct #columns_ident {
+                #(
+                    #[doc = #column_docs]
+                    pub #idents: #krate::Column<#ident, #tys>,
+                )*
+            }
+
+            #(#assertions)*
+
+            #[automatically_derived]
+            impl #krate::PersistentRecord for #ident {
+                type Key = #key_ty;
+                type Columns = #columns_ident;
+
+                fn meta() -> &'static #krate::RecordMeta {
+                    static META: #krate::__private::OnceLock<#krate::RecordMeta> =
+                        #krate::__private::OnceLock::new();
+                    META.get_or_init(|| #krate::RecordMeta {
+                        type_name: #type_name,
+                        table: #table,
+                        columns: #krate::__private::Vec::from([#(#column_metas),*]),
+                        key: #key_index,
+                        key_kind: #key_kind,
+                    })
+                }
+
+                fn columns() -> Self::Columns {
+                    #columns_ident {
+                        #(#idents: #krate::Column::new(#indexes, #column_names),)*
+                    }
+                }
+
+                fn to_row(&self) -> #krate::__private::Vec<#krate::Value> {
+                    #krate::__private::Vec::from([
+                        #(<#tys as #krate::FieldType>::to_value(&self.#idents),)*
+                    ])
+                }
+
+                fn from_row(
+                    row: #krate::__private::Vec<#krate::Value>,
+                ) -> ::core::result::Result<Self, #krate::DecodeError> {
+                    let found = row.len();
+                    if found != #n {
+                        return ::core::result::Result::Err(#krate::DecodeError::ColumnCount {
+                            expected: #n,
+                            found,
+                        });
+                    }
+                    let mut row = row.into_iter();
+                    // Struct expressions evaluate their fields in the order written,
+                    // which is column order.
+                    ::core::result::Result::Ok(Self {
+                        #(
+                            #idents: <#tys as #krate::FieldType>::from_value(
+                                #krate::__private::next_value(&mut row, #n, found)?,
+                            )?,
+                        )*
+                    })
+                }
+
+                fn key(&self) -> Self::Key {
+                    ::core::clone::Clone::clone(&self.#key_ident)
+                }
+
+                #validate
+            }
+        };
+    }
+}
+
+fn column_meta(krate: &TokenStream, f: &Field<'_>) -> TokenStream {
+    let ty = f.ty;
+    let name = f.column();
+    let field = f.name();
+    let unique = f.attrs.unique.is_some();
+    let indexed = f.attrs.indexed.is_some();
+    let default = match (&f.attrs.default, &f.kind) {
+        (Some(d), Some(kind)) => {
+            let value = default_expr(&d.value, kind.scalar, kind.inner);
+            let value = if kind.nullable {
+                quote!(::core::option::Option::Some(#value))
+            } else {
+                value
+            };
+            quote! {
+                ::core::option::Option::Some(<#ty as #krate::FieldType>::to_value(&{
+                    let v: #ty = #value;
+                    v
+                }))
+            }
+        }
+        _ => quote!(::core::option::Option::None),
+    };
+    let reference = match &f.attrs.references {
+        Some(target) => {
+            let target = &target.value;
+            let on_delete = match f.attrs.on_delete.as_ref().map(|o| o.value) {
+                Some(OnDelete::Cascade) => quote!(#krate::OnDelete::Cascade),
+                Some(OnDelete::Restrict) | None => quote!(#krate::OnDelete::Restrict),
+            };
+            quote! {
+                ::core::option::Option::Some(#krate::Reference {
+                    target: <#target as #krate::PersistentRecord>::meta,
+                    on_delete: #on_delete,
+                })
+            }
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    quote! {
+        #krate::ColumnMeta {
+            name: #name,
+            field: #field,
+            sql_type: <#ty as #krate::FieldType>::SQL_TYPE,
+            nullable: <#ty as #krate::FieldType>::NULLABLE,
+            unique: #unique,
+            indexed: #indexed,
+            default: #default,
+            reference: #reference,
+            variants: <#ty as #krate::FieldType>::variants(),
+        }
+    }
+}
+
+/// The default's value of the non-Option type; `check` has validated its kind.
+fn default_expr(expr: &syn::Expr, scalar: Scalar, inner: &syn::Type) -> TokenStream {
+    let lit = check::literal(expr);
+    match (scalar, lit) {
+        // `let v: f64 = 5;` does not compile: write an integer as a float literal.
+        (Scalar::F64, Some((neg, Lit::Int(i)))) => {
+            let float = syn::LitFloat::new(&format!("{}.0", i.base10_digits()), i.span());
+            let minus = neg.then(|| quote!(-));
+            quote!(#minus #float)
+        }
+        (Scalar::String, _) => quote!(::std::string::String::from(#expr)),
+        (Scalar::Bytes, _) => quote!(<[u8]>::to_vec(#expr)),
+        (Scalar::Enum, Some((_, Lit::Str(s)))) => {
+            // A variant that does not exist is a compile error on the literal.
+            match syn::parse_str::<syn::Ident>(&s.value()) {
+                Ok(mut variant) => {
+                    variant.set_span(s.span());
+                    quote!(<#inner>::#variant)
+                }
+                Err(_) => quote!(#expr),
+            }
+        }
+        _ => quote!(#expr),
+    }
+}
+
+/// Compile-time checks whose errors land on the user's tokens.
+fn assertions(krate: &TokenStream, f: &Field<'_>) -> TokenStream {
+    let mut out = TokenStream::new();
+    let Some(kind) = &f.kind else {
+        return out;
+    };
+    let inner = kind.inner;
+    if kind.scalar == Scalar::Enum {
+        out.extend(quote_spanned! {inner.span()=>
+            const _: fn() = || {
+                fn assert_field_type<T: #krate::FieldType>() {}
+                assert_field_type::<#inner>();
+            };
+        });
+    }
+    if let Some(target) = &f.attrs.references {
+        let target = &target.value;
+        out.extend(quote_spanned! {target.span()=>
+            const _: fn() = || {
+                #[allow(dead_code)]
+                fn referenced_key_matches_field(
+                    key: <#target as #krate::PersistentRecord>::Key,
+                ) -> #inner {
+                    key
+                }
+            };
+        });
+    }
+    out
+}
