@@ -2,5 +2,5 @@
 
 mod conformance;
 
-conformance_suite!(sqlite, conformance::Fixture::sqlite());
-conformance_suite!(postgres, conformance::Fixture::postgres());
+conformance_suite!(sqlite, Fixture::sqlite());
+conformance_suite!(postgres, Fixture::postgres());

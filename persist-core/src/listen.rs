@@ -12,6 +12,7 @@
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,7 +58,11 @@ pub(crate) struct Subscriber {
     /// `None`: all tables (raw commit feed).
     table: Option<&'static str>,
     tx: Sender<Message>,
-    missed: u64,
+    /// Commits dropped while the channel was full, not yet reported. Shared
+    /// with the receiver: whichever side finds it non-zero first reports it,
+    /// the writer as a `Lagged` message before its next commit, the receiver
+    /// once it has drained the channel; both places are its spot in commit order.
+    missed: Arc<AtomicU64>,
 }
 
 /// The writer-side list of subscriptions.
@@ -71,14 +76,15 @@ impl Listeners {
         self.subs.is_empty()
     }
 
-    pub fn add(&mut self, table: Option<&'static str>, capacity: usize) -> Receiver<Message> {
+    pub fn add(&mut self, table: Option<&'static str>, capacity: usize) -> Inbox {
         let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        let missed = Arc::new(AtomicU64::new(0));
         self.subs.push(Subscriber {
             table,
             tx,
-            missed: 0,
+            missed: missed.clone(),
         });
-        rx
+        Inbox { rx, missed }
     }
 
     /// Hands a commit to every interested subscription without blocking.
@@ -94,11 +100,16 @@ impl Listeners {
                     return true;
                 }
             }
-            if s.missed > 0 {
-                match s.tx.try_send(Message::Lagged(s.missed)) {
-                    Ok(()) => s.missed = 0,
+            if s.tx.is_full() {
+                s.missed.fetch_add(1, Ordering::AcqRel);
+                return true;
+            }
+            let missed = s.missed.swap(0, Ordering::AcqRel);
+            if missed > 0 {
+                match s.tx.try_send(Message::Lagged(missed)) {
+                    Ok(()) => {}
                     Err(TrySendError::Full(_)) => {
-                        s.missed += 1;
+                        s.missed.fetch_add(missed + 1, Ordering::AcqRel);
                         return true;
                     }
                     Err(TrySendError::Disconnected(_)) => return false,
@@ -107,12 +118,52 @@ impl Listeners {
             match s.tx.try_send(Message::Commit(commit.clone())) {
                 Ok(()) => true,
                 Err(TrySendError::Full(_)) => {
-                    s.missed += 1;
+                    s.missed.fetch_add(1, Ordering::AcqRel);
                     true
                 }
                 Err(TrySendError::Disconnected(_)) => false,
             }
         });
+    }
+}
+
+/// The receiving end of a subscription.
+pub(crate) struct Inbox {
+    rx: Receiver<Message>,
+    missed: Arc<AtomicU64>,
+}
+
+impl Inbox {
+    /// A lag report if commits were dropped and the channel is drained.
+    fn drained_lag(&self) -> Option<Message> {
+        if !self.rx.is_empty() {
+            return None;
+        }
+        match self.missed.swap(0, Ordering::AcqRel) {
+            0 => None,
+            n => Some(Message::Lagged(n)),
+        }
+    }
+
+    fn try_recv(&self) -> Result<Option<Message>, RecvError> {
+        match self.rx.try_recv() {
+            Ok(m) => Ok(Some(m)),
+            Err(TryRecvError::Empty) => Ok(self.drained_lag()),
+            Err(TryRecvError::Disconnected) => Err(RecvError::Closed),
+        }
+    }
+
+    fn recv_deadline(&self, deadline: Option<std::time::Instant>) -> Result<Message, RecvError> {
+        if let Some(m) = self.try_recv()? {
+            return Ok(m);
+        }
+        match deadline {
+            None => self.rx.recv().map_err(|_| RecvError::Closed),
+            Some(d) => self.rx.recv_deadline(d).map_err(|e| match e {
+                RecvTimeoutError::Timeout => RecvError::Timeout,
+                RecvTimeoutError::Disconnected => RecvError::Closed,
+            }),
+        }
     }
 }
 
@@ -163,14 +214,14 @@ impl From<RecvError> for Error {
 
 /// Events of one record type, in commit order. Dropping it unsubscribes.
 pub struct Subscription<R> {
-    rx: Receiver<Message>,
+    rx: Inbox,
     table: &'static str,
     pending: VecDeque<RecordEvent<R>>,
     _marker: PhantomData<fn() -> R>,
 }
 
 impl<R: PersistentRecord> Subscription<R> {
-    pub(crate) fn new(rx: Receiver<Message>) -> Self {
+    pub(crate) fn new(rx: Inbox) -> Self {
         Subscription {
             rx,
             table: R::meta().table,
@@ -210,31 +261,24 @@ impl<R: PersistentRecord> Subscription<R> {
         Ok(())
     }
 
-    /// Waits for the next event.
-    pub fn recv(&mut self) -> Result<RecordEvent<R>, RecvError> {
+    fn next(&mut self, deadline: Option<std::time::Instant>) -> Result<RecordEvent<R>, RecvError> {
         loop {
             if let Some(e) = self.pending.pop_front() {
                 return Ok(e);
             }
-            let msg = self.rx.recv().map_err(|_| RecvError::Closed)?;
+            let msg = self.rx.recv_deadline(deadline)?;
             self.absorb(msg)?;
         }
     }
 
+    /// Waits for the next event.
+    pub fn recv(&mut self) -> Result<RecordEvent<R>, RecvError> {
+        self.next(None)
+    }
+
     /// Waits up to `timeout` for the next event.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<RecordEvent<R>, RecvError> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Some(e) = self.pending.pop_front() {
-                return Ok(e);
-            }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let msg = self.rx.recv_timeout(left).map_err(|e| match e {
-                RecvTimeoutError::Timeout => RecvError::Timeout,
-                RecvTimeoutError::Disconnected => RecvError::Closed,
-            })?;
-            self.absorb(msg)?;
-        }
+        self.next(Some(std::time::Instant::now() + timeout))
     }
 
     /// The next event if one is ready.
@@ -243,10 +287,9 @@ impl<R: PersistentRecord> Subscription<R> {
             if let Some(e) = self.pending.pop_front() {
                 return Ok(Some(e));
             }
-            match self.rx.try_recv() {
-                Ok(msg) => self.absorb(msg)?,
-                Err(TryRecvError::Empty) => return Ok(None),
-                Err(TryRecvError::Disconnected) => return Err(RecvError::Closed),
+            match self.rx.try_recv()? {
+                Some(msg) => self.absorb(msg)?,
+                None => return Ok(None),
             }
         }
     }
@@ -254,7 +297,7 @@ impl<R: PersistentRecord> Subscription<R> {
 
 /// Every commit, all tables: the feed the sync worker wakes on.
 pub struct CommitFeed {
-    pub(crate) rx: Receiver<Message>,
+    pub(crate) rx: Inbox,
 }
 
 /// An item of the [`CommitFeed`].
@@ -267,21 +310,27 @@ pub enum FeedItem {
 }
 
 impl CommitFeed {
+    fn item(m: Message) -> FeedItem {
+        match m {
+            Message::Commit(c) => FeedItem::Commit(c),
+            Message::Lagged(n) => FeedItem::Lagged(n),
+        }
+    }
+
     /// Waits for the next commit.
     pub fn recv(&self) -> Result<FeedItem, RecvError> {
-        match self.rx.recv().map_err(|_| RecvError::Closed)? {
-            Message::Commit(c) => Ok(FeedItem::Commit(c)),
-            Message::Lagged(n) => Ok(FeedItem::Lagged(n)),
-        }
+        self.rx.recv_deadline(None).map(Self::item)
     }
 
     /// Waits up to `timeout`.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<FeedItem, RecvError> {
-        match self.rx.recv_timeout(timeout) {
-            Ok(Message::Commit(c)) => Ok(FeedItem::Commit(c)),
-            Ok(Message::Lagged(n)) => Ok(FeedItem::Lagged(n)),
-            Err(RecvTimeoutError::Timeout) => Err(RecvError::Timeout),
-            Err(RecvTimeoutError::Disconnected) => Err(RecvError::Closed),
-        }
+        self.rx
+            .recv_deadline(Some(std::time::Instant::now() + timeout))
+            .map(Self::item)
+    }
+
+    /// The next item if one is ready.
+    pub fn try_recv(&self) -> Result<Option<FeedItem>, RecvError> {
+        Ok(self.rx.try_recv()?.map(Self::item))
     }
 }

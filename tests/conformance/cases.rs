@@ -59,7 +59,10 @@ pub fn explicit_keys_and_save(fx: &Fixture) {
     s.write(|tx| tx.save(&st)).unwrap();
     assert_eq!(s.get::<SmsSettings>(id).unwrap().unwrap().port, 1);
     let err = s.insert(&st).unwrap_err();
-    assert!(matches!(err, Error::UniqueViolation { ref column, .. } if column == "profile_id"), "{err}");
+    assert!(
+        matches!(err, Error::UniqueViolation { ref column, .. } if column == "profile_id"),
+        "{err}"
+    );
 }
 
 pub fn missing_rows_are_not_found(fx: &Fixture) {
@@ -67,8 +70,13 @@ pub fn missing_rows_are_not_found(fx: &Fixture) {
     assert_eq!(s.get::<Profile>(42).unwrap(), None);
     let mut p = profile("ghost");
     p.id = 42;
-    assert!(matches!(s.update(&p), Err(Error::NotFound { ref table, ref key }) if table == "notification_profile" && key == "42"));
-    assert!(matches!(s.delete::<Profile>(42), Err(Error::NotFound { .. })));
+    assert!(
+        matches!(s.update(&p), Err(Error::NotFound { ref table, ref key }) if table == "notification_profile" && key == "42")
+    );
+    assert!(matches!(
+        s.delete::<Profile>(42),
+        Err(Error::NotFound { .. })
+    ));
     assert_eq!(s.position(), 0, "failed writes log nothing");
 }
 
@@ -77,8 +85,15 @@ pub fn unique_violation_names_the_column(fx: &Fixture) {
     s.insert(&profile("dup")).unwrap();
     let err = s.insert(&profile("dup")).unwrap_err();
     match err {
-        Error::UniqueViolation { table, column, value } => {
-            assert_eq!((table.as_str(), column.as_str()), ("notification_profile", "name"));
+        Error::UniqueViolation {
+            table,
+            column,
+            value,
+        } => {
+            assert_eq!(
+                (table.as_str(), column.as_str()),
+                ("notification_profile", "name")
+            );
             assert_eq!(value.as_deref(), Some("\"dup\""));
         }
         other => panic!("expected a unique violation, got {other}"),
@@ -90,7 +105,10 @@ pub fn unique_violation_names_the_column(fx: &Fixture) {
 pub fn validation_error_reaches_the_caller(fx: &Fixture) {
     let s = store_with_all(fx);
     let err = s.insert(&profile("  ")).unwrap_err();
-    assert!(matches!(err, Error::Validation { ref message, .. } if message == "name must not be blank"), "{err}");
+    assert!(
+        matches!(err, Error::Validation { ref message, .. } if message == "name must not be blank"),
+        "{err}"
+    );
     let id = s.insert(&profile("ok")).unwrap();
     let mut p = s.get::<Profile>(id).unwrap().unwrap();
     p.name = String::new();
@@ -103,8 +121,21 @@ pub fn missing_reference_is_refused(fx: &Fixture) {
     let s = store_with_all(fx);
     let err = s.insert(&sms(77)).unwrap_err();
     match err {
-        Error::MissingReference { table, column, target, key } => {
-            assert_eq!((table.as_str(), column.as_str(), target.as_str(), key.as_str()), ("sms_settings", "profile_id", "notification_profile", "77"));
+        Error::MissingReference {
+            table,
+            column,
+            target,
+            key,
+        } => {
+            assert_eq!(
+                (
+                    table.as_str(),
+                    column.as_str(),
+                    target.as_str(),
+                    key.as_str()
+                ),
+                ("sms_settings", "profile_id", "notification_profile", "77")
+            );
         }
         other => panic!("expected a missing reference, got {other}"),
     }
@@ -119,11 +150,25 @@ pub fn missing_reference_is_refused(fx: &Fixture) {
 pub fn restrict_refuses_delete(fx: &Fixture) {
     let s = store_with_all(fx);
     let p = s.insert(&profile("p")).unwrap();
-    s.insert(&Broker { id: 0, profile_id: p, name: "b".into(), parent: None }).unwrap();
+    s.insert(&Broker {
+        id: 0,
+        profile_id: p,
+        name: "b".into(),
+        parent: None,
+    })
+    .unwrap();
     let err = s.delete::<Profile>(p).unwrap_err();
     match err {
-        Error::Referenced { table, by_table, by_column, .. } => {
-            assert_eq!((table.as_str(), by_table.as_str(), by_column.as_str()), ("notification_profile", "broker", "profile_id"));
+        Error::Referenced {
+            table,
+            by_table,
+            by_column,
+            ..
+        } => {
+            assert_eq!(
+                (table.as_str(), by_table.as_str(), by_column.as_str()),
+                ("notification_profile", "broker", "profile_id")
+            );
         }
         other => panic!("expected referenced, got {other}"),
     }
@@ -141,18 +186,52 @@ pub fn cascade_deletes_are_logged_and_announced(fx: &Fixture) {
     let entry = s.read_log(before + 1, 1).unwrap().remove(0);
     let changes = decode_body(&entry.body).unwrap();
     let summary: Vec<_> = changes.iter().map(|c| (c.table, c.op)).collect();
-    assert_eq!(summary, vec![("sms_settings", Op::Delete), ("notification_profile", Op::Delete)]);
-    assert!(matches!(events.recv_timeout(Duration::from_secs(5)).unwrap(), RecordEvent::Added(_)));
-    assert!(matches!(events.recv_timeout(Duration::from_secs(5)).unwrap(), RecordEvent::Deleted(ref d) if d.profile_id == p));
+    assert_eq!(
+        summary,
+        vec![
+            ("sms_settings", Op::Delete),
+            ("notification_profile", Op::Delete)
+        ]
+    );
+    assert!(matches!(
+        events.recv_timeout(Duration::from_secs(5)).unwrap(),
+        RecordEvent::Added(_)
+    ));
+    assert!(
+        matches!(events.recv_timeout(Duration::from_secs(5)).unwrap(), RecordEvent::Deleted(ref d) if d.profile_id == p)
+    );
     assert!(s.verify().unwrap().is_consistent());
 }
 
 pub fn cascade_through_self_reference(fx: &Fixture) {
     let s = store_with_all(fx);
-    let root = s.insert(&Folder { id: 0, parent: None, name: "root".into() }).unwrap();
-    let a = s.insert(&Folder { id: 0, parent: Some(root), name: "a".into() }).unwrap();
-    s.insert(&Folder { id: 0, parent: Some(a), name: "a1".into() }).unwrap();
-    let other = s.insert(&Folder { id: 0, parent: None, name: "other".into() }).unwrap();
+    let root = s
+        .insert(&Folder {
+            id: 0,
+            parent: None,
+            name: "root".into(),
+        })
+        .unwrap();
+    let a = s
+        .insert(&Folder {
+            id: 0,
+            parent: Some(root),
+            name: "a".into(),
+        })
+        .unwrap();
+    s.insert(&Folder {
+        id: 0,
+        parent: Some(a),
+        name: "a1".into(),
+    })
+    .unwrap();
+    let other = s
+        .insert(&Folder {
+            id: 0,
+            parent: None,
+            name: "other".into(),
+        })
+        .unwrap();
     s.delete::<Folder>(root).unwrap();
     let left: Vec<i64> = s.list::<Folder>().unwrap().iter().map(|f| f.id).collect();
     assert_eq!(left, vec![other]);
@@ -198,7 +277,7 @@ pub fn panic_in_transaction_rolls_back(fx: &Fixture) {
     let s = store_with_all(fx);
     let s2 = s.clone();
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        s2.write(|tx| {
+        s2.write(|tx| -> Result<(), Error> {
             tx.insert(&profile("half")).unwrap();
             panic!("module bug");
         })
@@ -219,18 +298,97 @@ pub fn queries_filter_order_limit_count(fx: &Fixture) {
     }
     let c = Profile::columns();
     let names = |v: Vec<Profile>| v.into_iter().map(|p| p.name).collect::<Vec<_>>();
-    assert_eq!(names(s.query::<Profile>().order_by(c.name.asc()).load().unwrap()), ["a", "b", "c", "d", "e"]);
-    assert_eq!(names(s.query::<Profile>().order_by(c.name.desc()).limit(2).load().unwrap()), ["e", "d"]);
-    assert_eq!(names(s.query::<Profile>().order_by(c.name.asc()).limit(2).offset(2).load().unwrap()), ["c", "d"]);
-    assert_eq!(names(s.query::<Profile>().filter(c.enabled.eq(true)).load().unwrap()), ["d", "c", "e"]);
-    assert_eq!(names(s.query::<Profile>().filter(c.name.ne("a")).filter(c.name.lt("d")).order_by(c.name.asc()).load().unwrap()), ["b", "c"]);
-    assert_eq!(names(s.query::<Profile>().filter(c.id.ge(4)).load().unwrap()), ["b", "e"]);
-    assert_eq!(names(s.query::<Profile>().filter(c.id.gt(4)).load().unwrap()), ["e"]);
-    assert_eq!(names(s.query::<Profile>().filter(c.id.le(1)).load().unwrap()), ["d"]);
-    assert_eq!(names(s.query::<Profile>().filter(c.note.is_null()).load().unwrap()), ["c", "b", "e"]);
-    assert_eq!(names(s.query::<Profile>().filter(c.note.is_not_null()).load().unwrap()), ["d", "a"]);
-    assert_eq!(s.query::<Profile>().filter(c.note.eq(Some("n1".to_string()))).first().unwrap().unwrap().name, "a");
-    assert_eq!(s.query::<Profile>().filter(c.enabled.eq(false)).count().unwrap(), 2);
+    assert_eq!(
+        names(s.query::<Profile>().order_by(c.name.asc()).load().unwrap()),
+        ["a", "b", "c", "d", "e"]
+    );
+    assert_eq!(
+        names(
+            s.query::<Profile>()
+                .order_by(c.name.desc())
+                .limit(2)
+                .load()
+                .unwrap()
+        ),
+        ["e", "d"]
+    );
+    assert_eq!(
+        names(
+            s.query::<Profile>()
+                .order_by(c.name.asc())
+                .limit(2)
+                .offset(2)
+                .load()
+                .unwrap()
+        ),
+        ["c", "d"]
+    );
+    assert_eq!(
+        names(
+            s.query::<Profile>()
+                .filter(c.enabled.eq(true))
+                .load()
+                .unwrap()
+        ),
+        ["d", "c", "e"]
+    );
+    assert_eq!(
+        names(
+            s.query::<Profile>()
+                .filter(c.name.ne("a"))
+                .filter(c.name.lt("d"))
+                .order_by(c.name.asc())
+                .load()
+                .unwrap()
+        ),
+        ["b", "c"]
+    );
+    assert_eq!(
+        names(s.query::<Profile>().filter(c.id.ge(4)).load().unwrap()),
+        ["b", "e"]
+    );
+    assert_eq!(
+        names(s.query::<Profile>().filter(c.id.gt(4)).load().unwrap()),
+        ["e"]
+    );
+    assert_eq!(
+        names(s.query::<Profile>().filter(c.id.le(1)).load().unwrap()),
+        ["d"]
+    );
+    assert_eq!(
+        names(
+            s.query::<Profile>()
+                .filter(c.note.is_null())
+                .load()
+                .unwrap()
+        ),
+        ["c", "b", "e"]
+    );
+    assert_eq!(
+        names(
+            s.query::<Profile>()
+                .filter(c.note.is_not_null())
+                .load()
+                .unwrap()
+        ),
+        ["d", "a"]
+    );
+    assert_eq!(
+        s.query::<Profile>()
+            .filter(c.note.eq(Some("n1".to_string())))
+            .first()
+            .unwrap()
+            .unwrap()
+            .name,
+        "a"
+    );
+    assert_eq!(
+        s.query::<Profile>()
+            .filter(c.enabled.eq(false))
+            .count()
+            .unwrap(),
+        2
+    );
     // Inside a transaction, queries see its own writes.
     s.write(|tx| {
         tx.insert(&profile("f"))?;
@@ -252,7 +410,12 @@ pub fn log_positions_are_dense_and_survive_restart(fx: &Fixture) {
         Err::<(), _>(Error::Database("no".into()))
     });
     s.write(|_| Ok(())).unwrap(); // empty: no entry
-    let positions: Vec<u64> = s.read_log(0, 100).unwrap().iter().map(|e| e.position).collect();
+    let positions: Vec<u64> = s
+        .read_log(0, 100)
+        .unwrap()
+        .iter()
+        .map(|e| e.position)
+        .collect();
     assert_eq!(positions, vec![1, 2, 3, 4, 5]);
     let digest = s.digest();
     drop(s);
@@ -268,7 +431,12 @@ pub fn log_entries_hold_changes_in_commit_order(fx: &Fixture) {
     let (p, b) = s
         .write(|tx| {
             let p = tx.insert(&profile("p"))?;
-            let b = tx.insert(&Broker { id: 0, profile_id: p, name: "b".into(), parent: None })?;
+            let b = tx.insert(&Broker {
+                id: 0,
+                profile_id: p,
+                name: "b".into(),
+                parent: None,
+            })?;
             let mut pr = tx.get::<Profile>(p)?.unwrap();
             pr.note = Some("edited".into());
             tx.update(&pr)?;
@@ -283,7 +451,12 @@ pub fn log_entries_hold_changes_in_commit_order(fx: &Fixture) {
     let ops: Vec<_> = changes.iter().map(|c| (c.table, c.op)).collect();
     assert_eq!(
         ops,
-        vec![("notification_profile", Op::Insert), ("broker", Op::Insert), ("notification_profile", Op::Update), ("broker", Op::Delete)]
+        vec![
+            ("notification_profile", Op::Insert),
+            ("broker", Op::Insert),
+            ("notification_profile", Op::Update),
+            ("broker", Op::Delete)
+        ]
     );
     let image = changes[2].image().unwrap();
     assert_eq!(image[0], Value::I64(p));
@@ -298,7 +471,14 @@ pub fn log_reads_and_trim(fx: &Fixture) {
     }
     let all: Vec<LogEntry> = s.log_iter(1, 3).collect::<Result<_, _>>().unwrap();
     assert_eq!(all.len(), 10);
-    assert_eq!(s.read_log(4, 2).unwrap().iter().map(|e| e.position).collect::<Vec<_>>(), vec![4, 5]);
+    assert_eq!(
+        s.read_log(4, 2)
+            .unwrap()
+            .iter()
+            .map(|e| e.position)
+            .collect::<Vec<_>>(),
+        vec![4, 5]
+    );
     assert_eq!(s.trim_log(6).unwrap(), 5);
     let head = s.head().unwrap();
     assert_eq!((head.position, head.first_retained), (10, 6));
@@ -309,7 +489,10 @@ pub fn log_reads_and_trim(fx: &Fixture) {
     drop(s);
     let s = store_with_all(fx);
     let head = s.head().unwrap();
-    assert_eq!((head.position, head.digest, head.first_retained), (10, digest, 10));
+    assert_eq!(
+        (head.position, head.digest, head.first_retained),
+        (10, digest, 10)
+    );
     assert!(s.verify().unwrap().is_consistent());
 }
 
@@ -320,7 +503,12 @@ fn replicate(fx: &Fixture) -> (Store, Store, Fixture) {
     a.write(|tx| {
         tx.insert(&sms(p))?;
         let q = tx.insert(&profile("q"))?;
-        tx.insert(&Broker { id: 0, profile_id: q, name: "b".into(), parent: Some(p) })?;
+        tx.insert(&Broker {
+            id: 0,
+            profile_id: q,
+            name: "b".into(),
+            parent: Some(p),
+        })?;
         Ok(())
     })
     .unwrap();
@@ -340,9 +528,16 @@ pub fn apply_replicates_exactly(fx: &Fixture) {
     }
     assert_eq!((b.position(), b.digest()), (a.position(), a.digest()));
     assert_eq!(b.list::<Profile>().unwrap(), a.list::<Profile>().unwrap());
-    assert_eq!(b.list::<SmsSettings>().unwrap(), a.list::<SmsSettings>().unwrap());
+    assert_eq!(
+        b.list::<SmsSettings>().unwrap(),
+        a.list::<SmsSettings>().unwrap()
+    );
     assert_eq!(b.list::<Broker>().unwrap(), a.list::<Broker>().unwrap());
-    assert_eq!(b.read_log(1, 100).unwrap(), a.read_log(1, 100).unwrap(), "the backup's log is the master's");
+    assert_eq!(
+        b.read_log(1, 100).unwrap(),
+        a.read_log(1, 100).unwrap(),
+        "the backup's log is the master's"
+    );
     assert!(b.verify().unwrap().is_consistent());
     // Identity counters follow applied rows, so the backup can take over.
     let next = b.insert(&profile("after failover")).unwrap();
@@ -352,7 +547,13 @@ pub fn apply_replicates_exactly(fx: &Fixture) {
 pub fn apply_is_idempotent_and_refuses_gaps(fx: &Fixture) {
     let (a, b, _fx_b) = replicate(fx);
     let log = a.read_log(1, 100).unwrap();
-    assert!(matches!(b.apply(&log[1]), Err(Error::Gap { expected: 1, got: 2 })));
+    assert!(matches!(
+        b.apply(&log[1]),
+        Err(Error::Gap {
+            expected: 1,
+            got: 2
+        })
+    ));
     b.apply(&log[0]).unwrap();
     assert_eq!(b.apply(&log[0]).unwrap(), Applied::AlreadyApplied);
     for e in &log {
@@ -364,18 +565,30 @@ pub fn apply_is_idempotent_and_refuses_gaps(fx: &Fixture) {
 pub fn apply_detects_divergence(fx: &Fixture) {
     let (a, b, fx_b) = replicate(fx);
     let log = a.read_log(1, 100).unwrap();
-    b.apply(&log[0]).unwrap();
+    for e in &log[..3] {
+        b.apply(e).unwrap();
+    }
     // Someone edits the backup's database behind the library's back.
-    fx_b.raw("UPDATE notification_profile SET note = 'tampered'");
+    fx_b.raw("UPDATE notification_profile SET note = 'tampered' WHERE id = 1");
+    // A full check finds it at once ...
     assert!(!b.verify().unwrap().is_consistent());
-    let err = b.apply(&log[1]).unwrap_err();
-    assert!(matches!(err, Error::Divergence { position: 2, .. } | Error::Inapplicable { position: 2, .. }), "{err}");
-    assert_eq!(b.position(), 1, "nothing of a refused entry is kept");
+    // ... and the first entry that touches the row (deleting profile 1) is refused.
+    let err = b.apply(&log[3]).unwrap_err();
+    assert!(
+        matches!(err, Error::Divergence { position: 4, .. }),
+        "{err}"
+    );
+    assert_eq!(b.position(), 3, "nothing of a refused entry is kept");
+    assert_eq!(b.list::<Profile>().unwrap().len(), 2);
     // A forged digest is caught as well.
-    let (a2, b2, _fx2) = replicate(fx);
+    let fx2 = fx.sibling();
+    let (a2, b2, _fx2b) = replicate(&fx2);
     let mut forged = a2.read_log(1, 1).unwrap().remove(0);
     forged.digest = persist::Digest(forged.digest.0 ^ 1);
-    assert!(matches!(b2.apply(&forged), Err(Error::Divergence { position: 1, .. })));
+    assert!(matches!(
+        b2.apply(&forged),
+        Err(Error::Divergence { position: 1, .. })
+    ));
     assert!(b2.list::<Profile>().unwrap().is_empty());
 }
 
@@ -387,12 +600,18 @@ pub fn apply_refuses_malformed_entries(fx: &Fixture) {
     assert!(matches!(b.apply(&bad), Err(Error::Decode { .. })));
     let mut wrong_table = good.clone();
     wrong_table.body = persist::log::encode_body(&[("no_such_table", Op::Insert, &[1, 0])]);
-    assert!(matches!(b.apply(&wrong_table), Err(Error::Inapplicable { .. })));
+    assert!(matches!(
+        b.apply(&wrong_table),
+        Err(Error::Inapplicable { .. })
+    ));
     let mut wrong_image = good.clone();
     let mut img = Vec::new();
     persist::log::encode_image(&[Value::Text("not an id".into())], &mut img);
     wrong_image.body = persist::log::encode_body(&[("notification_profile", Op::Insert, &img)]);
-    assert!(matches!(b.apply(&wrong_image), Err(Error::Inapplicable { .. })));
+    assert!(matches!(
+        b.apply(&wrong_image),
+        Err(Error::Inapplicable { .. })
+    ));
     assert_eq!(b.position(), 0);
     b.apply(&good).unwrap();
     assert_eq!(b.position(), 1);
@@ -417,9 +636,13 @@ pub fn listeners_see_commits_in_order_on_master_and_backup(fx: &Fixture) {
         b.apply(&e).unwrap();
     }
     for sub in [&mut on_a, &mut on_b] {
-        let evs: Vec<_> = (0..3).map(|_| sub.recv_timeout(Duration::from_secs(5)).unwrap()).collect();
+        let evs: Vec<_> = (0..3)
+            .map(|_| sub.recv_timeout(Duration::from_secs(5)).unwrap())
+            .collect();
         assert!(matches!(&evs[0], RecordEvent::Added(p) if p.name == "one"));
-        assert!(matches!(&evs[1], RecordEvent::Updated { old, new } if old.enabled && !new.enabled));
+        assert!(
+            matches!(&evs[1], RecordEvent::Updated { old, new } if old.enabled && !new.enabled)
+        );
         assert!(matches!(&evs[2], RecordEvent::Deleted(p) if p.id == id));
         assert!(sub.try_recv().unwrap().is_none());
     }
@@ -444,25 +667,48 @@ pub fn slow_listener_lags_instead_of_growing(fx: &Fixture) {
         }
     }
     assert_eq!(added, 4, "the channel holds its capacity");
-    assert_eq!(added + lagged, 20, "every commit is delivered or counted as missed");
+    assert_eq!(
+        added + lagged,
+        20,
+        "every commit is delivered or counted as missed"
+    );
     s.insert(&profile("later")).unwrap();
-    assert!(matches!(slow.recv_timeout(Duration::from_secs(5)).unwrap(), RecordEvent::Added(p) if p.name == "later"));
+    assert!(
+        matches!(slow.recv_timeout(Duration::from_secs(5)).unwrap(), RecordEvent::Added(p) if p.name == "later")
+    );
 }
 
 pub fn migration_adds_columns_without_losing_rows(fx: &Fixture) {
     let s = fx.open();
     s.register::<v1::Evolving>().unwrap();
     for i in 0..3 {
-        s.insert(&v1::Evolving { id: 0, name: format!("r{i}"), legacy: Some("x".into()) }).unwrap();
+        s.insert(&v1::Evolving {
+            id: 0,
+            name: format!("r{i}"),
+            legacy: Some("x".into()),
+        })
+        .unwrap();
     }
     drop(s);
     let s = fx.open();
     s.register::<v2_added::Evolving>().unwrap();
     let rows = s.list::<v2_added::Evolving>().unwrap();
     assert_eq!(rows.len(), 3);
-    assert!(rows.iter().all(|r| r.retries == 5 && r.comment.is_none() && r.legacy.as_deref() == Some("x")));
-    assert!(s.verify().unwrap().is_consistent(), "the digest follows the new row images");
-    s.insert(&v2_added::Evolving { id: 0, name: "new".into(), legacy: None, retries: 1, comment: Some("c".into()) }).unwrap();
+    assert!(rows
+        .iter()
+        .all(|r| r.retries == 5 && r.comment.is_none() && r.legacy.as_deref() == Some("x")));
+    assert!(
+        s.verify().unwrap().is_consistent(),
+        "the digest follows the new row images"
+    );
+    s.insert(&v2_added::Evolving {
+        id: 0,
+        name: "new".into(),
+        legacy: None,
+        retries: 1,
+        comment: Some("c".into()),
+    })
+    .unwrap();
     drop(s);
     let s = fx.open();
     s.register::<v2_added::Evolving>().unwrap();
@@ -473,13 +719,26 @@ pub fn migration_adds_columns_without_losing_rows(fx: &Fixture) {
 fn seeded_v1(fx: &Fixture) {
     let s = fx.open();
     s.register::<v1::Evolving>().unwrap();
-    s.insert(&v1::Evolving { id: 0, name: "keep me".into(), legacy: Some("data".into()) }).unwrap();
+    s.insert(&v1::Evolving {
+        id: 0,
+        name: "keep me".into(),
+        legacy: Some("data".into()),
+    })
+    .unwrap();
 }
 
 fn assert_conflict(err: Error, column: &str) {
     match err {
-        Error::SchemaConflict { table, column: Some(c), reason } => {
-            assert_eq!((table.as_str(), c.as_str()), ("evolving", column), "{reason}");
+        Error::SchemaConflict {
+            table,
+            column: Some(c),
+            reason,
+        } => {
+            assert_eq!(
+                (table.as_str(), c.as_str()),
+                ("evolving", column),
+                "{reason}"
+            );
         }
         other => panic!("expected a schema conflict on evolving.{column}, got {other}"),
     }
@@ -495,26 +754,42 @@ fn assert_v1_intact(fx: &Fixture) {
 
 pub fn migration_refuses_type_change(fx: &Fixture) {
     seeded_v1(fx);
-    assert_conflict(fx.open().register::<v2_type_change::Evolving>().unwrap_err(), "name");
+    assert_conflict(
+        fx.open()
+            .register::<v2_type_change::Evolving>()
+            .unwrap_err(),
+        "name",
+    );
     assert_v1_intact(fx);
 }
 
 pub fn migration_refuses_dropping_data(fx: &Fixture) {
     seeded_v1(fx);
-    assert_conflict(fx.open().register::<v2_dropped::Evolving>().unwrap_err(), "legacy");
+    assert_conflict(
+        fx.open().register::<v2_dropped::Evolving>().unwrap_err(),
+        "legacy",
+    );
     assert_v1_intact(fx);
 }
 
 pub fn migration_refuses_new_not_null_without_default(fx: &Fixture) {
     seeded_v1(fx);
-    assert_conflict(fx.open().register::<v2_not_null::Evolving>().unwrap_err(), "required");
+    assert_conflict(
+        fx.open().register::<v2_not_null::Evolving>().unwrap_err(),
+        "required",
+    );
     assert_v1_intact(fx);
 }
 
 pub fn migration_drops_empty_column(fx: &Fixture) {
     let s = fx.open();
     s.register::<v1::Evolving>().unwrap();
-    s.insert(&v1::Evolving { id: 0, name: "n".into(), legacy: None }).unwrap();
+    s.insert(&v1::Evolving {
+        id: 0,
+        name: "n".into(),
+        legacy: None,
+    })
+    .unwrap();
     drop(s);
     let s = fx.open();
     s.register::<v2_dropped::Evolving>().unwrap();
@@ -534,12 +809,13 @@ pub fn fingerprint_is_stable_and_sensitive(fx: &Fixture) {
     let fp = a.schema_fingerprint();
     drop(a);
     assert_eq!(store_with_all(fx).schema_fingerprint(), fp);
-    let c = fx.sibling().open();
+    let (fx_c, fx_d, fx_e) = (fx.sibling(), fx.sibling(), fx.sibling());
+    let c = fx_c.open();
     c.register::<SmsSettings>().unwrap();
     assert_ne!(c.schema_fingerprint(), fp);
-    let d = fx.sibling().open();
+    let d = fx_d.open();
     d.register::<v1::Evolving>().unwrap();
-    let e = fx.sibling().open();
+    let e = fx_e.open();
     e.register::<v2_added::Evolving>().unwrap();
     assert_ne!(d.schema_fingerprint(), e.schema_fingerprint());
 }
@@ -568,12 +844,24 @@ pub fn foreign_table_name_is_refused(fx: &Fixture) {
     fx.raw("CREATE TABLE notification_profile (x INTEGER)");
     let s = fx.open();
     let err = s.register::<Profile>().unwrap_err();
-    assert!(matches!(err, Error::SchemaConflict { ref table, .. } if table == "notification_profile"), "{err}");
+    assert!(
+        matches!(err, Error::SchemaConflict { ref table, .. } if table == "notification_profile"),
+        "{err}"
+    );
 }
 
 pub fn unregistered_type_is_an_error(fx: &Fixture) {
     let s = fx.open();
-    assert!(matches!(s.insert(&profile("p")), Err(Error::NotRegistered { table: "notification_profile", .. })));
-    assert!(matches!(s.list::<Profile>(), Err(Error::NotRegistered { .. })));
+    assert!(matches!(
+        s.insert(&profile("p")),
+        Err(Error::NotRegistered {
+            table: "notification_profile",
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.list::<Profile>(),
+        Err(Error::NotRegistered { .. })
+    ));
     assert!(s.subscribe::<Profile>().is_err());
 }

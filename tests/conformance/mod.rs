@@ -11,6 +11,7 @@ pub mod records;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use diesel::connection::SimpleConnection;
 use diesel::{Connection, PgConnection, RunQueryDsl, SqliteConnection};
 use persist::backend::sqlite::SqliteOptions;
 use persist::store::BackendConfig;
@@ -18,7 +19,8 @@ use persist::{Store, StoreConfig};
 
 /// URL of the PostgreSQL server used by the tests.
 pub fn pg_url() -> String {
-    std::env::var("PERSIST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("PERSIST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// Isolated databases of one backend.
@@ -47,7 +49,10 @@ impl Fixture {
             "persist_test_{}_{}_{}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed),
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos()
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
         );
         Fixture {
             config: StoreConfig::postgres(pg_url(), schema.clone()),
@@ -84,12 +89,16 @@ impl Fixture {
         match &self.config.backend {
             BackendConfig::Sqlite(SqliteOptions { path, .. }) => {
                 let mut c = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
-                diesel::sql_query("PRAGMA busy_timeout = 5000").execute(&mut c).unwrap();
+                diesel::sql_query("PRAGMA busy_timeout = 5000")
+                    .execute(&mut c)
+                    .unwrap();
                 c.batch_execute(sql).unwrap();
             }
             BackendConfig::Postgres(o) => {
                 let mut c = PgConnection::establish(&o.url).unwrap();
-                c.batch_execute(&format!("SET search_path TO \"{}\"; {sql}", o.schema.as_deref().unwrap())).unwrap();
+                let schema = o.schema.as_deref().unwrap();
+                c.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"; SET search_path TO \"{schema}\"; {sql}"))
+                    .unwrap();
             }
         }
     }
@@ -110,7 +119,7 @@ impl Drop for Fixture {
 macro_rules! conformance_suite {
     ($backend:ident, $fixture:expr) => {
         mod $backend {
-            use super::conformance::cases;
+            use super::conformance::{cases, Fixture};
             $crate::conformance_suite!(@cases $fixture;
                 crud_round_trips_every_field_type,
                 identity_keys_are_assigned_in_order,
