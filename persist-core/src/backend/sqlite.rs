@@ -48,6 +48,10 @@ pub struct SqliteOptions {
     /// Run WAL checkpoints on a background thread every this often
     /// (`None`: SQLite checkpoints inside commits, its default).
     pub background_checkpoint: Option<Duration>,
+    /// Caps the database file at this many pages (4 KiB each): a write that
+    /// would grow it further fails with `Error::DiskFull`, exactly as on a
+    /// full disk, and keeps nothing. `None`: no cap.
+    pub max_pages: Option<u32>,
 }
 
 impl SqliteOptions {
@@ -58,6 +62,7 @@ impl SqliteOptions {
             synchronous: Synchronous::Normal,
             busy_timeout: Duration::from_secs(5),
             background_checkpoint: Some(Duration::from_millis(100)),
+            max_pages: None,
         }
     }
 }
@@ -87,6 +92,9 @@ pub(crate) fn open_raw(options: &SqliteOptions) -> Result<DieselConnection<Sqlit
         Synchronous::Full => "PRAGMA synchronous = FULL",
     })?;
     conn.batch("PRAGMA foreign_keys = ON")?;
+    if let Some(pages) = options.max_pages {
+        conn.batch(&format!("PRAGMA max_page_count = {pages}"))?;
+    }
     if options.background_checkpoint.is_some() {
         conn.batch(&format!("PRAGMA wal_autocheckpoint = {WAL_CAP_PAGES}"))?;
     }
