@@ -160,10 +160,10 @@ pub(crate) fn field_attrs(cx: &Ctxt, attrs: &[Attribute]) -> FieldAttrs {
     parse(cx, attrs, Place::RecordField, |meta, key| {
         match key.0 {
             k if k == COLUMN => set(cx, &mut out.column, meta, parse_str(meta, key)?),
-            k if k == IDENTITY => set(cx, &mut out.identity, meta, parse_flag(cx, meta, key)),
-            k if k == KEY => set(cx, &mut out.key, meta, parse_flag(cx, meta, key)),
-            k if k == UNIQUE => set(cx, &mut out.unique, meta, parse_flag(cx, meta, key)),
-            k if k == INDEXED => set(cx, &mut out.indexed, meta, parse_flag(cx, meta, key)),
+            k if k == IDENTITY => set_flag(cx, &mut out.identity, meta, key),
+            k if k == KEY => set_flag(cx, &mut out.key, meta, key),
+            k if k == UNIQUE => set_flag(cx, &mut out.unique, meta, key),
+            k if k == INDEXED => set_flag(cx, &mut out.indexed, meta, key),
             k if k == DEFAULT => set(cx, &mut out.default, meta, parse_value(meta, key)?),
             k if k == REFERENCES => set(cx, &mut out.references, meta, parse_path(meta, key)?),
             _ => set(cx, &mut out.on_delete, meta, parse_on_delete(meta, key)?),
@@ -329,6 +329,11 @@ fn parse_value(meta: &ParseNestedMeta<'_>, key: &Key) -> syn::Result<Expr> {
         return Err(meta.error(format!("`{}` needs a value\n{}", key.0, help(key))));
     }
     meta.value()?.parse()
+}
+
+fn set_flag(cx: &Ctxt, slot: &mut Flag, meta: &ParseNestedMeta<'_>, key: &Key) {
+    parse_flag(cx, meta, key);
+    set(cx, slot, meta, ());
 }
 
 /// A flag given a value is reported but still counts as set, so the error does
