@@ -3,6 +3,7 @@
 //! Every problem is recorded in the [`Ctxt`] and parsing goes on with the next
 //! key, so one compile reports every bad key of a type.
 
+use quote::ToTokens;
 use syn::meta::ParseNestedMeta;
 use syn::{Attribute, Expr, ExprLit, Lit, LitStr, Path, Token};
 
@@ -82,6 +83,27 @@ const FIELD_KEYS: &[Key] = &[
 ];
 const VARIANT_KEYS: &[Key] = &[Key(RENAME, r#"#[persist(rename = "stored name")]"#)];
 
+/// Names other derive crates use for a key, and the key they mean here.
+const ALIASES: &[(&str, &str)] = &[
+    ("primary_key", "identity"),
+    ("primary", "identity"),
+    ("pk", "identity"),
+    ("id", "identity"),
+    ("auto_increment", "identity"),
+    ("autoincrement", "identity"),
+    ("serial", "identity"),
+    ("name", "column"),
+    ("column_name", "column"),
+    ("rename", "column"),
+    ("index", "indexed"),
+    ("foreign_key", "references"),
+    ("fk", "references"),
+    ("belongs_to", "references"),
+    ("table_name", "table"),
+    ("validator", "validate"),
+    ("name", "rename"),
+];
+
 /// Where an attribute sits, for the hint on a key that belongs elsewhere.
 #[derive(Copy, Clone, PartialEq, Eq)]
 enum Place {
@@ -138,10 +160,10 @@ pub(crate) fn field_attrs(cx: &Ctxt, attrs: &[Attribute]) -> FieldAttrs {
     parse(cx, attrs, Place::RecordField, |meta, key| {
         match key.0 {
             k if k == COLUMN => set(cx, &mut out.column, meta, parse_str(meta, key)?),
-            k if k == IDENTITY => set(cx, &mut out.identity, meta, parse_flag(meta, key)?),
-            k if k == KEY => set(cx, &mut out.key, meta, parse_flag(meta, key)?),
-            k if k == UNIQUE => set(cx, &mut out.unique, meta, parse_flag(meta, key)?),
-            k if k == INDEXED => set(cx, &mut out.indexed, meta, parse_flag(meta, key)?),
+            k if k == IDENTITY => set_flag(cx, &mut out.identity, meta, key),
+            k if k == KEY => set_flag(cx, &mut out.key, meta, key),
+            k if k == UNIQUE => set_flag(cx, &mut out.unique, meta, key),
+            k if k == INDEXED => set_flag(cx, &mut out.indexed, meta, key),
             k if k == DEFAULT => set(cx, &mut out.default, meta, parse_value(meta, key)?),
             k if k == REFERENCES => set(cx, &mut out.references, meta, parse_path(meta, key)?),
             _ => set(cx, &mut out.on_delete, meta, parse_on_delete(meta, key)?),
@@ -229,16 +251,26 @@ fn unknown_key(meta: &ParseNestedMeta<'_>, place: Place) -> syn::Error {
         .filter(|(d, _)| *d <= 2)
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k);
-    match (elsewhere, closest) {
-        (Some((p, k)), _) => msg.push_str(&format!(
+    // What the user most likely meant: a known alias, then a key of another
+    // place (a misplacement, not a typo), then a close spelling.
+    let alias = ALIASES
+        .iter()
+        .filter(|(a, _)| *a == name)
+        .find_map(|(_, meant)| keys.iter().find(|k| k.0 .0 == *meant));
+    match (alias, elsewhere, closest) {
+        (Some(k), _, _) => msg.push_str(&format!(
+            "\nhelp: did you mean `{}`? the correct format looks like `{}`",
+            k.0, k.1
+        )),
+        (None, Some((p, k)), _) => msg.push_str(&format!(
             "\nhelp: `{name}` belongs {}: `{}`",
             p.describe(),
             k.1
         )),
-        (None, Some(k)) => {
+        (None, None, Some(k)) => {
             msg.push_str(&format!("\nhelp: the correct format looks like `{}`", k.1))
         }
-        (None, None) => msg.push_str(&format!(
+        (None, None, None) => msg.push_str(&format!(
             "\nhelp: the correct format looks like `{}`",
             keys[0].1
         )),
@@ -299,11 +331,18 @@ fn parse_value(meta: &ParseNestedMeta<'_>, key: &Key) -> syn::Result<Expr> {
     meta.value()?.parse()
 }
 
-fn parse_flag(meta: &ParseNestedMeta<'_>, key: &Key) -> syn::Result<()> {
+fn set_flag(cx: &Ctxt, slot: &mut Flag, meta: &ParseNestedMeta<'_>, key: &Key) {
+    parse_flag(cx, meta, key);
+    set(cx, slot, meta, ());
+}
+
+/// A flag given a value is reported but still counts as set, so the error does
+/// not cascade (a rejected `identity = true` would also report a missing key).
+fn parse_flag(cx: &Ctxt, meta: &ParseNestedMeta<'_>, key: &Key) {
     if meta.input.peek(Token![=]) || meta.input.peek(syn::token::Paren) {
-        return Err(meta.error(format!("`{}` takes no value\n{}", key.0, help(key))));
+        cx.syn_error(meta.error(format!("`{}` takes no value\n{}", key.0, help(key))));
+        skip_value(meta);
     }
-    Ok(())
 }
 
 fn parse_str(meta: &ParseNestedMeta<'_>, key: &Key) -> syn::Result<LitStr> {
@@ -371,9 +410,13 @@ fn parse_on_delete(meta: &ParseNestedMeta<'_>, key: &Key) -> syn::Result<OnDelet
             "cascade" => Ok(OnDelete::Cascade),
             other => Err(bad(format!("unknown on_delete action `{other}`"))),
         },
-        Expr::Path(p) if p.path.is_ident("restrict") || p.path.is_ident("cascade") => Err(bad(
-            "`on_delete` expects a string: write the action in quotes".into(),
-        )),
+        Expr::Path(p) if p.path.is_ident("restrict") || p.path.is_ident("cascade") => {
+            let action = p.path.to_token_stream();
+            Err(syn::Error::new_spanned(
+                &expr,
+                format!("`on_delete` expects a string: write `on_delete = \"{action}\"`"),
+            ))
+        }
         _ => Err(bad("`on_delete` expects a string".into())),
     }
 }

@@ -68,7 +68,9 @@ pub(crate) fn enumeration(cx: &Ctxt, e: &Enum<'_>) {
 
 fn no_generics(cx: &Ctxt, generics: &Generics, derive: &str) {
     if !generics.params.is_empty() {
-        let help = if generics.lifetimes().next().is_some() {
+        let help = if derive == "PersistentEnum" {
+            "an enum stored by variant name has no parameters: remove them"
+        } else if generics.lifetimes().next().is_some() {
             "a record owns its data: use owned types, like `String` instead of `&str`"
         } else {
             "use concrete field types"
@@ -142,7 +144,8 @@ fn field(cx: &Ctxt, f: &Field<'_>) {
                 f.ty,
                 format!(
                     "an `identity` key must be `i64`: the store assigns 64-bit ids; found \
-                     `{ty}`\nhelp: use `#[persist(key)]` to supply a `{ty}` key yourself"
+                     `{ty}`\nhelp: to keep `{ty}`, mark the field `#[persist(key)]` and \
+                     supply the key yourself"
                 ),
             );
         }

@@ -1,7 +1,7 @@
 //! Code generation of `#[derive(PersistentRecord)]`.
 
 use proc_macro2::{Literal, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
+use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned;
 use syn::{DeriveInput, Lit, Path};
 
@@ -60,9 +60,21 @@ fn expand(r: &Record<'_>) -> TokenStream {
     let idents: Vec<_> = r.fields.iter().map(|f| f.ident).collect();
     let tys: Vec<_> = r.fields.iter().map(|f| f.ty).collect();
     let column_names: Vec<_> = r.fields.iter().map(Field::column).collect();
-    let indexes = (0..r.fields.len()).map(Literal::usize_unsuffixed);
     let column_docs = column_names.iter().map(|c| format!("The `{c}` column."));
     let column_metas = r.fields.iter().map(|f| column_meta(&krate, f));
+    // Spanned at the field type: for a type that is not a FieldType, the bound
+    // error of `Column::new` lands on the type rather than on the derive.
+    let column_handles = r.fields.iter().enumerate().map(|(i, f)| {
+        let index = Literal::usize_unsuffixed(i);
+        let name = f.column();
+        {
+            // Every token of the path carries the type's span (the crate path's
+            // too), so the error covers the type instead of the derive.
+            let span = f.ty.span();
+            let krate = respan(&krate, span);
+            quote_spanned!(span=> #krate::Column::new(#index, #name))
+        }
+    });
     let assertions = r.fields.iter().map(|f| assertions(&krate, f));
 
     let validate = r.attrs.validate.as_ref().map(|v| {
@@ -108,7 +120,7 @@ fn expand(r: &Record<'_>) -> TokenStream {
 
                 fn columns() -> Self::Columns {
                     #columns_ident {
-                        #(#idents: #krate::Column::new(#indexes, #column_names),)*
+                        #(#idents: #column_handles,)*
                     }
                 }
 
@@ -204,6 +216,24 @@ fn column_meta(krate: &TokenStream, f: &Field<'_>) -> TokenStream {
     }
 }
 
+/// `tokens` with every span set to `span`. Spans of user tokens resolve names at
+/// the call site like `Span::call_site()`, so this only moves where errors point.
+fn respan(tokens: &TokenStream, span: proc_macro2::Span) -> TokenStream {
+    tokens
+        .clone()
+        .into_iter()
+        .map(|mut tt| {
+            if let proc_macro2::TokenTree::Group(g) = &tt {
+                let mut group = proc_macro2::Group::new(g.delimiter(), respan(&g.stream(), span));
+                group.set_span(span);
+                tt = group.into();
+            }
+            tt.set_span(span);
+            tt
+        })
+        .collect()
+}
+
 /// The default's value of the non-Option type; `check` has validated its kind.
 fn default_expr(expr: &syn::Expr, scalar: Scalar, inner: &syn::Type) -> TokenStream {
     let lit = check::literal(expr);
@@ -247,14 +277,21 @@ fn assertions(krate: &TokenStream, f: &Field<'_>) -> TokenStream {
     }
     if let Some(target) = &f.attrs.references {
         let target = &target.value;
+        let name = target.to_token_stream().to_string().replace(' ', "");
+        let field = f.name();
+        let message = format!(
+            "field `{field}` references `{name}`, whose key is `{{Self}}`, but the field holds `{{K}}`"
+        );
+        let label = format!("the key of `{name}` is `{{Self}}`");
+        let note = "a reference field holds the referenced record's key: make the field \
+                    `{Self}`, or `Option<{Self}>` for an optional reference";
         out.extend(quote_spanned! {target.span()=>
             const _: fn() = || {
-                #[allow(dead_code)]
-                fn referenced_key_matches_field(
-                    key: <#target as #krate::PersistentRecord>::Key,
-                ) -> #inner {
-                    key
-                }
+                #[diagnostic::on_unimplemented(message = #message, label = #label, note = #note)]
+                trait ReferencedKey<K> {}
+                impl<K> ReferencedKey<K> for K {}
+                fn referenced_key_matches_field<T: ReferencedKey<K>, K>() {}
+                referenced_key_matches_field::<<#target as #krate::PersistentRecord>::Key, #inner>();
             };
         });
     }

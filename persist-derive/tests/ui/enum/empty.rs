@@ -1,0 +1,6 @@
+use persist::PersistentEnum;
+
+#[derive(PersistentEnum)]
+enum Mode {}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use persist::PersistentEnum;
+
+#[derive(PersistentEnum)]
+enum Mode<T> {
+    Plain,
+    Other(T),
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use persist::PersistentEnum;
+
+#[derive(PersistentEnum)]
+struct Mode {
+    tls: bool,
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use persist::PersistentEnum;
+
+#[derive(PersistentEnum)]
+union Mode {
+    a: i64,
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use persist::PersistentRecord;
+
+#[derive(PersistentRecord)]
+enum Mode {
+    Plain,
+    Tls,
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use persist::PersistentRecord;
+
+#[derive(PersistentRecord)]
+struct Device;
+
+fn main() {}

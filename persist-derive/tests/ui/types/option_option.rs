@@ -1,0 +1,10 @@
+use persist::PersistentRecord;
+
+#[derive(PersistentRecord)]
+struct Device {
+    #[persist(identity)]
+    id: i64,
+    note: Option<Option<String>>,
+}
+
+fn main() {}
