@@ -1,10 +1,4 @@
-//! # persist
-//!
-//! Redundancy for gateway modules: declare configuration as a plain struct,
-//! add `#[derive(PersistentRecord)]`, and get a table, typed CRUD, change
-//! events and a replication log that the sync worker ships to the backup.
-//!
-//! See the README for the guide.
+#![doc = include_str!("../README.md")]
 
 pub use persist_core::*;
 pub use persist_derive::{PersistentEnum, PersistentRecord};

@@ -25,7 +25,10 @@ fn config(path: &std::path::Path, tweak: impl FnOnce(&mut SqliteOptions)) -> Sto
 fn locked_database_is_a_clear_error_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("locked.db");
-    let store = Store::open(config(&path, |o| o.busy_timeout = Duration::from_millis(200))).unwrap();
+    let store = Store::open(config(&path, |o| {
+        o.busy_timeout = Duration::from_millis(200)
+    }))
+    .unwrap();
     store.register::<Profile>().unwrap();
     store.insert(&profile("before")).unwrap();
 
@@ -35,13 +38,21 @@ fn locked_database_is_a_clear_error_and_loses_nothing() {
     let started = Instant::now();
     let err = store.insert(&profile("blocked")).unwrap_err();
     assert!(matches!(err, Error::Locked(_)), "{err}");
-    assert!(started.elapsed() >= Duration::from_millis(150), "waited for the busy timeout first");
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "waited for the busy timeout first"
+    );
     // Reads still work while the writer is locked out.
     assert_eq!(store.list::<Profile>().unwrap().len(), 1);
     other.batch_execute("ROLLBACK").unwrap();
 
     store.insert(&profile("after")).unwrap();
-    let names: Vec<String> = store.list::<Profile>().unwrap().into_iter().map(|p| p.name).collect();
+    let names: Vec<String> = store
+        .list::<Profile>()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
     assert_eq!(names, ["before", "after"]);
     assert_eq!(store.position(), 2);
     assert!(store.verify().unwrap().is_consistent());
@@ -65,7 +76,12 @@ fn full_disk_is_a_clear_error_and_loses_nothing() {
     };
     assert!(matches!(err, Error::DiskFull(_)), "{err}");
     // Everything acknowledged is there, nothing of the failed write is, and the log agrees.
-    let names: Vec<String> = store.list::<Profile>().unwrap().into_iter().map(|p| p.name).collect();
+    let names: Vec<String> = store
+        .list::<Profile>()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
     assert_eq!(names, committed);
     assert_eq!(store.position(), committed.len() as u64);
     assert!(store.verify().unwrap().is_consistent());

@@ -215,12 +215,13 @@ pub trait PersistentEnum: Sized + 'static {
 #[doc(hidden)]
 pub fn enum_from_value<E: PersistentEnum>(value: Value) -> Result<E, DecodeError> {
     match value {
-        Value::Text(name) => {
-            E::from_variant_name(&name).ok_or_else(|| DecodeError::UnknownVariant {
+        Value::Text(name) => match E::from_variant_name(&name) {
+            Some(v) => Ok(v),
+            None => Err(DecodeError::UnknownVariant {
                 name,
                 expected: E::VARIANTS,
-            })
-        }
+            }),
+        },
         other => Err(mismatch(SqlType::Text, &other)),
     }
 }

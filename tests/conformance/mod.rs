@@ -153,6 +153,7 @@ macro_rules! conformance_suite {
                 digest_is_order_independent_and_verifiable,
                 foreign_table_name_is_refused,
                 unregistered_type_is_an_error,
+                insert_many_batches_and_checks,
             );
         }
     };

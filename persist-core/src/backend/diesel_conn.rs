@@ -1,4 +1,4 @@
-//! The generic diesel implementation of [`Connection`](super::Connection).
+//! The generic diesel implementation of [`Connection`].
 
 use diesel::backend::Backend;
 use diesel::connection::LoadConnection;

@@ -9,7 +9,7 @@
 //! identifiers from record metadata and the column defaults declared in code
 //! (see [`Dialect::literal`]).
 
-pub(crate) mod diesel_conn;
+pub mod diesel_conn;
 pub mod pg;
 pub mod sqlite;
 

@@ -42,6 +42,19 @@ pub(crate) fn apply(w: &mut Writer, reg: &Registry, entry: &LogEntry) -> Result<
         source,
     })?;
     let mut tx = WriteTx::begin(w, reg)?;
+    // Consecutive inserts into one table go in as multi-row statements.
+    let mut pending: Option<(&super::schema::Table, Vec<crate::value::Value>)> = None;
+    let flush = |tx: &mut WriteTx<'_>,
+                 pending: &mut Option<(&super::schema::Table, Vec<crate::value::Value>)>|
+     -> Result<()> {
+        if let Some((t, flat)) = pending.take() {
+            tx.insert_rows(t, flat).map_err(|e| match e {
+                e @ (Error::Locked(_) | Error::Unavailable(_) | Error::DiskFull(_)) => e,
+                other => inapplicable(position, format!("{} insert: {other}", t.name)),
+            })?;
+        }
+        Ok(())
+    };
     for ch in &changes {
         let t = reg.tables.get(ch.table).ok_or_else(|| {
             inapplicable(
@@ -56,8 +69,19 @@ pub(crate) fn apply(w: &mut Writer, reg: &Registry, entry: &LogEntry) -> Result<
         match ch.op {
             Op::Insert => {
                 let values = check_image(t, ch.payload).map_err(|r| inapplicable(position, r))?;
-                tx.insert_row(t, values).map_err(wrap)?;
+                match &mut pending {
+                    Some((pt, flat)) if std::ptr::eq(*pt, t) => flat.extend(values),
+                    _ => {
+                        flush(&mut tx, &mut pending)?;
+                        pending = Some((t, values));
+                    }
+                }
+                continue;
             }
+            Op::Update | Op::Delete => flush(&mut tx, &mut pending)?,
+        }
+        match ch.op {
+            Op::Insert => {}
             Op::Update => {
                 let values = check_image(t, ch.payload).map_err(|r| inapplicable(position, r))?;
                 tx.update_row(t, values, false).map_err(wrap)?;
@@ -77,6 +101,7 @@ pub(crate) fn apply(w: &mut Writer, reg: &Registry, entry: &LogEntry) -> Result<
             }
         }
     }
+    flush(&mut tx, &mut pending)?;
     if tx.digest != entry.digest {
         return Err(Error::Divergence {
             position,

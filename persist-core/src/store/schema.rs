@@ -28,6 +28,11 @@ pub(crate) fn internal_ddl(d: Dialect) -> Vec<String> {
     ]
 }
 
+/// Rows per multi-row INSERT, at most.
+pub(crate) const BATCH_ROWS: usize = 100;
+/// Binds per multi-row INSERT, at most.
+const BATCH_BINDS: usize = 30_000;
+
 /// A column that references this table's key.
 #[derive(Debug, Clone)]
 pub(crate) struct Child {
@@ -44,6 +49,9 @@ pub(crate) struct Table {
     pub seed: u64,
     pub types: Vec<SqlType>,
     pub insert: Statement,
+    /// Multi-row insert of `batch_rows` rows; binds index a flattened row-major value slice.
+    pub insert_batch: Statement,
+    pub batch_rows: usize,
     pub update: Statement,
     pub delete: Statement,
     pub select_key: Statement,
@@ -81,6 +89,22 @@ impl Table {
             insert.bind(i, c.sql_type);
         }
         insert.sql(")");
+
+        // As many rows per statement as stay well inside both backends' bind
+        // limits (SQLite 32766, PostgreSQL 65535).
+        let ncols = meta.columns.len();
+        let batch_rows = (BATCH_BINDS / ncols.max(1)).clamp(1, BATCH_ROWS);
+        let mut insert_batch = Statement::new(format!("INSERT INTO {t} ({cols}) VALUES "));
+        for r in 0..batch_rows {
+            insert_batch.sql(if r == 0 { "(" } else { ", (" });
+            for (i, c) in meta.columns.iter().enumerate() {
+                if i > 0 {
+                    insert_batch.sql(", ");
+                }
+                insert_batch.bind(r * ncols + i, c.sql_type);
+            }
+            insert_batch.sql(")");
+        }
 
         let mut update = Statement::new(format!("UPDATE {t} SET "));
         let mut first = true;
@@ -124,6 +148,8 @@ impl Table {
             seed: table_seed(meta.table),
             types,
             insert,
+            insert_batch,
+            batch_rows,
             update,
             delete,
             select_key,
