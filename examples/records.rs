@@ -59,11 +59,18 @@ struct Device {
 fn main() -> Result<(), Error> {
     let dir = tempfile::tempdir().map_err(|e| Error::Unavailable(e.to_string()))?;
     let master_path = dir.path().join("master.db");
-    println!("persist: records example (SQLite at {})\n", master_path.display());
+    println!(
+        "persist: records example (SQLite at {})\n",
+        master_path.display()
+    );
 
     let master = Store::open_sqlite(&master_path)?;
     master.register::<Device>()?; // registers NotificationProfile first
-    println!("registered tables {:?}, schema fingerprint {:032x}", master.tables(), master.schema_fingerprint());
+    println!(
+        "registered tables {:?}, schema fingerprint {:032x}",
+        master.tables(),
+        master.schema_fingerprint()
+    );
 
     // A module listens for config changes (e.g. to connect devices).
     let mut devices = master.subscribe::<Device>()?;
@@ -72,7 +79,9 @@ fn main() -> Result<(), Error> {
         while let Ok(event) = devices.recv_timeout(Duration::from_secs(2)) {
             seen.push(match event {
                 RecordEvent::Added(d) => format!("connect {} at {}:{}", d.name, d.host, d.port),
-                RecordEvent::Updated { old, new } => format!("reconnect {}: port {} -> {}", new.name, old.port, new.port),
+                RecordEvent::Updated { old, new } => {
+                    format!("reconnect {}: port {} -> {}", new.name, old.port, new.port)
+                }
                 RecordEvent::Deleted(d) => format!("disconnect {}", d.name),
                 RecordEvent::Lagged(n) => format!("missed {n} commits: re-read all devices"),
             });
@@ -82,7 +91,11 @@ fn main() -> Result<(), Error> {
 
     // One transaction: a profile and two devices, all or nothing.
     let (line1, line2) = master.write(|tx| {
-        let ops = tx.insert(&NotificationProfile { id: 0, name: "operations".into(), enabled: true })?;
+        let ops = tx.insert(&NotificationProfile {
+            id: 0,
+            name: "operations".into(),
+            enabled: true,
+        })?;
         let plc = Device {
             id: 0,
             name: "line-1 PLC".into(),
@@ -93,7 +106,13 @@ fn main() -> Result<(), Error> {
             scan_ms: Some(250),
         };
         let a = tx.insert(&plc)?;
-        let b = tx.insert(&Device { name: "line-2 OPC".into(), host: "10.0.0.11".into(), port: 4840, protocol: Protocol::OpcUa, ..plc })?;
+        let b = tx.insert(&Device {
+            name: "line-2 OPC".into(),
+            host: "10.0.0.11".into(),
+            port: 4840,
+            protocol: Protocol::OpcUa,
+            ..plc
+        })?;
         Ok((a, b))
     })?;
     let mut dev = master.get::<Device>(line1)?.expect("just inserted");
@@ -102,26 +121,74 @@ fn main() -> Result<(), Error> {
     master.delete::<Device>(line2)?;
 
     // Bad input gets a specific error and changes nothing.
-    let blank = NotificationProfile { id: 0, name: " ".into(), enabled: true };
-    println!("\ninvalid profile      -> {}", master.insert(&blank).unwrap_err());
-    let dup = NotificationProfile { id: 0, name: "operations".into(), enabled: true };
-    println!("duplicate name       -> {}", master.insert(&dup).unwrap_err());
-    let orphan = Device { id: 0, profile_id: 99, name: "orphan".into(), ..dev.clone() };
-    println!("dangling reference   -> {}", master.insert(&orphan).unwrap_err());
+    let blank = NotificationProfile {
+        id: 0,
+        name: " ".into(),
+        enabled: true,
+    };
+    println!(
+        "\ninvalid profile      -> {}",
+        master.insert(&blank).unwrap_err()
+    );
+    let dup = NotificationProfile {
+        id: 0,
+        name: "operations".into(),
+        enabled: true,
+    };
+    println!(
+        "duplicate name       -> {}",
+        master.insert(&dup).unwrap_err()
+    );
+    let orphan = Device {
+        id: 0,
+        profile_id: 99,
+        name: "orphan".into(),
+        ..dev.clone()
+    };
+    println!(
+        "dangling reference   -> {}",
+        master.insert(&orphan).unwrap_err()
+    );
 
     let c = Device::columns();
-    let fast = master.query::<Device>().filter(c.scan_ms.lt(Some(500))).order_by(c.name.asc()).load()?;
-    println!("\ndevices scanning faster than 500 ms: {:?}", fast.iter().map(|d| &d.name).collect::<Vec<_>>());
+    let fast = master
+        .query::<Device>()
+        .filter(c.scan_ms.lt(Some(500)))
+        .order_by(c.name.asc())
+        .load()?;
+    println!(
+        "\ndevices scanning faster than 500 ms: {:?}",
+        fast.iter().map(|d| &d.name).collect::<Vec<_>>()
+    );
 
     println!("\nreplication log (one entry per committed transaction):");
     for entry in master.log_iter(1, 100) {
         let entry = entry?;
-        let changes = entry.changes().map_err(|e| Error::Decode { context: "log".into(), source: e })?;
+        let changes = entry.changes().map_err(|e| Error::Decode {
+            context: "log".into(),
+            source: e,
+        })?;
         let summary: Vec<String> = changes
             .iter()
-            .map(|c| format!("{} {}", match c.op { Op::Insert => "insert", Op::Update => "update", Op::Delete => "delete" }, c.table))
+            .map(|c| {
+                format!(
+                    "{} {}",
+                    match c.op {
+                        Op::Insert => "insert",
+                        Op::Update => "update",
+                        Op::Delete => "delete",
+                    },
+                    c.table
+                )
+            })
             .collect();
-        println!("  #{} ({} bytes, digest {}): {}", entry.position, entry.body.len(), entry.digest, summary.join(", "));
+        println!(
+            "  #{} ({} bytes, digest {}): {}",
+            entry.position,
+            entry.body.len(),
+            entry.digest,
+            summary.join(", ")
+        );
     }
 
     println!("\nthe module's listener saw:");
@@ -146,6 +213,13 @@ fn main() -> Result<(), Error> {
         master.digest()
     );
     assert_eq!(backup.list::<Device>()?, master.list::<Device>()?);
-    println!("full verification on the backup: {}", if backup.verify()?.is_consistent() { "consistent" } else { "DIVERGED" });
+    println!(
+        "full verification on the backup: {}",
+        if backup.verify()?.is_consistent() {
+            "consistent"
+        } else {
+            "DIVERGED"
+        }
+    );
     Ok(())
 }
