@@ -1,1 +1,5 @@
-//! Sync worker, protocol and redundancy runtime (issue 3 onward).
+//! Sync worker, protocol and redundancy runtime of persist.
+//!
+//! - [`protocol`]: the messages and their wire encoding.
+
+pub mod protocol;

@@ -1,0 +1,180 @@
+//! The messages of the sync protocol.
+//!
+//! A connection goes through three phases:
+//! 1. **Hello** (unauthenticated, small frames): both sides state protocol
+//!    version, cluster name and node id, and send a fresh nonce.
+//! 2. **Authentication**: each side proves knowledge of the shared secret with
+//!    an HMAC over the whole hello transcript ([`Message::Proof`]); the dialer
+//!    proves first. A wrong proof closes the connection without a word.
+//! 3. **Sync** (authenticated): the backup states where it stands
+//!    ([`Message::SyncRequest`]), the master answers with a [`Plan`], then
+//!    streams [`Message::Entries`] (or a snapshot) and the backup acknowledges
+//!    durably applied positions ([`Message::Ack`]).
+//!
+//! Every message travels as one frame: a version byte, then the postcard
+//! encoding of [`Message`]. The variant order is part of the wire format:
+//! append, never reorder.
+
+use persist_core::{Digest, LogEntry};
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Which end of the link a node is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinkRole {
+    /// The node that dials (the backup).
+    Dialer,
+    /// The node that accepts (the master).
+    Acceptor,
+}
+
+/// Why a connection was refused; shown in both nodes' state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefuseReason {
+    /// The peers speak different protocol versions.
+    ProtocolVersion {
+        /// The refusing side's version.
+        ours: u16,
+        /// The version the peer announced.
+        theirs: u16,
+    },
+    /// The peers belong to different clusters.
+    ClusterName,
+    /// The registered record schemas differ (fingerprints attached).
+    SchemaMismatch {
+        /// The refusing side's fingerprint.
+        ours: u128,
+        /// The peer's fingerprint.
+        theirs: u128,
+    },
+    /// The acceptor is not the master (it cannot serve a log).
+    NotMaster,
+    /// Another backup is already connected.
+    Busy,
+    /// The peer broke the protocol (unexpected message).
+    Protocol(String),
+}
+
+/// A table in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotTable {
+    /// Table name.
+    pub name: String,
+    /// Rows the table holds in the snapshot.
+    pub rows: u64,
+}
+
+/// The master's answer to a [`Message::SyncRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Plan {
+    /// Log entries follow, starting at `from` (the backup's position + 1).
+    Incremental {
+        /// First position that will be sent.
+        from: u64,
+    },
+    /// A full snapshot follows.
+    Snapshot {
+        /// Why incremental shipping was not possible.
+        reason: ResyncReason,
+    },
+}
+
+/// Why the master sends a full snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResyncReason {
+    /// The backup belongs to another data history (another master's database).
+    DifferentHistory,
+    /// The backup claims a position the master never reached.
+    AheadOfMaster,
+    /// Digests differ at the same position.
+    DigestMismatch,
+    /// The backup needs entries the master no longer retains.
+    EntriesTrimmed,
+    /// An entry failed to apply on the backup.
+    ApplyFailed(String),
+    /// An operator asked for it.
+    Requested,
+}
+
+/// One protocol message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// First message of each side.
+    Hello {
+        /// [`PROTOCOL_VERSION`] of the sender.
+        protocol: u16,
+        /// Cluster name; both nodes of a pair use the same.
+        cluster: String,
+        /// The sender's node id.
+        node_id: String,
+        /// Which end the sender is.
+        role: LinkRole,
+        /// Fresh random challenge.
+        nonce: [u8; 32],
+    },
+    /// HMAC-SHA256 over the hello transcript, keyed with the shared secret.
+    Proof {
+        /// The MAC.
+        mac: [u8; 32],
+    },
+    /// The connection is refused; the sender closes it after this.
+    Refused {
+        /// Why.
+        reason: RefuseReason,
+    },
+    /// Backup to master: where the backup stands.
+    SyncRequest {
+        /// Fingerprint of the backup's registered schema.
+        schema: u128,
+        /// The backup's data history id.
+        history: String,
+        /// The backup's last applied position.
+        position: u64,
+        /// The backup's digest at that position (recomputed from its rows).
+        digest: Digest,
+        /// The highest epoch the backup has seen.
+        epoch: u64,
+        /// Ask for a full snapshot regardless.
+        force_snapshot: Option<ResyncReason>,
+    },
+    /// Master to backup: what follows.
+    SyncPlan(Plan),
+    /// Master to backup: consecutive log entries.
+    Entries(Vec<LogEntry>),
+    /// Backup to master: every position up to this one is durably applied.
+    Ack {
+        /// Last durably applied position.
+        position: u64,
+    },
+    /// Master to backup: a snapshot begins.
+    SnapshotBegin {
+        /// The master's history id (the backup adopts it).
+        history: String,
+        /// The log position the snapshot represents.
+        position: u64,
+        /// The digest at that position.
+        digest: Digest,
+        /// The epoch of the master.
+        epoch: u64,
+        /// Tables and their row counts.
+        tables: Vec<SnapshotTable>,
+    },
+    /// Master to backup: row images of one table (index into `SnapshotBegin::tables`).
+    SnapshotRows {
+        /// Table index.
+        table: u32,
+        /// Encoded row images.
+        rows: Vec<Vec<u8>>,
+    },
+    /// Master to backup: the snapshot is complete.
+    SnapshotEnd,
+    /// Either way: liveness, independent of TCP timeouts.
+    Heartbeat {
+        /// The sender's epoch.
+        epoch: u64,
+        /// The sender's last log position.
+        position: u64,
+    },
+}

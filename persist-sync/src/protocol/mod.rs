@@ -1,0 +1,5 @@
+//! The sync protocol: messages and their wire encoding.
+
+pub mod message;
+
+pub use message::{LinkRole, Message, Plan, RefuseReason, ResyncReason, SnapshotTable, PROTOCOL_VERSION};
