@@ -53,7 +53,7 @@ impl Op {
 }
 
 /// A committed log entry as stored and shipped.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LogEntry {
     /// Dense position: one more than the previous committed entry.
     pub position: u64,
