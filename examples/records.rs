@@ -84,6 +84,7 @@ fn main() -> Result<(), Error> {
                 }
                 RecordEvent::Deleted(d) => format!("disconnect {}", d.name),
                 RecordEvent::Lagged(n) => format!("missed {n} commits: re-read all devices"),
+                RecordEvent::Reset => "replaced by a full resync: re-read all devices".to_string(),
             });
         }
         seen

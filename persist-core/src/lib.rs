@@ -37,4 +37,7 @@ pub mod __private {
 pub use backend::Dialect;
 pub use listen::{RecordEvent, Subscription};
 pub use log::LogEntry;
-pub use store::{Applied, LogHead, Query, Store, StoreConfig, Verification, WriteTx};
+pub use store::{
+    Applied, LogHead, Query, Snapshot, SnapshotHeader, SnapshotTableInfo, Store, StoreConfig,
+    Verification, WriteTx,
+};

@@ -52,6 +52,7 @@ pub struct Commit {
 pub(crate) enum Message {
     Commit(Arc<Commit>),
     Lagged(u64),
+    Reset,
 }
 
 pub(crate) struct Subscriber {
@@ -85,6 +86,21 @@ impl Listeners {
             missed: missed.clone(),
         });
         Inbox { rx, missed }
+    }
+
+    /// Tells every subscription that all data was replaced. Queued commits
+    /// before it stay valid history; a full channel gets the notice later,
+    /// through its missed count (a lag also means: re-read).
+    pub fn reset(&mut self) {
+        self.subs
+            .retain_mut(|s| match s.tx.try_send(Message::Reset) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    s.missed.fetch_add(1, Ordering::AcqRel);
+                    true
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            });
     }
 
     /// Hands a commit to every interested subscription without blocking.
@@ -184,6 +200,9 @@ pub enum RecordEvent<R> {
     /// The listener fell behind and this many commits were not delivered;
     /// re-read the records you track.
     Lagged(u64),
+    /// Every table was replaced by a full resync from the master; re-read
+    /// the records you track.
+    Reset,
 }
 
 /// Why a subscription yielded no event.
@@ -244,6 +263,7 @@ impl<R: PersistentRecord> Subscription<R> {
     fn absorb(&mut self, msg: Message) -> Result<(), RecvError> {
         match msg {
             Message::Lagged(n) => self.pending.push_back(RecordEvent::Lagged(n)),
+            Message::Reset => self.pending.push_back(RecordEvent::Reset),
             Message::Commit(c) => {
                 for ch in c.changes.iter().filter(|ch| ch.table == self.table) {
                     let ev = match ch.op {
@@ -307,6 +327,8 @@ pub enum FeedItem {
     Commit(Arc<Commit>),
     /// This many commits were dropped because the feed was full.
     Lagged(u64),
+    /// The store's data was replaced by a full resync.
+    Reset,
 }
 
 impl CommitFeed {
@@ -314,6 +336,7 @@ impl CommitFeed {
         match m {
             Message::Commit(c) => FeedItem::Commit(c),
             Message::Lagged(n) => FeedItem::Lagged(n),
+            Message::Reset => FeedItem::Reset,
         }
     }
 

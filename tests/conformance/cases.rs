@@ -663,6 +663,7 @@ pub fn slow_listener_lags_instead_of_growing(fx: &Fixture) {
         match ev {
             RecordEvent::Added(_) => added += 1,
             RecordEvent::Lagged(n) => lagged += n,
+            RecordEvent::Reset => panic!("no resync here"),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -924,4 +925,141 @@ pub fn insert_many_batches_and_checks(fx: &Fixture) {
     }
     assert_eq!(b.list::<Folder>().unwrap(), s.list::<Folder>().unwrap());
     assert_eq!(b.digest(), s.digest());
+}
+
+fn stream(snap: &mut persist::Snapshot, chunk: usize) -> Vec<Result<(u32, Vec<Vec<u8>>), Error>> {
+    let mut out = Vec::new();
+    while let Some(c) = snap.next_chunk(chunk).unwrap() {
+        out.push(Ok(c));
+    }
+    out
+}
+
+pub fn snapshot_restore_replaces_diverged_data(fx: &Fixture) {
+    let a = store_with_all(fx);
+    let folders: Vec<Folder> = (0..120)
+        .map(|i| Folder {
+            id: 0,
+            parent: None,
+            name: format!("f{i}"),
+        })
+        .collect();
+    a.write(|tx| tx.insert_many(&folders)).unwrap();
+    let p = a.insert(&profile("p")).unwrap();
+    a.insert(&sms(p)).unwrap();
+    let fx_b = fx.sibling();
+    let b = store_with_all(&fx_b);
+    b.insert(&profile("only on the backup")).unwrap();
+    b.insert(&profile("and this")).unwrap();
+    let mut reset = b.subscribe::<Profile>().unwrap();
+
+    let mut snap = a.snapshot().unwrap();
+    let header = snap.header().clone();
+    assert_eq!(
+        (header.position, header.digest, header.history.clone()),
+        (a.position(), a.digest(), a.history())
+    );
+    let chunks = stream(&mut snap, 50);
+    assert!(chunks.len() >= 3, "folders come in pages of 50");
+    b.restore(&header, chunks).unwrap();
+
+    assert_eq!(b.list::<Folder>().unwrap(), a.list::<Folder>().unwrap());
+    assert_eq!(b.list::<Profile>().unwrap(), a.list::<Profile>().unwrap());
+    assert_eq!(
+        b.list::<SmsSettings>().unwrap(),
+        a.list::<SmsSettings>().unwrap()
+    );
+    assert_eq!(
+        (b.position(), b.digest(), b.history()),
+        (a.position(), a.digest(), a.history())
+    );
+    assert_eq!(b.head().unwrap().first_retained, a.position() + 1);
+    assert!(b.verify().unwrap().is_consistent());
+    assert!(matches!(
+        reset.recv_timeout(Duration::from_secs(5)).unwrap(),
+        RecordEvent::Reset
+    ));
+    // Incremental shipping resumes from the snapshot's position.
+    a.insert(&profile("later")).unwrap();
+    for e in a.read_log(header.position + 1, 10).unwrap() {
+        b.apply(&e).unwrap();
+    }
+    assert_eq!(b.digest(), a.digest());
+    // Identity counters follow the restored rows.
+    assert_eq!(
+        b.insert(&profile("next")).unwrap(),
+        a.insert(&profile("next")).unwrap()
+    );
+    drop(b);
+    let b = store_with_all(&fx_b);
+    assert_eq!(
+        b.history(),
+        a.history(),
+        "the adopted history survives a restart"
+    );
+}
+
+pub fn snapshot_is_consistent_while_writes_go_on(fx: &Fixture) {
+    let a = store_with_all(fx);
+    for i in 0..30 {
+        a.insert(&profile(&format!("p{i}"))).unwrap();
+    }
+    let mut snap = a.snapshot().unwrap();
+    let header = snap.header().clone();
+    // The master keeps writing while the snapshot streams.
+    let first = snap.next_chunk(10).unwrap().unwrap();
+    a.insert(&profile("during")).unwrap();
+    a.delete::<Profile>(1).unwrap();
+    let mut chunks = vec![Ok(first)];
+    chunks.extend(stream(&mut snap, 10));
+    let fx_b = fx.sibling();
+    let b = store_with_all(&fx_b);
+    b.restore(&header, chunks).unwrap();
+    assert_eq!(b.position(), 30);
+    assert_eq!(b.list::<Profile>().unwrap().len(), 30);
+    for e in a.read_log(31, 10).unwrap() {
+        b.apply(&e).unwrap();
+    }
+    assert_eq!(b.list::<Profile>().unwrap(), a.list::<Profile>().unwrap());
+    assert_eq!(b.digest(), a.digest());
+}
+
+pub fn interrupted_restore_keeps_old_data(fx: &Fixture) {
+    let a = store_with_all(fx);
+    for i in 0..30 {
+        a.insert(&profile(&format!("p{i}"))).unwrap();
+    }
+    let fx_b = fx.sibling();
+    let b = store_with_all(&fx_b);
+    b.insert(&profile("old")).unwrap();
+    let before = (b.position(), b.digest(), b.history());
+    let mut snap = a.snapshot().unwrap();
+    let header = snap.header().clone();
+    let mut chunks = stream(&mut snap, 10);
+    chunks.truncate(2);
+    chunks.push(Err(Error::Unavailable("link cut".into())));
+    assert!(matches!(
+        b.restore(&header, chunks),
+        Err(Error::Unavailable(_))
+    ));
+    assert_eq!((b.position(), b.digest(), b.history()), before);
+    assert_eq!(b.list::<Profile>().unwrap().len(), 1);
+    // A truncated stream without an error is caught by the row counts.
+    let mut chunks = stream(&mut a.snapshot().unwrap(), 10);
+    chunks.pop();
+    assert!(matches!(
+        b.restore(&header, chunks),
+        Err(Error::Inapplicable { .. })
+    ));
+    // A forged digest is refused.
+    let mut forged = header.clone();
+    forged.digest = persist::Digest(1);
+    assert!(matches!(
+        b.restore(&forged, stream(&mut a.snapshot().unwrap(), 10)),
+        Err(Error::Divergence { .. })
+    ));
+    assert_eq!(b.list::<Profile>().unwrap().len(), 1);
+    b.restore(&header, stream(&mut a.snapshot().unwrap(), 10))
+        .unwrap();
+    assert_eq!(b.list::<Profile>().unwrap().len(), 30);
 }

@@ -154,6 +154,9 @@ macro_rules! conformance_suite {
                 foreign_table_name_is_refused,
                 unregistered_type_is_an_error,
                 insert_many_batches_and_checks,
+                snapshot_restore_replaces_diverged_data,
+                snapshot_is_consistent_while_writes_go_on,
+                interrupted_restore_keeps_old_data,
             );
         }
     };

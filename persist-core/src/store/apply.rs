@@ -42,6 +42,8 @@ pub(crate) fn apply(w: &mut Writer, reg: &Registry, entry: &LogEntry) -> Result<
         source,
     })?;
     let mut tx = WriteTx::begin(w, reg)?;
+    // The master's body is stored as-is; no need to build one.
+    tx.logging = false;
     // Consecutive inserts into one table go in as multi-row statements.
     let mut pending: Option<(&super::schema::Table, Vec<crate::value::Value>)> = None;
     let flush = |tx: &mut WriteTx<'_>,

@@ -3,6 +3,7 @@
 mod apply;
 mod query;
 pub(crate) mod schema;
+mod snapshot;
 mod write;
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use crate::value::{SqlType, Value};
 
 pub use apply::Applied;
 pub use query::Query;
+pub use snapshot::{Snapshot, SnapshotHeader, SnapshotTableInfo};
 pub use write::WriteTx;
 
 use schema::{Migration, Table, LOG_TABLE, META_TABLE};
@@ -95,12 +97,12 @@ pub(crate) struct Writer {
     pub epoch: u64,
     pub next_id: HashMap<&'static str, i64>,
     pub listeners: Listeners,
+    pub history: String,
 }
 
 struct Inner {
     config: StoreConfig,
     dialect: Dialect,
-    history: String,
     writer: Mutex<Writer>,
     readers: Mutex<Vec<Box<dyn Connection>>>,
     registry: RwLock<Arc<Registry>>,
@@ -121,7 +123,6 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("dialect", &self.inner.dialect)
-            .field("history", &self.inner.history)
             .finish_non_exhaustive()
     }
 }
@@ -162,7 +163,7 @@ pub(crate) fn now_micros() -> i64 {
         .unwrap_or(0)
 }
 
-fn query_rows(
+pub(crate) fn query_rows(
     conn: &mut dyn Connection,
     stmt: &Statement,
     values: &[Value],
@@ -247,7 +248,7 @@ fn entry_from_row(row: Vec<Value>) -> Result<LogEntry> {
 }
 
 /// Position, digest and first retained position, read from the database.
-fn load_head(conn: &mut dyn Connection) -> Result<LogHead> {
+pub(crate) fn load_head(conn: &mut dyn Connection) -> Result<LogHead> {
     let (anchor_pos, anchor_digest) = read_anchor(conn)?;
     let stmt = Statement::new(format!(
         "SELECT position, epoch, committed_at, digest, body FROM {LOG_TABLE} ORDER BY position DESC LIMIT 1"
@@ -344,8 +345,8 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 dialect,
-                history,
                 writer: Mutex::new(Writer {
+                    history,
                     conn,
                     position: head.position,
                     digest: head.digest,
@@ -368,8 +369,8 @@ impl Store {
 
     /// The identity of this store's data history (created with the database).
     /// A backup that took a full snapshot adopts the master's history.
-    pub fn history(&self) -> &str {
-        &self.inner.history
+    pub fn history(&self) -> String {
+        self.inner.writer.lock().history.clone()
     }
 
     /// Registers a record type: creates or migrates its table (and, first,
@@ -755,6 +756,8 @@ fn collect_dependencies(meta: &'static RecordMeta, order: &mut Vec<&'static Reco
 pub(crate) fn recompute_digest(conn: &mut dyn Connection) -> Result<Digest> {
     let mut digest = Digest::EMPTY;
     let mut image = Vec::new();
+    // Every table the store manages counts, registered in this run or not, so
+    // the digest matches the one maintained through the log.
     for (table, def) in schema::all_definitions(conn)? {
         let stored = schema::StoredTable::parse(&def);
         let types = stored.sql_types().ok_or_else(|| Error::SchemaConflict {

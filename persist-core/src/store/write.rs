@@ -26,6 +26,8 @@ pub struct WriteTx<'a> {
     pub(crate) body: BodyWriter,
     pub(crate) captured: Vec<RowChange>,
     pub(crate) capture: bool,
+    /// Whether changes go into a log entry body (not when replaying or restoring).
+    pub(crate) logging: bool,
     scratch: Vec<u8>,
     spoiled: Option<String>,
     finished: bool,
@@ -77,6 +79,7 @@ impl<'a> WriteTx<'a> {
         Ok(WriteTx {
             digest: w.digest,
             capture: !w.listeners.is_empty(),
+            logging: true,
             w,
             reg,
             body: BodyWriter::new(),
@@ -119,6 +122,13 @@ impl<'a> WriteTx<'a> {
             let changes = std::mem::take(&mut self.captured);
             self.w.listeners.dispatch(Commit { position, changes });
         }
+        Ok(())
+    }
+
+    /// Commits without a log entry (a restore records its position as the anchor).
+    pub(crate) fn finish_without_entry(mut self) -> Result<()> {
+        self.w.conn.commit()?;
+        self.finished = true;
         Ok(())
     }
 
@@ -379,7 +389,9 @@ impl<'a> WriteTx<'a> {
         }
         encode_image(values, &mut self.scratch);
         self.digest.toggle(t.seed, &self.scratch);
-        self.body.push(t.name, Op::Insert, &self.scratch);
+        if self.logging {
+            self.body.push(t.name, Op::Insert, &self.scratch);
+        }
     }
 
     pub(crate) fn update_row(&mut self, t: &Table, values: Vec<Value>, local: bool) -> Result<()> {
@@ -399,7 +411,9 @@ impl<'a> WriteTx<'a> {
         self.digest.toggle(t.seed, &self.scratch);
         encode_image(&values, &mut self.scratch);
         self.digest.toggle(t.seed, &self.scratch);
-        self.body.push(t.name, Op::Update, &self.scratch);
+        if self.logging {
+            self.body.push(t.name, Op::Update, &self.scratch);
+        }
         if self.capture {
             self.captured.push(RowChange {
                 table: t.name,
@@ -424,8 +438,10 @@ impl<'a> WriteTx<'a> {
         self.w.conn.execute(&t.delete, std::slice::from_ref(&key))?;
         encode_image(&old, &mut self.scratch);
         self.digest.toggle(t.seed, &self.scratch);
-        encode_key(&key, &mut self.scratch);
-        self.body.push(t.name, Op::Delete, &self.scratch);
+        if self.logging {
+            encode_key(&key, &mut self.scratch);
+            self.body.push(t.name, Op::Delete, &self.scratch);
+        }
         if self.capture {
             self.captured.push(RowChange {
                 table: t.name,

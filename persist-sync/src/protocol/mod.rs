@@ -2,4 +2,6 @@
 
 pub mod message;
 
-pub use message::{LinkRole, Message, Plan, RefuseReason, ResyncReason, SnapshotTable, PROTOCOL_VERSION};
+pub use message::{
+    LinkRole, Message, Plan, RefuseReason, ResyncReason, SnapshotTable, PROTOCOL_VERSION,
+};

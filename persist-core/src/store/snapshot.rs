@@ -1,0 +1,294 @@
+//! Full snapshots: a consistent, streamed read of every registered table on
+//! the master, and an atomic restore on the backup.
+//!
+//! The snapshot reads inside one read transaction (SQLite WAL snapshot,
+//! PostgreSQL REPEATABLE READ), so writers go on while it streams, and pages
+//! through each table by key, so memory stays bounded by the chunk size
+//! whatever the table size. The restore runs in one write transaction: readers
+//! on the backup keep seeing the old data until the new set is complete and
+//! verified against the master's digest; an interrupted transfer rolls back and
+//! leaves the old data intact.
+
+use std::sync::Arc;
+
+use crate::backend::{quote_ident, Connection, Statement};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::log::encode_image;
+use crate::value::{SqlType, Value};
+
+use super::schema::{column_list, Table, LOG_TABLE};
+use super::write::WriteTx;
+use super::{check_image, load_head, meta_set, query_rows, write_anchor, Registry, Store};
+
+/// A table of a snapshot and its row count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotTableInfo {
+    /// Table name.
+    pub name: String,
+    /// Rows in the snapshot.
+    pub rows: u64,
+}
+
+/// What a snapshot represents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotHeader {
+    /// The origin's data history.
+    pub history: String,
+    /// The log position the data corresponds to.
+    pub position: u64,
+    /// The digest of the data.
+    pub digest: Digest,
+    /// The origin's epoch.
+    pub epoch: u64,
+    /// Tables, in the order their rows are streamed.
+    pub tables: Vec<SnapshotTableInfo>,
+}
+
+/// A consistent read of every registered table (see [`Store::snapshot`]).
+pub struct Snapshot {
+    conn: Box<dyn Connection>,
+    reg: Arc<Registry>,
+    header: SnapshotHeader,
+    table: usize,
+    last_key: Option<Value>,
+    image: Vec<u8>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("header", &self.header)
+            .finish_non_exhaustive()
+    }
+}
+
+fn count(conn: &mut dyn Connection, table: &str) -> Result<u64> {
+    let rows = query_rows(
+        conn,
+        &Statement::new(format!("SELECT COUNT(*) FROM {}", quote_ident(table))),
+        &[],
+        &[SqlType::BigInt],
+    )?;
+    Ok(
+        match rows.into_iter().next().and_then(|r| r.into_iter().next()) {
+            Some(Value::I64(n)) => n as u64,
+            _ => 0,
+        },
+    )
+}
+
+impl Snapshot {
+    pub(crate) fn open(store: &Store) -> Result<Snapshot> {
+        let reg = store.registry();
+        let mut conn = store.inner.config.connect()?;
+        let (history, epoch) = {
+            let w = store.inner.writer.lock();
+            (w.history.clone(), w.epoch)
+        };
+        conn.begin_read()?;
+        let r = (|| {
+            // The first read fixes the snapshot: head and rows agree.
+            let head = load_head(&mut *conn)?;
+            let mut names: Vec<&'static str> = reg.tables.keys().copied().collect();
+            names.sort_unstable();
+            let mut tables = Vec::with_capacity(names.len());
+            for name in names {
+                tables.push(SnapshotTableInfo {
+                    name: name.to_owned(),
+                    rows: count(&mut *conn, name)?,
+                });
+            }
+            Ok(SnapshotHeader {
+                history,
+                position: head.position,
+                digest: head.digest,
+                epoch,
+                tables,
+            })
+        })();
+        let header = match r {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = conn.rollback();
+                return Err(e);
+            }
+        };
+        Ok(Snapshot {
+            conn,
+            reg,
+            header,
+            table: 0,
+            last_key: None,
+            image: Vec::new(),
+        })
+    }
+
+    /// What the snapshot represents.
+    pub fn header(&self) -> &SnapshotHeader {
+        &self.header
+    }
+
+    /// The next rows, as (table index, encoded row images), at most `max_rows`;
+    /// `None` when every table has been read.
+    pub fn next_chunk(&mut self, max_rows: usize) -> Result<Option<(u32, Vec<Vec<u8>>)>> {
+        let max_rows = max_rows.max(1);
+        while self.table < self.header.tables.len() {
+            let name = self.header.tables[self.table].name.as_str();
+            let t: &Table = self
+                .reg
+                .tables
+                .get(name)
+                .ok_or_else(|| Error::Database(format!("table {name} left the registry")))?;
+            let key = quote_ident(t.meta.key_column().name);
+            let mut stmt = Statement::new(format!(
+                "SELECT {} FROM {}",
+                column_list(t.meta),
+                quote_ident(t.name)
+            ));
+            let mut values = Vec::new();
+            if let Some(last) = self.last_key.take() {
+                stmt.sql(&format!(" WHERE {key} > ")).bind(0, t.key_type());
+                values.push(last);
+            }
+            stmt.sql(&format!(" ORDER BY {key} LIMIT "))
+                .bind(values.len(), SqlType::BigInt);
+            values.push(Value::I64(max_rows as i64));
+            let rows = query_rows(&mut *self.conn, &stmt, &values, &t.types)?;
+            let index = self.table as u32;
+            if rows.len() < max_rows {
+                self.table += 1;
+                self.last_key = None;
+            } else {
+                self.last_key = rows.last().map(|r| r[t.meta.key].clone());
+            }
+            if rows.is_empty() {
+                continue;
+            }
+            let images = rows
+                .iter()
+                .map(|r| {
+                    encode_image(r, &mut self.image);
+                    self.image.clone()
+                })
+                .collect();
+            return Ok(Some((index, images)));
+        }
+        Ok(None)
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        let _ = self.conn.rollback();
+    }
+}
+
+impl Store {
+    /// Opens a consistent snapshot of every registered table (see the module docs).
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        Snapshot::open(self)
+    }
+
+    /// Replaces every registered table with a snapshot, atomically.
+    ///
+    /// `chunks` yields (table index into `header.tables`, row images) until the
+    /// snapshot is complete; an error from it (a cut link) aborts the restore
+    /// and leaves the old data untouched. The result must match the header's
+    /// row counts and digest, or nothing changes ([`Error::Divergence`] /
+    /// [`Error::Inapplicable`]). On success the store holds the origin's data,
+    /// history, position and digest, its log is empty (first retained position
+    /// = position + 1), and every subscription gets [`RecordEvent::Reset`](crate::RecordEvent::Reset).
+    pub fn restore(
+        &self,
+        header: &SnapshotHeader,
+        chunks: impl IntoIterator<Item = Result<(u32, Vec<Vec<u8>>)>>,
+    ) -> Result<()> {
+        let reg = self.registry();
+        let refuse = |reason: String| Error::Inapplicable {
+            position: header.position,
+            reason,
+        };
+        let mut tables: Vec<&Table> = Vec::with_capacity(header.tables.len());
+        for info in &header.tables {
+            tables.push(reg.tables.get(info.name.as_str()).ok_or_else(|| {
+                refuse(format!(
+                    "snapshot table {} is not registered here",
+                    info.name
+                ))
+            })?);
+        }
+        let mut w = self.inner.writer.lock();
+        let mut tx = WriteTx::begin(&mut w, &reg)?;
+        tx.capture = false;
+        tx.logging = false;
+        let mut names: Vec<&'static str> = reg.tables.keys().copied().collect();
+        names.sort_unstable();
+        for name in &names {
+            tx.w.conn
+                .batch(&format!("DELETE FROM {}", quote_ident(name)))?;
+        }
+        tx.digest = Digest::EMPTY;
+        let mut counts = vec![0u64; tables.len()];
+        for chunk in chunks {
+            let (index, rows) = chunk?;
+            let t = *tables.get(index as usize).ok_or_else(|| {
+                refuse(format!(
+                    "row chunk for table index {index} of {}",
+                    tables.len()
+                ))
+            })?;
+            let mut flat = Vec::with_capacity(rows.len() * t.types.len());
+            for image in &rows {
+                flat.extend(check_image(t, image).map_err(refuse)?);
+            }
+            counts[index as usize] += rows.len() as u64;
+            tx.insert_rows(t, flat).map_err(|e| match e {
+                e @ (Error::Locked(_) | Error::Unavailable(_) | Error::DiskFull(_)) => e,
+                other => refuse(format!("{}: {other}", t.name)),
+            })?;
+        }
+        for (info, n) in header.tables.iter().zip(&counts) {
+            if info.rows != *n {
+                return Err(refuse(format!(
+                    "{}: snapshot announced {} rows, {} arrived",
+                    info.name, info.rows, n
+                )));
+            }
+        }
+        if tx.digest != header.digest {
+            return Err(Error::Divergence {
+                position: header.position,
+                local: tx.digest,
+                remote: header.digest,
+            });
+        }
+        tx.w.conn.batch(&format!("DELETE FROM {LOG_TABLE}"))?;
+        write_anchor(&mut *tx.w.conn, header.position, header.digest)?;
+        meta_set(
+            &mut *tx.w.conn,
+            "history",
+            header.history.clone().into_bytes(),
+        )?;
+        tx.finish_without_entry()?;
+        w.position = header.position;
+        w.digest = header.digest;
+        w.history = header.history.clone();
+        w.epoch = w.epoch.max(header.epoch);
+        for t in reg.tables.values() {
+            if w.next_id.contains_key(t.name) {
+                let max = query_rows(&mut *w.conn, &t.max_key, &[], &[SqlType::BigInt])?
+                    .into_iter()
+                    .next()
+                    .and_then(|r| match r.into_iter().next() {
+                        Some(Value::I64(v)) => Some(v),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                w.next_id.insert(t.name, max + 1);
+            }
+        }
+        w.listeners.reset();
+        Ok(())
+    }
+}
