@@ -578,6 +578,35 @@ impl Store {
         })
     }
 
+    /// The digest recorded for `position`, if this store still knows it: the
+    /// head, a retained entry, or the anchor (digest where the log was trimmed
+    /// or restored). `None` for positions trimmed away or never reached.
+    pub fn digest_at(&self, position: u64) -> Result<Option<Digest>> {
+        {
+            let w = self.inner.writer.lock();
+            if position == w.position {
+                return Ok(Some(w.digest));
+            }
+            if position > w.position {
+                return Ok(None);
+            }
+        }
+        self.with_reader(|c| {
+            let mut sel = Statement::new(format!(
+                "SELECT position, epoch, committed_at, digest, body FROM {LOG_TABLE} WHERE position = "
+            ));
+            sel.bind(0, SqlType::BigInt);
+            if let Some(row) = query_rows(c, &sel, &[Value::I64(position as i64)], &LOG_COLUMNS)?.into_iter().next() {
+                return Ok(Some(entry_from_row(row)?.digest));
+            }
+            let (anchor, digest) = read_anchor(c)?;
+            if position == anchor {
+                return Ok(Some(digest));
+            }
+            Ok(None)
+        })
+    }
+
     /// Last committed or applied position (0 for a new store).
     pub fn position(&self) -> u64 {
         self.inner.writer.lock().position

@@ -1,0 +1,150 @@
+use super::*;
+
+fn master() -> MasterView {
+    MasterView {
+        schema: 7,
+        history: "h".into(),
+        position: 100,
+        first_retained: 51,
+    }
+}
+
+fn backup(position: u64, digest: u128) -> BackupView {
+    BackupView {
+        schema: 7,
+        history: "h".into(),
+        position,
+        digest: Digest(digest),
+        force_snapshot: None,
+    }
+}
+
+fn snap(reason: ResyncReason) -> Decision {
+    Decision::Sync(Plan::Snapshot { reason })
+}
+
+#[test]
+fn matching_backup_streams_from_its_position() {
+    assert_eq!(
+        plan_sync(&master(), &backup(80, 5), Some(Digest(5))),
+        Decision::Sync(Plan::Incremental { from: 81 })
+    );
+    assert_eq!(
+        plan_sync(&master(), &backup(100, 9), Some(Digest(9))),
+        Decision::Sync(Plan::Incremental { from: 101 })
+    );
+    // Right at the trim boundary the anchor's digest counts.
+    assert_eq!(
+        plan_sync(&master(), &backup(50, 3), Some(Digest(3))),
+        Decision::Sync(Plan::Incremental { from: 51 })
+    );
+}
+
+#[test]
+fn schema_mismatch_is_refused() {
+    let mut b = backup(80, 5);
+    b.schema = 8;
+    assert_eq!(
+        plan_sync(&master(), &b, Some(Digest(5))),
+        Decision::Refuse(RefuseReason::SchemaMismatch { ours: 7, theirs: 8 })
+    );
+}
+
+#[test]
+fn every_resync_reason() {
+    assert_eq!(
+        plan_sync(&master(), &backup(80, 5), Some(Digest(6))),
+        snap(ResyncReason::DigestMismatch)
+    );
+    assert_eq!(
+        plan_sync(&master(), &backup(101, 5), None),
+        snap(ResyncReason::AheadOfMaster)
+    );
+    assert_eq!(
+        plan_sync(&master(), &backup(49, 5), None),
+        snap(ResyncReason::EntriesTrimmed)
+    );
+    assert_eq!(
+        plan_sync(&master(), &backup(60, 5), None),
+        snap(ResyncReason::EntriesTrimmed)
+    );
+    let mut other = backup(80, 5);
+    other.history = "other".into();
+    assert_eq!(
+        plan_sync(&master(), &other, Some(Digest(5))),
+        snap(ResyncReason::DifferentHistory)
+    );
+    let mut asked = backup(80, 5);
+    asked.force_snapshot = Some(ResyncReason::Requested);
+    assert_eq!(
+        plan_sync(&master(), &asked, Some(Digest(5))),
+        snap(ResyncReason::Requested)
+    );
+}
+
+#[test]
+fn fresh_backup_replays_a_complete_log() {
+    let mut m = master();
+    m.first_retained = 1;
+    let mut fresh = backup(0, 0);
+    fresh.history = "its own".into();
+    assert_eq!(
+        plan_sync(&m, &fresh, Some(Digest::EMPTY)),
+        Decision::Sync(Plan::Incremental { from: 1 })
+    );
+    // Unless the log was trimmed.
+    assert_eq!(
+        plan_sync(&master(), &fresh, None),
+        snap(ResyncReason::EntriesTrimmed)
+    );
+    // A backup at position 0 holding rows is not fresh.
+    let mut dirty = backup(0, 42);
+    dirty.history = "its own".into();
+    assert_eq!(
+        plan_sync(&m, &dirty, Some(Digest::EMPTY)),
+        snap(ResyncReason::DifferentHistory)
+    );
+}
+
+#[test]
+fn window_bounds_entries_in_flight() {
+    let mut w = SendWindow::new(11, 5);
+    assert_eq!(w.sendable(10), 0, "nothing new");
+    assert_eq!(w.sendable(30), 5, "window of 5");
+    w.on_sent(15);
+    assert_eq!(w.sendable(30), 0, "full until acked");
+    assert!(w.on_ack(12));
+    assert_eq!(w.sendable(30), 2);
+    assert!(!w.on_ack(16), "ack of an unsent position");
+    assert!(w.on_ack(15));
+    assert_eq!(w.sendable(17), 2);
+    assert_eq!(w.acked(), 15);
+    assert!(w.on_ack(13), "a stale ack is harmless");
+    assert_eq!(w.acked(), 15);
+}
+
+#[test]
+fn retention_follows_acks_size_and_age() {
+    let p = RetentionPolicy {
+        keep_acked: 10,
+        max_entries: 100,
+        max_age: Duration::from_secs(60),
+    };
+    assert_eq!(
+        p.trim_below(50, None, None),
+        0,
+        "no backup yet, within size"
+    );
+    assert_eq!(p.trim_below(50, Some(40), None), 31);
+    assert_eq!(
+        p.trim_below(500, Some(40), None),
+        401,
+        "size bound beats a lagging backup"
+    );
+    assert_eq!(p.trim_below(50, Some(5), Some(20)), 20, "age bound");
+    assert_eq!(
+        p.trim_below(50, Some(50), Some(60)),
+        50,
+        "never past the head"
+    );
+}
