@@ -46,6 +46,8 @@ pub struct Commit {
     pub position: u64,
     /// Its row changes in commit order.
     pub changes: Vec<RowChange>,
+    /// The log entry as stored.
+    pub entry: Arc<crate::log::LogEntry>,
 }
 
 #[derive(Debug)]

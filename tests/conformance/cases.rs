@@ -1063,3 +1063,52 @@ pub fn interrupted_restore_keeps_old_data(fx: &Fixture) {
         .unwrap();
     assert_eq!(b.list::<Profile>().unwrap().len(), 30);
 }
+
+pub fn apply_batch_is_all_or_nothing(fx: &Fixture) {
+    let (a, b, _fx_b) = replicate(fx);
+    let log = a.read_log(1, 100).unwrap();
+    assert_eq!(b.apply_batch(&log[..2]).unwrap(), 2);
+    assert_eq!(b.apply_batch(&log[..2]).unwrap(), 0, "already applied");
+    assert!(matches!(
+        b.apply_batch(&log[3..]),
+        Err(Error::Gap {
+            expected: 3,
+            got: 4
+        })
+    ));
+    // A bad entry in the middle: nothing of the batch is kept.
+    let mut bad = log[3].clone();
+    bad.digest = persist::Digest(bad.digest.0 ^ 1);
+    let batch = vec![log[2].clone(), bad];
+    assert!(matches!(
+        b.apply_batch(&batch),
+        Err(Error::Divergence { position: 4, .. })
+    ));
+    assert_eq!(b.position(), 2);
+    // Overlapping batches skip what is applied.
+    assert_eq!(b.apply_batch(&log).unwrap(), log.len() - 2);
+    assert_eq!((b.position(), b.digest()), (a.position(), a.digest()));
+    assert_eq!(b.read_log(1, 100).unwrap(), log);
+}
+
+pub fn commit_feed_carries_entries(fx: &Fixture) {
+    let s = store_with_all(fx);
+    let feed = s.commit_feed(16);
+    let (id, pos) = s.write_positioned(|tx| tx.insert(&profile("p"))).unwrap();
+    assert_eq!(pos, Some(1));
+    assert_eq!(
+        s.write_positioned(|_| Ok(())).unwrap().1,
+        None,
+        "empty transaction: no position"
+    );
+    match feed.recv_timeout(Duration::from_secs(5)).unwrap() {
+        persist::listen::FeedItem::Commit(c) => {
+            assert_eq!(c.position, 1);
+            assert_eq!(*c.entry, s.read_log(1, 1).unwrap()[0]);
+            assert!(matches!(&c.changes[0].new, Some(v) if v[0] == Value::I64(id)));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(s.first_position_since(0).unwrap() == Some(1));
+    assert!(s.first_position_since(i64::MAX).unwrap().is_none());
+}

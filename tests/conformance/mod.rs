@@ -157,6 +157,8 @@ macro_rules! conformance_suite {
                 snapshot_restore_replaces_diverged_data,
                 snapshot_is_consistent_while_writes_go_on,
                 interrupted_restore_keeps_old_data,
+                apply_batch_is_all_or_nothing,
+                commit_feed_carries_entries,
             );
         }
     };

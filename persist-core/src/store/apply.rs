@@ -4,8 +4,10 @@
 use crate::error::{Error, Result};
 use crate::log::{LogEntry, Op};
 
+use super::schema::Table;
 use super::write::WriteTx;
 use super::{check_image, Registry, Writer};
+use crate::value::Value;
 
 /// What [`Store::apply`](super::Store::apply) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,29 +28,49 @@ fn inapplicable(position: u64, reason: impl Into<String>) -> Error {
     }
 }
 
-pub(crate) fn apply(w: &mut Writer, reg: &Registry, entry: &LogEntry) -> Result<Applied> {
+pub(crate) fn apply_batch(w: &mut Writer, reg: &Registry, entries: &[LogEntry]) -> Result<usize> {
+    let mut expected = w.position + 1;
+    let todo: Vec<&LogEntry> = entries.iter().filter(|e| e.position >= expected).collect();
+    if todo.is_empty() {
+        return Ok(0);
+    }
+    for e in &todo {
+        if e.position != expected {
+            return Err(Error::Gap {
+                expected,
+                got: e.position,
+            });
+        }
+        expected += 1;
+    }
+    let mut tx = WriteTx::begin(w, reg)?;
+    // The master's body is stored as-is; no need to build one.
+    tx.logging = false;
+    let mut commits = Vec::with_capacity(todo.len());
+    for entry in todo.iter().copied() {
+        apply_one(&mut tx, reg, entry)?;
+        if let Some(c) = tx.record_entry(
+            entry.position,
+            entry.epoch,
+            entry.committed_at,
+            Some((&entry.body, entry.digest)),
+        )? {
+            commits.push(c);
+        }
+    }
+    tx.finish(commits)?;
+    Ok(todo.len())
+}
+
+fn apply_one(tx: &mut WriteTx<'_>, reg: &Registry, entry: &LogEntry) -> Result<()> {
     let position = entry.position;
-    if position <= w.position {
-        return Ok(Applied::AlreadyApplied);
-    }
-    if position != w.position + 1 {
-        return Err(Error::Gap {
-            expected: w.position + 1,
-            got: position,
-        });
-    }
     let changes = entry.changes().map_err(|source| Error::Decode {
         context: format!("log entry {position}"),
         source,
     })?;
-    let mut tx = WriteTx::begin(w, reg)?;
-    // The master's body is stored as-is; no need to build one.
-    tx.logging = false;
     // Consecutive inserts into one table go in as multi-row statements.
-    let mut pending: Option<(&super::schema::Table, Vec<crate::value::Value>)> = None;
-    let flush = |tx: &mut WriteTx<'_>,
-                 pending: &mut Option<(&super::schema::Table, Vec<crate::value::Value>)>|
-     -> Result<()> {
+    let mut pending: Option<(&Table, Vec<Value>)> = None;
+    let flush = |tx: &mut WriteTx<'_>, pending: &mut Option<(&Table, Vec<Value>)>| -> Result<()> {
         if let Some((t, flat)) = pending.take() {
             tx.insert_rows(t, flat).map_err(|e| match e {
                 e @ (Error::Locked(_) | Error::Unavailable(_) | Error::DiskFull(_)) => e,
@@ -74,21 +96,18 @@ pub(crate) fn apply(w: &mut Writer, reg: &Registry, entry: &LogEntry) -> Result<
                 match &mut pending {
                     Some((pt, flat)) if std::ptr::eq(*pt, t) => flat.extend(values),
                     _ => {
-                        flush(&mut tx, &mut pending)?;
+                        flush(tx, &mut pending)?;
                         pending = Some((t, values));
                     }
                 }
-                continue;
             }
-            Op::Update | Op::Delete => flush(&mut tx, &mut pending)?,
-        }
-        match ch.op {
-            Op::Insert => {}
             Op::Update => {
+                flush(tx, &mut pending)?;
                 let values = check_image(t, ch.payload).map_err(|r| inapplicable(position, r))?;
                 tx.update_row(t, values, false).map_err(wrap)?;
             }
             Op::Delete => {
+                flush(tx, &mut pending)?;
                 let key = ch.key().map_err(|source| Error::Decode {
                     context: format!("log entry {position}, {} key", ch.table),
                     source,
@@ -103,7 +122,7 @@ pub(crate) fn apply(w: &mut Writer, reg: &Registry, entry: &LogEntry) -> Result<
             }
         }
     }
-    flush(&mut tx, &mut pending)?;
+    flush(tx, &mut pending)?;
     if tx.digest != entry.digest {
         return Err(Error::Divergence {
             position,
@@ -111,13 +130,5 @@ pub(crate) fn apply(w: &mut Writer, reg: &Registry, entry: &LogEntry) -> Result<
             remote: entry.digest,
         });
     }
-    tx.commit(
-        position,
-        entry.epoch,
-        entry.committed_at,
-        Some((&entry.body, entry.digest)),
-    )?;
-    Ok(Applied::Applied {
-        changes: changes.len(),
-    })
+    Ok(())
 }

@@ -4,8 +4,10 @@
 use crate::backend::Statement;
 use crate::digest::Digest;
 use crate::error::{Error, KeyDisplay, Result};
+use std::sync::Arc;
+
 use crate::listen::{Commit, RowChange};
-use crate::log::{encode_image, encode_key, BodyWriter, Op};
+use crate::log::{encode_image, encode_key, BodyWriter, LogEntry, Op};
 use crate::record::{KeyKind, OnDelete, PersistentRecord};
 use crate::value::{FieldType, SqlType, Value};
 
@@ -29,6 +31,8 @@ pub struct WriteTx<'a> {
     /// Whether changes go into a log entry body (not when replaying or restoring).
     pub(crate) logging: bool,
     scratch: Vec<u8>,
+    /// Position and digest of the last entry recorded in this transaction.
+    head: Option<(u64, Digest)>,
     spoiled: Option<String>,
     finished: bool,
     /// (table, key) rows being deleted, so cascades through cycles terminate.
@@ -59,7 +63,7 @@ pub(crate) fn run<T>(
     w: &mut Writer,
     reg: &Registry,
     f: impl FnOnce(&mut WriteTx<'_>) -> Result<T>,
-) -> Result<T> {
+) -> Result<(T, Option<u64>)> {
     let mut tx = WriteTx::begin(w, reg)?;
     let value = f(&mut tx)?;
     if let Some(why) = tx.spoiled.take() {
@@ -69,8 +73,9 @@ pub(crate) fn run<T>(
     }
     let position = tx.w.position + 1;
     let epoch = tx.w.epoch;
+    let changed = !tx.body.is_empty();
     tx.commit(position, epoch, now_micros(), None)?;
-    Ok(value)
+    Ok((value, changed.then_some(position)))
 }
 
 impl<'a> WriteTx<'a> {
@@ -85,6 +90,7 @@ impl<'a> WriteTx<'a> {
             body: BodyWriter::new(),
             captured: Vec::new(),
             scratch: Vec::new(),
+            head: None,
             spoiled: None,
             finished: false,
             deleting: Vec::new(),
@@ -99,28 +105,65 @@ impl<'a> WriteTx<'a> {
         committed_at: i64,
         replay: Option<(&[u8], Digest)>,
     ) -> Result<()> {
-        let changed = replay.is_some() || !self.body.is_empty();
-        if changed {
-            let (body, digest) = match replay {
-                Some((b, d)) => (b.to_vec(), d),
-                None => (self.body.finish(), self.digest),
-            };
-            let values = [
-                Value::I64(position as i64),
-                Value::I64(epoch as i64),
-                Value::I64(committed_at),
-                Value::Blob(digest.to_bytes().to_vec()),
-                Value::Blob(body),
-            ];
-            self.w.conn.execute(log_insert(), &values)?;
+        let commit = self.record_entry(position, epoch, committed_at, replay)?;
+        self.finish(commit.into_iter().collect())
+    }
+
+    /// Writes the log row of the changes made so far (or of a replayed entry)
+    /// at `position`; the next entry of the same database transaction starts
+    /// empty. Returns what listeners get once the transaction commits.
+    pub(crate) fn record_entry(
+        &mut self,
+        position: u64,
+        epoch: u64,
+        committed_at: i64,
+        replay: Option<(&[u8], Digest)>,
+    ) -> Result<Option<Commit>> {
+        if replay.is_none() && self.body.is_empty() {
+            return Ok(None);
         }
+        let (body, digest) = match replay {
+            Some((b, d)) => (b.to_vec(), d),
+            None => (self.body.finish(), self.digest),
+        };
+        self.body.clear();
+        // The commit feed carries the entry, so the sync worker can ship a
+        // fresh commit without reading it back.
+        let entry = self.capture.then(|| {
+            Arc::new(LogEntry {
+                position,
+                epoch,
+                committed_at,
+                digest,
+                body: body.clone(),
+            })
+        });
+        let values = [
+            Value::I64(position as i64),
+            Value::I64(epoch as i64),
+            Value::I64(committed_at),
+            Value::Blob(digest.to_bytes().to_vec()),
+            Value::Blob(body),
+        ];
+        self.w.conn.execute(log_insert(), &values)?;
+        self.head = Some((position, self.digest));
+        Ok(entry.map(|entry| Commit {
+            position,
+            changes: std::mem::take(&mut self.captured),
+            entry,
+        }))
+    }
+
+    /// Commits the database transaction and announces its entries.
+    pub(crate) fn finish(mut self, commits: Vec<Commit>) -> Result<()> {
         self.w.conn.commit()?;
         self.finished = true;
-        if changed {
+        if let Some((position, digest)) = self.head {
             self.w.position = position;
-            self.w.digest = self.digest;
-            let changes = std::mem::take(&mut self.captured);
-            self.w.listeners.dispatch(Commit { position, changes });
+            self.w.digest = digest;
+        }
+        for c in commits {
+            self.w.listeners.dispatch(c);
         }
         Ok(())
     }
