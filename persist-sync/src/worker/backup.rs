@@ -1,0 +1,389 @@
+//! The backup's sync service: dials the master and applies what it sends.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::Mutex;
+use persist_core::{Error as StoreError, LogEntry, SnapshotHeader, SnapshotTableInfo, Store};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+
+use super::master::{message_kind, AbortOnDrop};
+use super::{recv, send, send_within, LinkStatus, SessionError, SyncConfig};
+use crate::auth::authenticate;
+use crate::protocol::{LinkRole, Message, Plan, ResyncReason};
+use crate::transport::{Dialer, FrameSink, FrameSource, Link};
+
+/// Entries the applier merges into one database transaction, at most.
+const APPLY_BATCH: usize = 8192;
+
+struct Ctx {
+    store: Store,
+    cfg: SyncConfig,
+    status: watch::Sender<LinkStatus>,
+    resync_next: Mutex<Option<ResyncReason>>,
+    reconnect: Notify,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Ctx {
+    fn update(&self, f: impl FnOnce(&mut LinkStatus)) {
+        self.status.send_modify(|s| {
+            f(s);
+            s.position = self.store.position();
+        });
+    }
+}
+
+/// A running backup sync service.
+pub struct BackupHandle {
+    ctx: Arc<Ctx>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for BackupHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackupHandle").field("status", &*self.ctx.status.borrow()).finish()
+    }
+}
+
+/// Starts the backup side on the current tokio runtime.
+pub fn start_backup<D: Dialer>(store: Store, dialer: D, cfg: SyncConfig) -> BackupHandle {
+    let ctx = Arc::new(Ctx {
+        status: watch::Sender::new(LinkStatus {
+            position: store.position(),
+            ..LinkStatus::default()
+        }),
+        store,
+        cfg,
+        resync_next: Mutex::new(None),
+        reconnect: Notify::new(),
+        shutdown: watch::Sender::new(false),
+    });
+    let task = tokio::spawn(run(dialer, ctx.clone()));
+    BackupHandle { ctx, task: Some(task) }
+}
+
+impl BackupHandle {
+    /// The link's current status.
+    pub fn status(&self) -> LinkStatus {
+        let mut s = self.ctx.status.borrow().clone();
+        s.position = self.ctx.store.position();
+        s
+    }
+
+    /// Status changes, for async code.
+    pub fn watch_status(&self) -> watch::Receiver<LinkStatus> {
+        self.ctx.status.subscribe()
+    }
+
+    /// Reconnects and asks the master for a full snapshot (operator action).
+    pub fn request_resync(&self) {
+        *self.ctx.resync_next.lock() = Some(ResyncReason::Requested);
+        self.ctx.reconnect.notify_one();
+    }
+
+    /// Waits until the backup's position reaches `position`.
+    pub async fn wait_position(&self, position: u64, timeout: Duration) -> bool {
+        let mut rx = self.ctx.status.subscribe();
+        let store = self.ctx.store.clone();
+        tokio::time::timeout(timeout, async move {
+            loop {
+                if store.position() >= position {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok()
+            && self.ctx.store.position() >= position
+    }
+
+    /// Stops the service and waits for it.
+    pub async fn shutdown(mut self) {
+        self.ctx.shutdown.send_replace(true);
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for BackupHandle {
+    fn drop(&mut self) {
+        self.ctx.shutdown.send_replace(true);
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+async fn run<D: Dialer>(dialer: D, ctx: Arc<Ctx>) {
+    let cfg = &ctx.cfg;
+    let mut delay = cfg.reconnect_initial;
+    let mut shutdown = ctx.shutdown.subscribe();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let started = Instant::now();
+        let result = tokio::select! {
+            r = once(&dialer, &ctx) => r,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let mut retry_now = false;
+        match result {
+            Ok(()) => {}
+            Err(SessionError::Shutdown) => return,
+            Err(e) => {
+                tracing::warn!("sync with the master failed: {e}");
+                if let SessionError::ApplyFailed(why) = &e {
+                    *ctx.resync_next.lock() = Some(ResyncReason::ApplyFailed(why.clone()));
+                    retry_now = true;
+                }
+                if matches!(e, SessionError::Protocol(ref m) if m == "resync requested") {
+                    retry_now = true;
+                }
+                let refused = match &e {
+                    SessionError::Refused(r) => Some(r.clone()),
+                    _ => None,
+                };
+                ctx.update(|s| {
+                    s.connected = false;
+                    s.peer = None;
+                    s.last_error = Some(e.to_string());
+                    if refused.is_some() {
+                        s.refused = refused;
+                    }
+                });
+            }
+        }
+        if started.elapsed() > Duration::from_secs(5) || retry_now {
+            delay = cfg.reconnect_initial;
+        }
+        if !retry_now {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            delay = (delay * 2).min(cfg.reconnect_max);
+        }
+    }
+}
+
+fn apply_error(e: StoreError) -> SessionError {
+    match e {
+        e @ (StoreError::Inapplicable { .. } | StoreError::Divergence { .. } | StoreError::Decode { .. }) => {
+            SessionError::ApplyFailed(e.to_string())
+        }
+        // Entries out of order: the link misbehaved, not the data; reconnect
+        // and resume from the applied position.
+        e @ StoreError::Gap { .. } => SessionError::Protocol(e.to_string()),
+        other => SessionError::Store(other),
+    }
+}
+
+async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError> {
+    let cfg = &ctx.cfg;
+    let link = dialer.dial().await?;
+    let (mut sink, mut source) = link.split();
+    let peer = authenticate(&mut sink, &mut source, LinkRole::Dialer, &cfg.auth, cfg.handshake_timeout).await?;
+    source.set_max_frame(cfg.limits.max_frame);
+
+    // Where this backup stands, checked against its rows: a row changed
+    // behind the library's back shows as a digest the master does not have.
+    let store = ctx.store.clone();
+    let verified = tokio::task::spawn_blocking(move || store.verify())
+        .await
+        .map_err(|e| SessionError::Protocol(format!("verification task: {e}")))??;
+    let mut force = ctx.resync_next.lock().take();
+    if force.is_none() && !verified.is_consistent() {
+        tracing::warn!(position = verified.position, "local data does not match its recorded digest: asking for a full resync");
+        force = Some(ResyncReason::DigestMismatch);
+    }
+    let store = &ctx.store;
+    send(
+        &mut sink,
+        &Message::SyncRequest {
+            schema: store.schema_fingerprint(),
+            history: store.history(),
+            position: verified.position,
+            digest: verified.computed,
+            epoch: store.epoch(),
+            force_snapshot: force.clone(),
+        },
+    )
+    .await?;
+    let first = recv(&mut source, &cfg.limits).await;
+    let plan = match first {
+        Ok(Message::SyncPlan(plan)) => plan,
+        Ok(Message::Refused { reason }) => return Err(SessionError::Refused(reason)),
+        Ok(other) => return Err(SessionError::Protocol(format!("expected a sync plan, got {}", message_kind(&other)))),
+        Err(e) => {
+            // Keep asking for the snapshot next time.
+            if force.is_some() {
+                *ctx.resync_next.lock() = force;
+            }
+            return Err(e);
+        }
+    };
+    tracing::info!(peer = %peer.node_id, ?plan, "connected to the master");
+    ctx.update(|s| {
+        s.connected = true;
+        s.peer = Some(peer.node_id.clone());
+        s.refused = None;
+        s.last_error = None;
+    });
+    if let Plan::Snapshot { .. } = plan {
+        let p = receive_snapshot(&mut source, ctx).await?;
+        send(&mut sink, &Message::Ack { position: p }).await?;
+    } else if let Plan::Incremental { from } = plan {
+        if from != ctx.store.position() + 1 {
+            return Err(SessionError::Protocol(format!("master plans from {from}, this backup is at {}", ctx.store.position())));
+        }
+    }
+
+    // The applier runs on its own thread: it merges queued batches into one
+    // transaction and reports each applied position for the ack.
+    let (to_apply, mut queue) = mpsc::channel::<Vec<LogEntry>>(64);
+    let (applied_tx, mut applied) = mpsc::unbounded_channel::<Result<u64, StoreError>>();
+    let store = ctx.store.clone();
+    let applier = std::thread::Builder::new().name("persist-apply".into()).spawn(move || {
+        while let Some(mut batch) = queue.blocking_recv() {
+            while batch.len() < APPLY_BATCH {
+                match queue.try_recv() {
+                    Ok(more) => batch.extend(more),
+                    Err(_) => break,
+                }
+            }
+            let last = batch.last().map(|e| e.position);
+            let r = store.apply_batch(&batch).map(|_| last.unwrap_or(0));
+            let failed = r.is_err();
+            if applied_tx.send(r).is_err() || failed {
+                return;
+            }
+        }
+    })?;
+    let mut shutdown = ctx.shutdown.subscribe();
+    let mut beat = tokio::time::interval(cfg.heartbeat_interval);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = tokio::time::Instant::now();
+    let result = loop {
+        tokio::select! {
+            _ = beat.tick() => {
+                let hb = Message::Heartbeat { epoch: ctx.store.epoch(), position: ctx.store.position() };
+                if let Err(e) = send_within(&mut sink, &hb, cfg.peer_timeout).await {
+                    break Err(e);
+                }
+            }
+            _ = tokio::time::sleep_until(last_heard + cfg.peer_timeout) => {
+                break Err(SessionError::Timeout(cfg.peer_timeout));
+            }
+            msg = recv(&mut source, &cfg.limits) => match { last_heard = tokio::time::Instant::now(); msg } {
+                Ok(Message::Entries(entries)) => {
+                    if entries.is_empty() {
+                        continue;
+                    }
+                    if to_apply.send(entries).await.is_err() {
+                        break Err(SessionError::Protocol("applier stopped".into()));
+                    }
+                }
+                Ok(Message::SyncPlan(Plan::Snapshot { reason })) => {
+                    tracing::info!(?reason, "master sends a full snapshot");
+                    match receive_snapshot(&mut source, ctx).await {
+                        Ok(p) => {
+                            last_heard = tokio::time::Instant::now();
+                            if let Err(e) = send(&mut sink, &Message::Ack { position: p }).await {
+                                break Err(e);
+                            }
+                        }
+                        Err(e) => break Err(e),
+                    }
+                }
+                Ok(Message::Heartbeat { .. }) => {}
+                Ok(Message::Refused { reason }) => break Err(SessionError::Refused(reason)),
+                Ok(other) => break Err(SessionError::Protocol(format!("unexpected message from the master: {}", message_kind(&other)))),
+                Err(e) => break Err(e),
+            },
+            done = applied.recv() => match done {
+                Some(Ok(position)) => {
+                    if let Err(e) = send_within(&mut sink, &Message::Ack { position }, cfg.peer_timeout).await {
+                        break Err(e);
+                    }
+                    ctx.update(|s| s.last_sync = Some(SystemTime::now()));
+                }
+                Some(Err(e)) => break Err(apply_error(e)),
+                None => break Err(SessionError::Protocol("applier stopped".into())),
+            },
+            _ = ctx.reconnect.notified() => break Err(SessionError::Protocol("resync requested".into())),
+            _ = shutdown.wait_for(|s| *s) => break Err(SessionError::Shutdown),
+        }
+    };
+    drop(to_apply);
+    let _ = tokio::task::spawn_blocking(move || applier.join()).await;
+    result
+}
+
+async fn receive_snapshot<R: FrameSource>(source: &mut R, ctx: &Arc<Ctx>) -> Result<u64, SessionError> {
+    let limits = &ctx.cfg.limits;
+    let header = match recv(source, limits).await? {
+        Message::SnapshotBegin {
+            history,
+            position,
+            digest,
+            epoch,
+            tables,
+        } => SnapshotHeader {
+            history,
+            position,
+            digest,
+            epoch,
+            tables: tables
+                .into_iter()
+                .map(|t| SnapshotTableInfo { name: t.name, rows: t.rows })
+                .collect(),
+        },
+        other => return Err(SessionError::Protocol(format!("expected a snapshot, got {}", message_kind(&other)))),
+    };
+    let total: u64 = header.tables.iter().map(|t| t.rows).sum();
+    tracing::info!(rows = total, position = header.position, "receiving a full snapshot");
+    ctx.update(|s| s.snapshot_progress = Some((0, total)));
+    // The restore runs on a blocking thread, fed chunk by chunk; the bounded
+    // channel keeps memory to a few chunks.
+    let (tx, mut rx) = mpsc::channel::<persist_core::Result<(u32, Vec<Vec<u8>>)>>(4);
+    let store = ctx.store.clone();
+    let h = header.clone();
+    let restore = AbortOnDrop(tokio::task::spawn_blocking(move || {
+        store.restore(&h, std::iter::from_fn(|| rx.blocking_recv()))
+    }));
+    let mut done = 0u64;
+    let transfer = loop {
+        match recv(source, limits).await {
+            Ok(Message::SnapshotRows { table, rows }) => {
+                done += rows.len() as u64;
+                if tx.send(Ok((table, rows))).await.is_err() {
+                    break Err(SessionError::Protocol("restore stopped early".into()));
+                }
+                ctx.update(|s| s.snapshot_progress = Some((done, total)));
+            }
+            Ok(Message::SnapshotEnd) => break Ok(()),
+            Ok(other) => break Err(SessionError::Protocol(format!("unexpected {} inside a snapshot", message_kind(&other)))),
+            Err(e) => break Err(e),
+        }
+    };
+    if let Err(e) = &transfer {
+        let _ = tx.send(Err(StoreError::Unavailable(format!("snapshot transfer interrupted: {e}")))).await;
+    }
+    drop(tx);
+    let restored = (&mut { restore }.0)
+        .await
+        .map_err(|e| SessionError::Protocol(format!("restore task: {e}")))?;
+    ctx.update(|s| s.snapshot_progress = None);
+    transfer?;
+    restored.map_err(apply_error)?;
+    ctx.update(|s| s.resyncs += 1);
+    tracing::info!(rows = total, position = header.position, "snapshot restored");
+    Ok(header.position)
+}

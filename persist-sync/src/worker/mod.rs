@@ -1,0 +1,235 @@
+//! The tokio side of sync: tasks that move frames and run timers, while every
+//! decision is taken by [`crate::core`].
+//!
+//! - [`master::start_master`]: accepts a backup, plans its sync, streams the
+//!   log (or a snapshot), tracks acknowledgements, trims the log.
+//! - [`backup::start_backup`]: dials the master with backoff, applies what
+//!   arrives, acknowledges durably applied positions.
+
+pub mod backup;
+mod bridge;
+pub mod master;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::{Condvar, Mutex};
+use tokio::sync::watch;
+
+use crate::auth::AuthConfig;
+use crate::codec::{self, CodecError, Limits};
+use crate::core::RetentionPolicy;
+use crate::protocol::{Message, RefuseReason};
+use crate::transport::{FrameSink, FrameSource};
+
+/// Settings of a sync worker (either side).
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// Cluster name, node id and shared secret.
+    pub auth: AuthConfig,
+    /// Time allowed for the hello and authentication exchange.
+    pub handshake_timeout: Duration,
+    /// Entries per `Entries` frame, at most.
+    pub max_batch_entries: usize,
+    /// Bytes of entry bodies per `Entries` frame, at most (one larger entry
+    /// still goes alone).
+    pub max_batch_bytes: usize,
+    /// Entries the master sends ahead of the backup's acknowledgements.
+    pub max_in_flight: u64,
+    /// Rows per snapshot frame.
+    pub snapshot_chunk_rows: usize,
+    /// How long the master keeps its log.
+    pub retention: RetentionPolicy,
+    /// How often the master applies the retention policy.
+    pub retention_interval: Duration,
+    /// First delay before the backup dials again after a failure.
+    pub reconnect_initial: Duration,
+    /// Longest delay between the backup's attempts.
+    pub reconnect_max: Duration,
+    /// Frame limits once authenticated.
+    pub limits: Limits,
+    /// How often each side sends a heartbeat on an established link.
+    pub heartbeat_interval: Duration,
+    /// A link whose peer stayed silent this long (or that could not take a
+    /// frame for this long) is dropped and dialed again: a dead link is
+    /// noticed whatever TCP does.
+    pub peer_timeout: Duration,
+}
+
+impl SyncConfig {
+    /// Defaults around the given authentication settings.
+    pub fn new(auth: AuthConfig) -> Self {
+        SyncConfig {
+            auth,
+            handshake_timeout: Duration::from_secs(5),
+            max_batch_entries: 4096,
+            max_batch_bytes: 4 << 20,
+            max_in_flight: 16_384,
+            snapshot_chunk_rows: 8_192,
+            retention: RetentionPolicy::default(),
+            retention_interval: Duration::from_secs(1),
+            reconnect_initial: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(10),
+            limits: Limits::default(),
+            heartbeat_interval: Duration::from_millis(500),
+            peer_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a sync worker reports about its link.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LinkStatus {
+    /// Whether an authenticated peer is connected and syncing.
+    pub connected: bool,
+    /// The peer's node id while connected.
+    pub peer: Option<String>,
+    /// The local store's position.
+    pub position: u64,
+    /// On the master: the backup's acknowledged position.
+    pub peer_acked: u64,
+    /// When the two were last in sync (an ack of the head, or an applied batch).
+    pub last_sync: Option<SystemTime>,
+    /// The last error, if the link failed.
+    pub last_error: Option<String>,
+    /// The last refusal (protocol, cluster, schema mismatch), shown to operators.
+    pub refused: Option<RefuseReason>,
+    /// Full resyncs so far.
+    pub resyncs: u64,
+    /// Rows done and total of a snapshot in progress.
+    pub snapshot_progress: Option<(u64, u64)>,
+}
+
+/// Why a sync session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The link failed.
+    #[error("link: {0}")]
+    Io(#[from] std::io::Error),
+    /// Authentication failed.
+    #[error("authentication: {0}")]
+    Auth(#[from] crate::auth::AuthError),
+    /// A frame could not be decoded.
+    #[error("malformed frame: {0}")]
+    Codec(#[from] CodecError),
+    /// The peer refused the connection.
+    #[error("refused by peer: {0:?}")]
+    Refused(RefuseReason),
+    /// We refused the peer.
+    #[error("refused the peer: {0:?}")]
+    RefusedPeer(RefuseReason),
+    /// The peer broke the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The local store failed.
+    #[error("store: {0}")]
+    Store(#[from] persist_core::Error),
+    /// An entry or snapshot from the master did not apply: a full resync follows.
+    #[error("apply failed: {0}")]
+    ApplyFailed(String),
+    /// The link closed.
+    #[error("the peer closed the link")]
+    Closed,
+    /// The peer stayed silent (or did not take our frames) for too long.
+    #[error("peer silent for {0:?}: link considered dead")]
+    Timeout(Duration),
+    /// The worker was asked to stop.
+    #[error("shutting down")]
+    Shutdown,
+}
+
+/// Sends one message.
+pub(crate) async fn send<S: FrameSink>(sink: &mut S, msg: &Message) -> Result<(), SessionError> {
+    sink.send(codec::encode(msg)).await?;
+    Ok(())
+}
+
+/// Sends one message, failing if the link cannot take it within `timeout`
+/// (a peer that stopped reading, a partition without a reset).
+pub(crate) async fn send_within<S: FrameSink>(sink: &mut S, msg: &Message, timeout: Duration) -> Result<(), SessionError> {
+    match tokio::time::timeout(timeout, send(sink, msg)).await {
+        Ok(r) => r,
+        Err(_) => Err(SessionError::Timeout(timeout)),
+    }
+}
+
+/// Receives one message (`Closed` at a clean end).
+pub(crate) async fn recv<R: FrameSource>(source: &mut R, limits: &Limits) -> Result<Message, SessionError> {
+    match source.recv().await? {
+        Some(frame) => Ok(codec::decode(&frame, limits)?),
+        None => Err(SessionError::Closed),
+    }
+}
+
+/// Acknowledged positions, awaitable from async and blocking code alike.
+#[derive(Debug)]
+pub(crate) struct AckTracker {
+    acked: Mutex<u64>,
+    changed: Condvar,
+    watch: watch::Sender<u64>,
+}
+
+impl AckTracker {
+    pub fn new(initial: u64) -> Arc<Self> {
+        Arc::new(AckTracker {
+            acked: Mutex::new(initial),
+            changed: Condvar::new(),
+            watch: watch::Sender::new(initial),
+        })
+    }
+
+    pub fn get(&self) -> u64 {
+        *self.acked.lock()
+    }
+
+    pub fn set(&self, position: u64) {
+        let mut a = self.acked.lock();
+        if position > *a {
+            *a = position;
+            self.changed.notify_all();
+            self.watch.send_replace(position);
+        }
+    }
+
+    /// Forgets acknowledgements above `position` (a new backup restarted below).
+    pub fn reset(&self, position: u64) {
+        let mut a = self.acked.lock();
+        *a = position;
+        self.changed.notify_all();
+        self.watch.send_replace(position);
+    }
+
+    pub fn wait_blocking(&self, position: u64, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut a = self.acked.lock();
+        while *a < position {
+            if self.changed.wait_until(&mut a, deadline).timed_out() {
+                return *a >= position;
+            }
+        }
+        true
+    }
+
+    pub async fn wait(&self, position: u64, timeout: Duration) -> bool {
+        let mut rx = self.watch.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|a| *a >= position)).await.is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// Errors of synchronous commits.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The write committed locally, but the backup did not confirm it in time.
+    #[error("position {position} committed locally but not confirmed by the backup within {timeout:?} (backup at {acked})")]
+    Timeout {
+        /// The write's position.
+        position: u64,
+        /// The backup's acknowledged position.
+        acked: u64,
+        /// The time waited.
+        timeout: Duration,
+    },
+    /// The write itself failed.
+    #[error(transparent)]
+    Store(#[from] persist_core::Error),
+}
