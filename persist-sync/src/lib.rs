@@ -1,7 +1,16 @@
 //! Sync worker, protocol and redundancy runtime of persist.
 //!
-//! - [`protocol`]: the messages and their wire encoding.
+//! - [`protocol`]: the messages.
+//! - [`codec`]: one message per frame, with size limits for untrusted input.
+//! - [`transport`]: links that carry frames (TCP with optional TLS, in-memory
+//!   with fault injection).
+//! - [`auth`]: mutual challenge-response authentication of a link.
 //! - [`core`]: the protocol's decisions, free of I/O.
+//! - [`worker`]: the tokio tasks that drive a master and a backup.
 
+pub mod auth;
+pub mod codec;
 pub mod core;
 pub mod protocol;
+pub mod transport;
+pub mod worker;

@@ -1,0 +1,287 @@
+//! TCP links: each frame is a u32 big-endian length then the frame bytes
+//! (tokio-util's [`LengthDelimitedCodec`]), optionally inside TLS.
+//!
+//! `TCP_NODELAY` is set on every socket: frames are small and latency
+//! matters more than packet count (heartbeats, acks). The receiving half
+//! checks the length prefix against its maximum before buffering the frame.
+//!
+//! Neither dialing nor reading has a timeout of its own: sessions bound them
+//! with `tokio::time::timeout` and heartbeats. Accepting a TLS connection has
+//! one ([`TcpAcceptor::with_handshake_timeout`]) so a silent client cannot
+//! hold the accept loop.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+
+use super::tls::{parse_server_name, TlsClient, TlsServer};
+use super::{frame_too_large, Acceptor, Dialer, FrameSink, FrameSource, Link, INITIAL_MAX_FRAME};
+
+type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Default bound on the TLS handshake of an accepted connection.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connected TCP (or TLS over TCP) link.
+pub struct TcpLink {
+    read: BoxRead,
+    write: BoxWrite,
+    peer: SocketAddr,
+    tls: bool,
+}
+
+impl std::fmt::Debug for TcpLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpLink")
+            .field("peer", &self.peer)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TcpLink {
+    fn plain(stream: TcpStream, peer: SocketAddr) -> TcpLink {
+        let (read, write) = stream.into_split();
+        TcpLink {
+            read: Box::new(read),
+            write: Box::new(write),
+            peer,
+            tls: false,
+        }
+    }
+
+    fn tls<S>(stream: S, peer: SocketAddr) -> TcpLink
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (read, write) = tokio::io::split(stream);
+        TcpLink {
+            read: Box::new(read),
+            write: Box::new(write),
+            peer,
+            tls: true,
+        }
+    }
+
+    /// The remote socket address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Whether the link runs inside TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+}
+
+impl Link for TcpLink {
+    type Sink = TcpSink;
+    type Source = TcpSource;
+
+    fn split(self) -> (TcpSink, TcpSource) {
+        // Outgoing frames are bounded by what the peer accepts, not here; the
+        // codec's own default (8 MiB) would refuse large snapshot frames.
+        let out = LengthDelimitedCodec::builder()
+            .max_frame_length(u32::MAX as usize)
+            .new_codec();
+        let inc = LengthDelimitedCodec::builder()
+            .max_frame_length(INITIAL_MAX_FRAME)
+            .new_codec();
+        (
+            TcpSink {
+                inner: FramedWrite::new(self.write, out),
+            },
+            TcpSource {
+                inner: FramedRead::new(self.read, inc),
+                peer: self.peer,
+            },
+        )
+    }
+
+    fn peer(&self) -> String {
+        self.peer.to_string()
+    }
+}
+
+/// The sending half of a [`TcpLink`].
+pub struct TcpSink {
+    inner: FramedWrite<BoxWrite, LengthDelimitedCodec>,
+}
+
+impl FrameSink for TcpSink {
+    async fn send(&mut self, frame: Vec<u8>) -> io::Result<()> {
+        self.inner.send(Bytes::from(frame)).await
+    }
+
+    async fn close(&mut self) -> io::Result<()> {
+        SinkExt::<Bytes>::close(&mut self.inner).await
+    }
+}
+
+/// The receiving half of a [`TcpLink`].
+pub struct TcpSource {
+    inner: FramedRead<BoxRead, LengthDelimitedCodec>,
+    peer: SocketAddr,
+}
+
+impl FrameSource for TcpSource {
+    async fn recv(&mut self) -> io::Result<Option<Vec<u8>>> {
+        match self.inner.next().await {
+            None => Ok(None),
+            Some(Ok(frame)) => Ok(Some(frame.into())),
+            Some(Err(e)) => {
+                let oversized = e.get_ref().is_some_and(|inner| {
+                    inner.is::<tokio_util::codec::LengthDelimitedCodecError>()
+                });
+                if oversized {
+                    // The codec does not say how long the frame claimed to be.
+                    let max = self.inner.decoder().max_frame_length();
+                    Err(frame_too_large(max + 1, max))
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    fn set_max_frame(&mut self, max: usize) {
+        self.inner.decoder_mut().set_max_frame_length(max);
+    }
+
+    fn peer(&self) -> String {
+        self.peer.to_string()
+    }
+}
+
+/// Dials one address, optionally with TLS.
+#[derive(Debug, Clone)]
+pub struct TcpDialer {
+    addr: String,
+    tls: Option<TlsClient>,
+}
+
+impl TcpDialer {
+    /// A dialer for `addr` (`host:port`). With TLS, the server certificate is
+    /// checked against `host` unless the [`TlsClient`] names another server.
+    pub fn new(addr: impl Into<String>, tls: Option<TlsClient>) -> TcpDialer {
+        TcpDialer {
+            addr: addr.into(),
+            tls,
+        }
+    }
+
+    /// The address dialed.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+}
+
+/// The host part of `host:port` or `[v6]:port`.
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
+impl Dialer for TcpDialer {
+    type Link = TcpLink;
+
+    async fn dial(&self) -> io::Result<TcpLink> {
+        let stream = TcpStream::connect(&self.addr).await?;
+        stream.set_nodelay(true)?;
+        let peer = stream.peer_addr()?;
+        let Some(tls) = &self.tls else {
+            return Ok(TcpLink::plain(stream, peer));
+        };
+        let name = match &tls.server_name {
+            Some(name) => name.clone(),
+            None => parse_server_name(host_of(&self.addr))
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+        };
+        let stream = tls.connector.connect(name, stream).await?;
+        Ok(TcpLink::tls(stream, peer))
+    }
+}
+
+/// Accepts TCP connections on a bound socket, optionally with TLS.
+#[derive(Debug)]
+pub struct TcpAcceptor {
+    listener: TcpListener,
+    local: SocketAddr,
+    tls: Option<TlsServer>,
+    handshake_timeout: Duration,
+}
+
+impl TcpAcceptor {
+    /// Binds `addr` (port 0 picks a free port; see
+    /// [`TcpAcceptor::local_socket_addr`]).
+    pub async fn bind(addr: impl ToSocketAddrs, tls: Option<TlsServer>) -> io::Result<TcpAcceptor> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        Ok(TcpAcceptor {
+            listener,
+            local,
+            tls,
+            handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+        })
+    }
+
+    /// Bounds the TLS handshake of each accepted connection.
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> TcpAcceptor {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// The bound address.
+    pub fn local_socket_addr(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+impl Acceptor for TcpAcceptor {
+    type Link = TcpLink;
+
+    async fn accept(&mut self) -> io::Result<TcpLink> {
+        let (stream, peer) = self.listener.accept().await?;
+        stream.set_nodelay(true)?;
+        let Some(tls) = &self.tls else {
+            return Ok(TcpLink::plain(stream, peer));
+        };
+        match tokio::time::timeout(self.handshake_timeout, tls.acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => Ok(TcpLink::tls(stream, peer)),
+            Ok(Err(e)) => Err(io::Error::new(
+                e.kind(),
+                format!("TLS handshake with {peer} failed: {e}"),
+            )),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("TLS handshake with {peer} timed out"),
+            )),
+        }
+    }
+
+    fn local_addr(&self) -> String {
+        self.local.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn host_part() {
+        assert_eq!(host_of("gw-a:7400"), "gw-a");
+        assert_eq!(host_of("10.0.0.1:7400"), "10.0.0.1");
+        assert_eq!(host_of("[::1]:7400"), "::1");
+        assert_eq!(host_of("noport"), "noport");
+    }
+}
