@@ -124,7 +124,7 @@ fn open(common: &Common, default_id: &str) -> Result<(Store, SyncConfig), Box<dy
     }
     let secret = Secret::new(std::fs::read(&common.secret_file)?)?;
     let node_id = common.node_id.clone().unwrap_or_else(|| default_id.to_string());
-    let cfg = SyncConfig::new(AuthConfig::new(common.cluster.clone(), node_id, secret));
+    let cfg = SyncConfig::new(AuthConfig::new(common.cluster.clone(), node_id, secret)?);
     Ok((store, cfg))
 }
 

@@ -98,12 +98,38 @@ pub(crate) struct Writer {
     pub next_id: HashMap<&'static str, i64>,
     pub listeners: Listeners,
     pub history: String,
+    /// What readers see of the head, without taking the writer's lock.
+    pub published: Arc<RwLock<Published>>,
+}
+
+/// The head as published to readers: updated by the writer after each
+/// commit, read without waiting for a write in progress (a heartbeat or a
+/// status page must never stall behind a long transaction).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Published {
+    pub position: u64,
+    pub digest: Digest,
+    pub epoch: u64,
+    pub history: String,
+}
+
+impl Writer {
+    /// Publishes the writer's head to readers.
+    pub fn publish(&self) {
+        *self.published.write() = Published {
+            position: self.position,
+            digest: self.digest,
+            epoch: self.epoch,
+            history: self.history.clone(),
+        };
+    }
 }
 
 struct Inner {
     config: StoreConfig,
     dialect: Dialect,
     writer: Mutex<Writer>,
+    published: Arc<RwLock<Published>>,
     readers: Mutex<Vec<Box<dyn Connection>>>,
     registry: RwLock<Arc<Registry>>,
     _checkpointer: Option<Checkpointer>,
@@ -342,10 +368,18 @@ impl Store {
             },
             BackendConfig::Postgres(_) => None,
         };
+        let published = Arc::new(RwLock::new(Published {
+            position: head.position,
+            digest: head.digest,
+            epoch,
+            history: history.clone(),
+        }));
         Ok(Store {
             inner: Arc::new(Inner {
                 dialect,
+                published: published.clone(),
                 writer: Mutex::new(Writer {
+                    published,
                     history,
                     conn,
                     position: head.position,
@@ -367,10 +401,30 @@ impl Store {
         self.inner.dialect
     }
 
+    /// Adopts another store's history: allowed only while this store is
+    /// fresh (position 0, no rows), e.g. a new backup about to replay a
+    /// master's log from its first entry.
+    pub fn adopt_history(&self, history: &str) -> Result<()> {
+        let mut w = self.inner.writer.lock();
+        if w.history == history {
+            return Ok(());
+        }
+        if w.position != 0 || w.digest != Digest::EMPTY {
+            return Err(Error::Inapplicable {
+                position: w.position,
+                reason: format!("only a fresh store can adopt another history (this one is at position {})", w.position),
+            });
+        }
+        meta_set(&mut *w.conn, "history", history.as_bytes().to_vec())?;
+        w.history = history.to_owned();
+        w.publish();
+        Ok(())
+    }
+
     /// The identity of this store's data history (created with the database).
     /// A backup that took a full snapshot adopts the master's history.
     pub fn history(&self) -> String {
-        self.inner.writer.lock().history.clone()
+        self.inner.published.read().history.clone()
     }
 
     /// Registers a record type: creates or migrates its table (and, first,
@@ -429,6 +483,7 @@ impl Store {
             Ok(new_digest) => {
                 if let Some(d) = new_digest {
                     w.digest = d;
+                    w.publish();
                 }
                 for m in &order {
                     if schema::is_identity(m) && !w.next_id.contains_key(m.table) {
@@ -593,9 +648,10 @@ impl Store {
 
     /// The log head: last position, its digest, first retained position.
     pub fn head(&self) -> Result<LogHead> {
-        let w = self.inner.writer.lock();
-        let (position, digest) = (w.position, w.digest);
-        drop(w);
+        let (position, digest) = {
+            let p = self.inner.published.read();
+            (p.position, p.digest)
+        };
         let first = self.with_reader(|c| load_head(c))?.first_retained;
         Ok(LogHead {
             position,
@@ -609,11 +665,11 @@ impl Store {
     /// or restored). `None` for positions trimmed away or never reached.
     pub fn digest_at(&self, position: u64) -> Result<Option<Digest>> {
         {
-            let w = self.inner.writer.lock();
-            if position == w.position {
-                return Ok(Some(w.digest));
+            let head = self.inner.published.read();
+            if position == head.position {
+                return Ok(Some(head.digest));
             }
-            if position > w.position {
+            if position > head.position {
                 return Ok(None);
             }
         }
@@ -635,22 +691,24 @@ impl Store {
 
     /// Last committed or applied position (0 for a new store).
     pub fn position(&self) -> u64 {
-        self.inner.writer.lock().position
+        self.inner.published.read().position
     }
 
     /// The state digest after the last position.
     pub fn digest(&self) -> Digest {
-        self.inner.writer.lock().digest
+        self.inner.published.read().digest
     }
 
     /// The epoch stamped on new log entries.
     pub fn epoch(&self) -> u64 {
-        self.inner.writer.lock().epoch
+        self.inner.published.read().epoch
     }
 
     /// Sets the epoch stamped on new log entries (the redundancy runtime's job).
     pub fn set_epoch(&self, epoch: u64) {
-        self.inner.writer.lock().epoch = epoch;
+        let mut w = self.inner.writer.lock();
+        w.epoch = epoch;
+        w.publish();
     }
 
     /// Up to `max` log entries from `from` on, in order.

@@ -82,10 +82,7 @@ impl Snapshot {
     pub(crate) fn open(store: &Store) -> Result<Snapshot> {
         let reg = store.registry();
         let mut conn = store.inner.config.connect()?;
-        let (history, epoch) = {
-            let w = store.inner.writer.lock();
-            (w.history.clone(), w.epoch)
-        };
+        let (history, epoch) = (store.history(), store.epoch());
         conn.begin_read()?;
         let r = (|| {
             // The first read fixes the snapshot: head and rows agree.
@@ -275,6 +272,7 @@ impl Store {
         w.digest = header.digest;
         w.history = header.history.clone();
         w.epoch = w.epoch.max(header.epoch);
+        w.publish();
         for t in reg.tables.values() {
             if w.next_id.contains_key(t.name) {
                 let max = query_rows(&mut *w.conn, &t.max_key, &[], &[SqlType::BigInt])?

@@ -161,6 +161,7 @@ impl<'a> WriteTx<'a> {
         if let Some((position, digest)) = self.head {
             self.w.position = position;
             self.w.digest = digest;
+            self.w.publish();
         }
         for c in commits {
             self.w.listeners.dispatch(c);

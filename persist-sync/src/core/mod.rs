@@ -86,6 +86,7 @@ pub fn plan_sync(
     match digest_at_backup_position {
         Some(d) if d == backup.digest => Decision::Sync(Plan::Incremental {
             from: backup.position + 1,
+            history: master.history.clone(),
         }),
         Some(_) => snapshot(DigestMismatch),
         None => snapshot(EntriesTrimmed),

@@ -73,6 +73,9 @@ pub enum Plan {
     Incremental {
         /// First position that will be sent.
         from: u64,
+        /// The master's history: a fresh backup (position 0) adopts it, as it
+        /// is about to replay the master's log from its first entry.
+        history: String,
     },
     /// A full snapshot follows.
     Snapshot {

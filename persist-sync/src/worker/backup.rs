@@ -12,7 +12,7 @@ use super::master::{message_kind, AbortOnDrop};
 use super::{recv, send, send_within, LinkStatus, SessionError, SyncConfig};
 use crate::auth::authenticate;
 use crate::protocol::{LinkRole, Message, Plan, ResyncReason};
-use crate::transport::{Dialer, FrameSink, FrameSource, Link};
+use crate::transport::{Dialer, FrameSource, Link};
 
 /// Entries the applier merges into one database transaction, at most.
 const APPLY_BATCH: usize = 8192;
@@ -131,7 +131,7 @@ async fn run<D: Dialer>(dialer: D, ctx: Arc<Ctx>) {
         let started = Instant::now();
         let result = tokio::select! {
             r = once(&dialer, &ctx) => r,
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = super::stopped(&mut shutdown) => return,
         };
         let mut retry_now = false;
         match result {
@@ -166,7 +166,7 @@ async fn run<D: Dialer>(dialer: D, ctx: Arc<Ctx>) {
         if !retry_now {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = super::stopped(&mut shutdown) => return,
             }
             delay = (delay * 2).min(cfg.reconnect_max);
         }
@@ -239,9 +239,12 @@ async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError>
     if let Plan::Snapshot { .. } = plan {
         let p = receive_snapshot(&mut source, ctx).await?;
         send(&mut sink, &Message::Ack { position: p }).await?;
-    } else if let Plan::Incremental { from } = plan {
-        if from != ctx.store.position() + 1 {
+    } else if let Plan::Incremental { from, history } = &plan {
+        if *from != ctx.store.position() + 1 {
             return Err(SessionError::Protocol(format!("master plans from {from}, this backup is at {}", ctx.store.position())));
+        }
+        if *from == 1 && ctx.store.history() != *history {
+            ctx.store.adopt_history(history)?;
         }
     }
 
@@ -318,7 +321,7 @@ async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError>
                 None => break Err(SessionError::Protocol("applier stopped".into())),
             },
             _ = ctx.reconnect.notified() => break Err(SessionError::Protocol("resync requested".into())),
-            _ = shutdown.wait_for(|s| *s) => break Err(SessionError::Shutdown),
+            _ = super::stopped(&mut shutdown) => break Err(SessionError::Shutdown),
         }
     };
     drop(to_apply);

@@ -136,10 +136,10 @@ impl MasterHandle {
     }
 
     /// Stops the service and waits for its tasks.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.ctx.shutdown.send_replace(true);
         self.ctx.current.send_modify(|g| *g += 1);
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             t.abort();
             let _ = t.await;
         }
@@ -161,7 +161,7 @@ async fn accept_loop<A: Acceptor>(mut acceptor: A, ctx: Arc<Ctx>) {
     loop {
         let link = tokio::select! {
             r = acceptor.accept() => r,
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = super::stopped(&mut shutdown) => return,
         };
         match link {
             Ok(link) => {
@@ -249,7 +249,7 @@ async fn session<L: Link>(link: L, ctx: &Arc<Ctx>) -> Result<(), SessionError> {
         s.last_error = None;
     });
     let from = match plan {
-        Plan::Incremental { from } => from,
+        Plan::Incremental { from, .. } => from,
         Plan::Snapshot { .. } => send_snapshot(&mut sink, ctx).await? + 1,
     };
     ctx.acks.reset(from - 1);
@@ -433,7 +433,7 @@ async fn stream<S: FrameSink, R: FrameSource>(
                 }
                 Some(Ok(Message::Heartbeat { .. })) => {}
                 Some(Ok(other)) => {
-                    return Err(SessionError::Protocol(format!("unexpected message from the backup: {}", kind(&other))));
+                    return Err(SessionError::Protocol(format!("unexpected message from the backup: {}", message_kind(&other))));
                 }
                 Some(Err(e)) => return Err(e),
                 None => return Err(SessionError::Closed),
@@ -484,7 +484,8 @@ async fn retention_loop(ctx: Arc<Ctx>) {
     }
 }
 
-fn kind(m: &Message) -> &'static str {
+/// The name of a message's variant, for errors and logs.
+pub(crate) fn message_kind(m: &Message) -> &'static str {
     match m {
         Message::Hello { .. } => "Hello",
         Message::Proof { .. } => "Proof",
@@ -500,7 +501,6 @@ fn kind(m: &Message) -> &'static str {
     }
 }
 
-pub(crate) use kind as message_kind;
 
 /// Aborts a task when dropped (a session's reader dies with the session).
 pub(crate) struct AbortOnDrop<T>(pub JoinHandle<T>);

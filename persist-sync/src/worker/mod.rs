@@ -138,6 +138,11 @@ pub enum SessionError {
     Shutdown,
 }
 
+/// Resolves once `flag` is true (or its sender is gone).
+pub(crate) async fn stopped(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|s| *s).await;
+}
+
 /// Sends one message.
 pub(crate) async fn send<S: FrameSink>(sink: &mut S, msg: &Message) -> Result<(), SessionError> {
     sink.send(codec::encode(msg)).await?;
