@@ -46,6 +46,9 @@ type HmacSha256 = Hmac<Sha256>;
 /// Shortest secret accepted, in bytes.
 pub const MIN_SECRET_LEN: usize = 16;
 
+/// How long closing a failed link may take.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 const DIALER_LABEL: &[u8] = b"persist-auth-v1/dialer";
 const ACCEPTOR_LABEL: &[u8] = b"persist-auth-v1/acceptor";
 
@@ -179,9 +182,9 @@ pub enum AuthError {
 }
 
 /// Authenticates the link whose halves are `sink` and `source`, as `role`.
-/// On success the link is ready for the sync protocol; on error it must be
-/// dropped (the acceptor has then sent nothing beyond its hello or a
-/// refusal).
+/// On success the link is ready for the sync protocol. On error the sink
+/// has been closed (the acceptor has sent nothing beyond its hello or a
+/// refusal) and the link must be dropped.
 ///
 /// Sets the source's maximum frame to the handshake limit; raise it after
 /// success.
@@ -203,6 +206,10 @@ pub async fn authenticate<S: FrameSink, R: FrameSource>(
         .await
         .unwrap_or(Err(AuthError::Timeout(timeout)));
     if let Err(e) = &result {
+        // Close our direction so the peer is not left waiting for a frame
+        // that will not come (it sees a clean end, or a reset). Nothing is
+        // sent: for TLS, only the close_notify alert.
+        let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
         match e {
             AuthError::BadProof => tracing::warn!(
                 peer = %source.peer(),
