@@ -28,7 +28,9 @@ fn logs() {
 
 fn cfg(node: &str, secret: &[u8]) -> SyncConfig {
     logs();
-    let mut c = SyncConfig::new(AuthConfig::new("plant-7", node, Secret::new(secret.to_vec()).unwrap()).unwrap());
+    let mut c = SyncConfig::new(
+        AuthConfig::new("plant-7", node, Secret::new(secret.to_vec()).unwrap()).unwrap(),
+    );
     c.reconnect_initial = Duration::from_millis(20);
     c.reconnect_max = Duration::from_millis(200);
     c.retention_interval = Duration::from_millis(50);
@@ -58,14 +60,22 @@ fn backup_on_tcp(b: &Store, addr: &str, c: SyncConfig) -> BackupHandle {
 async fn converge(m: &Store, b: &Store) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while (b.position(), b.digest()) != (m.position(), m.digest()) {
-        assert!(tokio::time::Instant::now() < deadline, "no convergence: master {} backup {}", m.position(), b.position());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no convergence: master {} backup {}",
+            m.position(),
+            b.position()
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
 fn assert_identical(m: &Store, b: &Store) {
     assert_eq!(b.list::<Profile>().unwrap(), m.list::<Profile>().unwrap());
-    assert_eq!(b.list::<SmsSettings>().unwrap(), m.list::<SmsSettings>().unwrap());
+    assert_eq!(
+        b.list::<SmsSettings>().unwrap(),
+        m.list::<SmsSettings>().unwrap()
+    );
     assert_eq!(b.list::<Broker>().unwrap(), m.list::<Broker>().unwrap());
     assert_eq!(b.list::<Folder>().unwrap(), m.list::<Folder>().unwrap());
     assert_eq!((b.position(), b.digest()), (m.position(), m.digest()));
@@ -73,14 +83,21 @@ fn assert_identical(m: &Store, b: &Store) {
     assert!(m.verify().unwrap().is_consistent());
 }
 
-async fn wait_status(f: impl Fn() -> LinkStatus, what: &str, ok: impl Fn(&LinkStatus) -> bool) -> LinkStatus {
+async fn wait_status(
+    f: impl Fn() -> LinkStatus,
+    what: &str,
+    ok: impl Fn(&LinkStatus) -> bool,
+) -> LinkStatus {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let s = f();
         if ok(&s) {
             return s;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{what}: status stayed {s:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: status stayed {s:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -91,8 +108,21 @@ fn write_mix(m: &Store, tag: &str) {
     m.write(|tx| {
         tx.insert(&sms(p))?;
         let q = tx.insert(&profile(&format!("{tag}-q")))?;
-        tx.insert(&Broker { id: 0, profile_id: q, name: tag.into(), parent: None })?;
-        tx.insert_many(&(0..50).map(|i| Folder { id: 0, parent: None, name: format!("{tag}{i}") }).collect::<Vec<_>>())?;
+        tx.insert(&Broker {
+            id: 0,
+            profile_id: q,
+            name: tag.into(),
+            parent: None,
+        })?;
+        tx.insert_many(
+            &(0..50)
+                .map(|i| Folder {
+                    id: 0,
+                    parent: None,
+                    name: format!("{tag}{i}"),
+                })
+                .collect::<Vec<_>>(),
+        )?;
         Ok(())
     })
     .unwrap();
@@ -115,11 +145,23 @@ async fn steady_replication_over_tcp_with_live_events() {
     converge(&m, &b).await;
     assert_identical(&m, &b);
     let first = events.recv_timeout(Duration::from_secs(5)).unwrap();
-    assert!(matches!(first, RecordEvent::Added(ref p) if p.name == "w0-p"), "{first:?}");
-    let s = wait_status(|| master.status(), "master sees the backup in sync", |s| s.connected && s.peer_acked == m.position()).await;
+    assert!(
+        matches!(first, RecordEvent::Added(ref p) if p.name == "w0-p"),
+        "{first:?}"
+    );
+    let s = wait_status(
+        || master.status(),
+        "master sees the backup in sync",
+        |s| s.connected && s.peer_acked == m.position(),
+    )
+    .await;
     assert_eq!(s.peer.as_deref(), Some("backup"));
     assert!(backup.status().connected);
-    assert_eq!(backup.status().resyncs, 0, "a fresh backup replays the log, no snapshot");
+    assert_eq!(
+        backup.status().resyncs,
+        0,
+        "a fresh backup replays the log, no snapshot"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,14 +195,22 @@ async fn lagging_backup_past_retention_gets_a_snapshot() {
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while m.head().unwrap().first_retained < m.position() - 1 {
-        assert!(tokio::time::Instant::now() < deadline, "retention never trimmed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention never trimmed"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let backup = backup_on_tcp(&b, &addr, cfg("backup", SECRET));
     converge(&m, &b).await;
     assert_identical(&m, &b);
     assert_eq!(backup.status().resyncs, 1);
-    wait_status(|| master.status(), "master counts the resync", |s| s.resyncs == 1).await;
+    wait_status(
+        || master.status(),
+        "master counts the resync",
+        |s| s.resyncs == 1,
+    )
+    .await;
     write_mix(&m, "after");
     converge(&m, &b).await;
     assert_identical(&m, &b);
@@ -193,9 +243,19 @@ async fn operator_requested_resync() {
     write_mix(&m, "x");
     converge(&m, &b).await;
     master.request_resync();
-    wait_status(|| backup.status(), "backup resynced on the master's request", |s| s.resyncs == 1).await;
+    wait_status(
+        || backup.status(),
+        "backup resynced on the master's request",
+        |s| s.resyncs == 1,
+    )
+    .await;
     backup.request_resync();
-    wait_status(|| backup.status(), "backup resynced on its own request", |s| s.resyncs == 2).await;
+    wait_status(
+        || backup.status(),
+        "backup resynced on its own request",
+        |s| s.resyncs == 2,
+    )
+    .await;
     write_mix(&m, "y");
     converge(&m, &b).await;
     assert_identical(&m, &b);
@@ -208,8 +268,17 @@ async fn wrong_secret_is_refused_and_learns_nothing() {
     write_mix(&m, "secret data");
     let (master, addr) = master_on_tcp(&m, cfg("master", SECRET)).await;
     let backup = backup_on_tcp(&b, &addr, cfg("backup", b"not the secret at all"));
-    let s = wait_status(|| backup.status(), "backup reports the failure", |s| s.last_error.is_some()).await;
-    assert!(s.last_error.unwrap().contains("authentication"), "{:?}", backup.status());
+    let s = wait_status(
+        || backup.status(),
+        "backup reports the failure",
+        |s| s.last_error.is_some(),
+    )
+    .await;
+    assert!(
+        s.last_error.unwrap().contains("authentication"),
+        "{:?}",
+        backup.status()
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(b.position(), 0, "nothing flowed");
     assert!(b.list::<Profile>().unwrap().is_empty());
@@ -224,10 +293,26 @@ async fn schema_mismatch_is_refused_on_both_sides() {
     b.register::<Profile>().unwrap(); // fewer tables: another schema
     let (master, addr) = master_on_tcp(&m, cfg("master", SECRET)).await;
     let backup = backup_on_tcp(&b, &addr, cfg("backup", SECRET));
-    let s = wait_status(|| backup.status(), "backup sees the refusal", |s| s.refused.is_some()).await;
-    assert!(matches!(s.refused, Some(RefuseReason::SchemaMismatch { .. })), "{s:?}");
-    let s = wait_status(|| master.status(), "master shows the refusal", |s| s.refused.is_some()).await;
-    assert!(matches!(s.refused, Some(RefuseReason::SchemaMismatch { .. })), "{s:?}");
+    let s = wait_status(
+        || backup.status(),
+        "backup sees the refusal",
+        |s| s.refused.is_some(),
+    )
+    .await;
+    assert!(
+        matches!(s.refused, Some(RefuseReason::SchemaMismatch { .. })),
+        "{s:?}"
+    );
+    let s = wait_status(
+        || master.status(),
+        "master shows the refusal",
+        |s| s.refused.is_some(),
+    )
+    .await;
+    assert!(
+        matches!(s.refused, Some(RefuseReason::SchemaMismatch { .. })),
+        "{s:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,21 +326,39 @@ async fn synchronous_commit_waits_for_the_backup() {
     let (mm, bb) = (master.clone(), b.clone());
     tokio::task::spawn_blocking(move || {
         for i in 0..50 {
-            let id = mm.write_replicated(Duration::from_secs(5), |tx| tx.insert(&profile(&format!("sync{i}")))).unwrap();
+            let id = mm
+                .write_replicated(Duration::from_secs(5), |tx| {
+                    tx.insert(&profile(&format!("sync{i}")))
+                })
+                .unwrap();
             // Returned: the backup has it, now.
-            assert!(bb.get::<Profile>(id).unwrap().is_some(), "write {i} acknowledged before the backup had it");
+            assert!(
+                bb.get::<Profile>(id).unwrap().is_some(),
+                "write {i} acknowledged before the backup had it"
+            );
         }
     })
     .await
     .unwrap();
     backup.shutdown().await;
     let mm = master.clone();
-    let err = tokio::task::spawn_blocking(move || mm.write_replicated(Duration::from_millis(300), |tx| tx.insert(&profile("unconfirmed"))))
-        .await
-        .unwrap()
-        .unwrap_err();
+    let err = tokio::task::spawn_blocking(move || {
+        mm.write_replicated(Duration::from_millis(300), |tx| {
+            tx.insert(&profile("unconfirmed"))
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap_err();
     assert!(matches!(err, SyncError::Timeout { .. }), "{err}");
-    assert!(m.query::<Profile>().filter(Profile::columns().name.eq("unconfirmed")).first().unwrap().is_some(), "committed locally");
+    assert!(
+        m.query::<Profile>()
+            .filter(Profile::columns().name.eq("unconfirmed"))
+            .first()
+            .unwrap()
+            .is_some(),
+        "committed locally"
+    );
 }
 
 /// Memory network: a pair whose link can be faulted.
@@ -299,4 +402,3 @@ async fn duplicated_and_delayed_frames_are_harmless() {
     converge(&m, &b).await;
     assert_identical(&m, &b);
 }
-

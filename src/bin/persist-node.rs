@@ -115,7 +115,10 @@ fn line(s: impl std::fmt::Display) {
     let _ = out.flush();
 }
 
-fn open(common: &Common, default_id: &str) -> Result<(Store, SyncConfig), Box<dyn std::error::Error>> {
+fn open(
+    common: &Common,
+    default_id: &str,
+) -> Result<(Store, SyncConfig), Box<dyn std::error::Error>> {
     let store = Store::open_sqlite(&common.db)?;
     if common.schema_v2 {
         store.register::<v2::Item>()?;
@@ -123,13 +126,19 @@ fn open(common: &Common, default_id: &str) -> Result<(Store, SyncConfig), Box<dy
         store.register::<Item>()?;
     }
     let secret = Secret::new(std::fs::read(&common.secret_file)?)?;
-    let node_id = common.node_id.clone().unwrap_or_else(|| default_id.to_string());
+    let node_id = common
+        .node_id
+        .clone()
+        .unwrap_or_else(|| default_id.to_string());
     let cfg = SyncConfig::new(AuthConfig::new(common.cluster.clone(), node_id, secret)?);
     Ok((store, cfg))
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     match Cli::parse().role {
         Role::Master {
             common,
@@ -175,7 +184,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Role::Backup { common, peer } => {
             let (store, cfg) = open(&common, "backup")?;
-            let _backup = rt.block_on(async { start_backup(store.clone(), TcpDialer::new(peer, None), cfg) });
+            let _backup =
+                rt.block_on(async { start_backup(store.clone(), TcpDialer::new(peer, None), cfg) });
             let mut last = u64::MAX;
             loop {
                 let p = store.position();

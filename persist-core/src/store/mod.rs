@@ -412,7 +412,10 @@ impl Store {
         if w.position != 0 || w.digest != Digest::EMPTY {
             return Err(Error::Inapplicable {
                 position: w.position,
-                reason: format!("only a fresh store can adopt another history (this one is at position {})", w.position),
+                reason: format!(
+                    "only a fresh store can adopt another history (this one is at position {})",
+                    w.position
+                ),
             });
         }
         meta_set(&mut *w.conn, "history", history.as_bytes().to_vec())?;

@@ -27,16 +27,25 @@ fn snap(reason: ResyncReason) -> Decision {
 fn matching_backup_streams_from_its_position() {
     assert_eq!(
         plan_sync(&master(), &backup(80, 5), Some(Digest(5))),
-        Decision::Sync(Plan::Incremental { from: 81, history: "h".into() })
+        Decision::Sync(Plan::Incremental {
+            from: 81,
+            history: "h".into()
+        })
     );
     assert_eq!(
         plan_sync(&master(), &backup(100, 9), Some(Digest(9))),
-        Decision::Sync(Plan::Incremental { from: 101, history: "h".into() })
+        Decision::Sync(Plan::Incremental {
+            from: 101,
+            history: "h".into()
+        })
     );
     // Right at the trim boundary the anchor's digest counts.
     assert_eq!(
         plan_sync(&master(), &backup(50, 3), Some(Digest(3))),
-        Decision::Sync(Plan::Incremental { from: 51, history: "h".into() })
+        Decision::Sync(Plan::Incremental {
+            from: 51,
+            history: "h".into()
+        })
     );
 }
 
@@ -90,7 +99,10 @@ fn fresh_backup_replays_a_complete_log() {
     fresh.history = "its own".into();
     assert_eq!(
         plan_sync(&m, &fresh, Some(Digest::EMPTY)),
-        Decision::Sync(Plan::Incremental { from: 1, history: "h".into() })
+        Decision::Sync(Plan::Incremental {
+            from: 1,
+            history: "h".into()
+        })
     );
     // Unless the log was trimmed.
     assert_eq!(

@@ -43,7 +43,9 @@ pub struct BackupHandle {
 
 impl std::fmt::Debug for BackupHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BackupHandle").field("status", &*self.ctx.status.borrow()).finish()
+        f.debug_struct("BackupHandle")
+            .field("status", &*self.ctx.status.borrow())
+            .finish()
     }
 }
 
@@ -61,7 +63,10 @@ pub fn start_backup<D: Dialer>(store: Store, dialer: D, cfg: SyncConfig) -> Back
         shutdown: watch::Sender::new(false),
     });
     let task = tokio::spawn(run(dialer, ctx.clone()));
-    BackupHandle { ctx, task: Some(task) }
+    BackupHandle {
+        ctx,
+        task: Some(task),
+    }
 }
 
 impl BackupHandle {
@@ -175,9 +180,9 @@ async fn run<D: Dialer>(dialer: D, ctx: Arc<Ctx>) {
 
 fn apply_error(e: StoreError) -> SessionError {
     match e {
-        e @ (StoreError::Inapplicable { .. } | StoreError::Divergence { .. } | StoreError::Decode { .. }) => {
-            SessionError::ApplyFailed(e.to_string())
-        }
+        e @ (StoreError::Inapplicable { .. }
+        | StoreError::Divergence { .. }
+        | StoreError::Decode { .. }) => SessionError::ApplyFailed(e.to_string()),
         // Entries out of order: the link misbehaved, not the data; reconnect
         // and resume from the applied position.
         e @ StoreError::Gap { .. } => SessionError::Protocol(e.to_string()),
@@ -189,7 +194,14 @@ async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError>
     let cfg = &ctx.cfg;
     let link = dialer.dial().await?;
     let (mut sink, mut source) = link.split();
-    let peer = authenticate(&mut sink, &mut source, LinkRole::Dialer, &cfg.auth, cfg.handshake_timeout).await?;
+    let peer = authenticate(
+        &mut sink,
+        &mut source,
+        LinkRole::Dialer,
+        &cfg.auth,
+        cfg.handshake_timeout,
+    )
+    .await?;
     source.set_max_frame(cfg.limits.max_frame);
 
     // Where this backup stands, checked against its rows: a row changed
@@ -200,7 +212,10 @@ async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError>
         .map_err(|e| SessionError::Protocol(format!("verification task: {e}")))??;
     let mut force = ctx.resync_next.lock().take();
     if force.is_none() && !verified.is_consistent() {
-        tracing::warn!(position = verified.position, "local data does not match its recorded digest: asking for a full resync");
+        tracing::warn!(
+            position = verified.position,
+            "local data does not match its recorded digest: asking for a full resync"
+        );
         force = Some(ResyncReason::DigestMismatch);
     }
     let store = &ctx.store;
@@ -220,7 +235,12 @@ async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError>
     let plan = match first {
         Ok(Message::SyncPlan(plan)) => plan,
         Ok(Message::Refused { reason }) => return Err(SessionError::Refused(reason)),
-        Ok(other) => return Err(SessionError::Protocol(format!("expected a sync plan, got {}", message_kind(&other)))),
+        Ok(other) => {
+            return Err(SessionError::Protocol(format!(
+                "expected a sync plan, got {}",
+                message_kind(&other)
+            )))
+        }
         Err(e) => {
             // Keep asking for the snapshot next time.
             if force.is_some() {
@@ -241,7 +261,10 @@ async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError>
         send(&mut sink, &Message::Ack { position: p }).await?;
     } else if let Plan::Incremental { from, history } = &plan {
         if *from != ctx.store.position() + 1 {
-            return Err(SessionError::Protocol(format!("master plans from {from}, this backup is at {}", ctx.store.position())));
+            return Err(SessionError::Protocol(format!(
+                "master plans from {from}, this backup is at {}",
+                ctx.store.position()
+            )));
         }
         if *from == 1 && ctx.store.history() != *history {
             ctx.store.adopt_history(history)?;
@@ -253,22 +276,24 @@ async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError>
     let (to_apply, mut queue) = mpsc::channel::<Vec<LogEntry>>(64);
     let (applied_tx, mut applied) = mpsc::unbounded_channel::<Result<u64, StoreError>>();
     let store = ctx.store.clone();
-    let applier = std::thread::Builder::new().name("persist-apply".into()).spawn(move || {
-        while let Some(mut batch) = queue.blocking_recv() {
-            while batch.len() < APPLY_BATCH {
-                match queue.try_recv() {
-                    Ok(more) => batch.extend(more),
-                    Err(_) => break,
+    let applier = std::thread::Builder::new()
+        .name("persist-apply".into())
+        .spawn(move || {
+            while let Some(mut batch) = queue.blocking_recv() {
+                while batch.len() < APPLY_BATCH {
+                    match queue.try_recv() {
+                        Ok(more) => batch.extend(more),
+                        Err(_) => break,
+                    }
+                }
+                let last = batch.last().map(|e| e.position);
+                let r = store.apply_batch(&batch).map(|_| last.unwrap_or(0));
+                let failed = r.is_err();
+                if applied_tx.send(r).is_err() || failed {
+                    return;
                 }
             }
-            let last = batch.last().map(|e| e.position);
-            let r = store.apply_batch(&batch).map(|_| last.unwrap_or(0));
-            let failed = r.is_err();
-            if applied_tx.send(r).is_err() || failed {
-                return;
-            }
-        }
-    })?;
+        })?;
     let mut shutdown = ctx.shutdown.subscribe();
     let mut beat = tokio::time::interval(cfg.heartbeat_interval);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -329,7 +354,10 @@ async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError>
     result
 }
 
-async fn receive_snapshot<R: FrameSource>(source: &mut R, ctx: &Arc<Ctx>) -> Result<u64, SessionError> {
+async fn receive_snapshot<R: FrameSource>(
+    source: &mut R,
+    ctx: &Arc<Ctx>,
+) -> Result<u64, SessionError> {
     let limits = &ctx.cfg.limits;
     let header = match recv(source, limits).await? {
         Message::SnapshotBegin {
@@ -345,13 +373,25 @@ async fn receive_snapshot<R: FrameSource>(source: &mut R, ctx: &Arc<Ctx>) -> Res
             epoch,
             tables: tables
                 .into_iter()
-                .map(|t| SnapshotTableInfo { name: t.name, rows: t.rows })
+                .map(|t| SnapshotTableInfo {
+                    name: t.name,
+                    rows: t.rows,
+                })
                 .collect(),
         },
-        other => return Err(SessionError::Protocol(format!("expected a snapshot, got {}", message_kind(&other)))),
+        other => {
+            return Err(SessionError::Protocol(format!(
+                "expected a snapshot, got {}",
+                message_kind(&other)
+            )))
+        }
     };
     let total: u64 = header.tables.iter().map(|t| t.rows).sum();
-    tracing::info!(rows = total, position = header.position, "receiving a full snapshot");
+    tracing::info!(
+        rows = total,
+        position = header.position,
+        "receiving a full snapshot"
+    );
     ctx.update(|s| s.snapshot_progress = Some((0, total)));
     // The restore runs on a blocking thread, fed chunk by chunk; the bounded
     // channel keeps memory to a few chunks.
@@ -372,12 +412,21 @@ async fn receive_snapshot<R: FrameSource>(source: &mut R, ctx: &Arc<Ctx>) -> Res
                 ctx.update(|s| s.snapshot_progress = Some((done, total)));
             }
             Ok(Message::SnapshotEnd) => break Ok(()),
-            Ok(other) => break Err(SessionError::Protocol(format!("unexpected {} inside a snapshot", message_kind(&other)))),
+            Ok(other) => {
+                break Err(SessionError::Protocol(format!(
+                    "unexpected {} inside a snapshot",
+                    message_kind(&other)
+                )))
+            }
             Err(e) => break Err(e),
         }
     };
     if let Err(e) = &transfer {
-        let _ = tx.send(Err(StoreError::Unavailable(format!("snapshot transfer interrupted: {e}")))).await;
+        let _ = tx
+            .send(Err(StoreError::Unavailable(format!(
+                "snapshot transfer interrupted: {e}"
+            ))))
+            .await;
     }
     drop(tx);
     let restored = (&mut { restore }.0)
@@ -387,6 +436,10 @@ async fn receive_snapshot<R: FrameSource>(source: &mut R, ctx: &Arc<Ctx>) -> Res
     transfer?;
     restored.map_err(apply_error)?;
     ctx.update(|s| s.resyncs += 1);
-    tracing::info!(rows = total, position = header.position, "snapshot restored");
+    tracing::info!(
+        rows = total,
+        position = header.position,
+        "snapshot restored"
+    );
     Ok(header.position)
 }

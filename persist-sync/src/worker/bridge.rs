@@ -26,7 +26,11 @@ const RECENT_BYTES: usize = 64 << 20;
 
 impl Recent {
     fn push(&mut self, e: Arc<LogEntry>) {
-        if self.entries.back().is_some_and(|b| b.position + 1 != e.position) {
+        if self
+            .entries
+            .back()
+            .is_some_and(|b| b.position + 1 != e.position)
+        {
             // A gap (lagged feed or a restore): what is kept must be contiguous.
             self.entries.clear();
             self.bytes = 0;
@@ -84,27 +88,29 @@ impl Bridge {
         let recent = Arc::new(Mutex::new(Recent::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (r, s) = (recent.clone(), stop.clone());
-        let thread = thread::Builder::new().name("persist-commit-feed".into()).spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                match feed.recv_timeout(Duration::from_millis(100)) {
-                    Ok(FeedItem::Commit(c)) => {
-                        r.lock().push(c.entry.clone());
-                        tx.send_replace(c.position);
-                    }
-                    Ok(FeedItem::Lagged(_) | FeedItem::Reset) => {
-                        r.lock().clear();
-                        tx.send_replace(store.position());
-                    }
-                    Err(persist_core::listen::RecvError::Timeout) => {
-                        let p = store.position();
-                        if *tx.borrow() != p {
-                            tx.send_replace(p);
+        let thread = thread::Builder::new()
+            .name("persist-commit-feed".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    match feed.recv_timeout(Duration::from_millis(100)) {
+                        Ok(FeedItem::Commit(c)) => {
+                            r.lock().push(c.entry.clone());
+                            tx.send_replace(c.position);
                         }
+                        Ok(FeedItem::Lagged(_) | FeedItem::Reset) => {
+                            r.lock().clear();
+                            tx.send_replace(store.position());
+                        }
+                        Err(persist_core::listen::RecvError::Timeout) => {
+                            let p = store.position();
+                            if *tx.borrow() != p {
+                                tx.send_replace(p);
+                            }
+                        }
+                        Err(_) => break,
                     }
-                    Err(_) => break,
                 }
-            }
-        })?;
+            })?;
         Ok(Bridge {
             head,
             recent,

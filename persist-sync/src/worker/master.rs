@@ -45,12 +45,18 @@ pub struct MasterHandle {
 
 impl std::fmt::Debug for MasterHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MasterHandle").field("status", &*self.ctx.status.borrow()).finish()
+        f.debug_struct("MasterHandle")
+            .field("status", &*self.ctx.status.borrow())
+            .finish()
     }
 }
 
 /// Starts the master side on the current tokio runtime.
-pub fn start_master<A: Acceptor>(store: Store, acceptor: A, cfg: SyncConfig) -> std::io::Result<MasterHandle> {
+pub fn start_master<A: Acceptor>(
+    store: Store,
+    acceptor: A,
+    cfg: SyncConfig,
+) -> std::io::Result<MasterHandle> {
     let ctx = Arc::new(Ctx {
         bridge: Bridge::start(store.clone())?,
         acks: AckTracker::new(0),
@@ -65,7 +71,10 @@ pub fn start_master<A: Acceptor>(store: Store, acceptor: A, cfg: SyncConfig) -> 
         store,
         cfg,
     });
-    let tasks = vec![tokio::spawn(accept_loop(acceptor, ctx.clone())), tokio::spawn(retention_loop(ctx.clone()))];
+    let tasks = vec![
+        tokio::spawn(accept_loop(acceptor, ctx.clone())),
+        tokio::spawn(retention_loop(ctx.clone())),
+    ];
     Ok(MasterHandle { ctx, tasks })
 }
 
@@ -101,7 +110,11 @@ impl MasterHandle {
     }
 
     /// Blocking form of [`MasterHandle::wait_replicated`] for non-async module code.
-    pub fn wait_replicated_blocking(&self, position: u64, timeout: Duration) -> Result<(), SyncError> {
+    pub fn wait_replicated_blocking(
+        &self,
+        position: u64,
+        timeout: Duration,
+    ) -> Result<(), SyncError> {
         if self.ctx.acks.wait_blocking(position, timeout) {
             Ok(())
         } else {
@@ -187,7 +200,14 @@ async fn accept_loop<A: Acceptor>(mut acceptor: A, ctx: Arc<Ctx>) {
 
 async fn session<L: Link>(link: L, ctx: &Arc<Ctx>) -> Result<(), SessionError> {
     let (mut sink, mut source) = link.split();
-    let peer = authenticate(&mut sink, &mut source, LinkRole::Acceptor, &ctx.cfg.auth, ctx.cfg.handshake_timeout).await?;
+    let peer = authenticate(
+        &mut sink,
+        &mut source,
+        LinkRole::Acceptor,
+        &ctx.cfg.auth,
+        ctx.cfg.handshake_timeout,
+    )
+    .await?;
     source.set_max_frame(ctx.cfg.limits.max_frame);
     let Message::SyncRequest {
         schema,
@@ -199,7 +219,13 @@ async fn session<L: Link>(link: L, ctx: &Arc<Ctx>) -> Result<(), SessionError> {
     } = recv(&mut source, &ctx.cfg.limits).await?
     else {
         let reason = RefuseReason::Protocol("expected a sync request".into());
-        let _ = send(&mut sink, &Message::Refused { reason: reason.clone() }).await;
+        let _ = send(
+            &mut sink,
+            &Message::Refused {
+                reason: reason.clone(),
+            },
+        )
+        .await;
         return Err(SessionError::Protocol("expected a sync request".into()));
     };
     let store = ctx.store.clone();
@@ -225,7 +251,13 @@ async fn session<L: Link>(link: L, ctx: &Arc<Ctx>) -> Result<(), SessionError> {
     let plan = match plan_sync(&master, &backup, digest_at) {
         Decision::Refuse(reason) => {
             tracing::warn!(peer = %peer.node_id, "refusing backup: {reason:?}");
-            let _ = send(&mut sink, &Message::Refused { reason: reason.clone() }).await;
+            let _ = send(
+                &mut sink,
+                &Message::Refused {
+                    reason: reason.clone(),
+                },
+            )
+            .await;
             ctx.update(|s| s.refused = Some(reason.clone()));
             return Err(SessionError::RefusedPeer(reason));
         }
@@ -274,7 +306,10 @@ async fn send_snapshot<S: FrameSink>(sink: &mut S, ctx: &Arc<Ctx>) -> Result<u64
                 return;
             }
         };
-        if tx.blocking_send(Ok(Item::Header(snap.header().clone()))).is_err() {
+        if tx
+            .blocking_send(Ok(Item::Header(snap.header().clone())))
+            .is_err()
+        {
             return;
         }
         loop {
@@ -366,7 +401,11 @@ async fn stream<S: FrameSink, R: FrameSource>(
         if n > 0 {
             let next = window.next();
             let max = n.min(cfg.max_batch_entries as u64) as usize;
-            let cached = ctx.bridge.recent.lock().take(next, max, cfg.max_batch_bytes);
+            let cached = ctx
+                .bridge
+                .recent
+                .lock()
+                .take(next, max, cfg.max_batch_bytes);
             let batch = match cached {
                 Some(b) if !b.is_empty() => b,
                 _ => {
@@ -386,12 +425,10 @@ async fn stream<S: FrameSink, R: FrameSource>(
             };
             match batch.first() {
                 Some(e) if e.position == next => {}
-                Some(e) => {
-                    return Err(SessionError::Protocol(format!(
-                        "log does not hold position {next} (next is {}): trimmed under a live session",
-                        e.position
-                    )))
-                }
+                Some(e) => return Err(SessionError::Protocol(format!(
+                    "log does not hold position {next} (next is {}): trimmed under a live session",
+                    e.position
+                ))),
                 None => {
                     // The head moved but the entry is not readable yet; wait for the next change.
                     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -461,14 +498,19 @@ async fn retention_loop(ctx: Arc<Ctx>) {
         tick.tick().await;
         let store = ctx.store.clone();
         let policy = ctx.cfg.retention.clone();
-        let acked = ctx.ever_acked.load(Ordering::Relaxed).then(|| ctx.acks.get());
+        let acked = ctx
+            .ever_acked
+            .load(Ordering::Relaxed)
+            .then(|| ctx.acks.get());
         let r = tokio::task::spawn_blocking(move || -> persist_core::Result<u64> {
             let head = store.head()?;
             let cutoff = SystemTime::now()
                 .checked_sub(policy.max_age)
                 .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_micros() as i64);
-            let within = store.first_position_since(cutoff)?.unwrap_or(head.position + 1);
+            let within = store
+                .first_position_since(cutoff)?
+                .unwrap_or(head.position + 1);
             let below = policy.trim_below(head.position, acked, Some(within));
             if below > head.first_retained {
                 return store.trim_log(below);
@@ -500,7 +542,6 @@ pub(crate) fn message_kind(m: &Message) -> &'static str {
         Message::Heartbeat { .. } => "Heartbeat",
     }
 }
-
 
 /// Aborts a task when dropped (a session's reader dies with the session).
 pub(crate) struct AbortOnDrop<T>(pub JoinHandle<T>);

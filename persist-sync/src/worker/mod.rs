@@ -151,7 +151,11 @@ pub(crate) async fn send<S: FrameSink>(sink: &mut S, msg: &Message) -> Result<()
 
 /// Sends one message, failing if the link cannot take it within `timeout`
 /// (a peer that stopped reading, a partition without a reset).
-pub(crate) async fn send_within<S: FrameSink>(sink: &mut S, msg: &Message, timeout: Duration) -> Result<(), SessionError> {
+pub(crate) async fn send_within<S: FrameSink>(
+    sink: &mut S,
+    msg: &Message,
+    timeout: Duration,
+) -> Result<(), SessionError> {
     match tokio::time::timeout(timeout, send(sink, msg)).await {
         Ok(r) => r,
         Err(_) => Err(SessionError::Timeout(timeout)),
@@ -159,7 +163,10 @@ pub(crate) async fn send_within<S: FrameSink>(sink: &mut S, msg: &Message, timeo
 }
 
 /// Receives one message (`Closed` at a clean end).
-pub(crate) async fn recv<R: FrameSource>(source: &mut R, limits: &Limits) -> Result<Message, SessionError> {
+pub(crate) async fn recv<R: FrameSource>(
+    source: &mut R,
+    limits: &Limits,
+) -> Result<Message, SessionError> {
     match source.recv().await? {
         Some(frame) => Ok(codec::decode(&frame, limits)?),
         None => Err(SessionError::Closed),
@@ -217,7 +224,9 @@ impl AckTracker {
 
     pub async fn wait(&self, position: u64, timeout: Duration) -> bool {
         let mut rx = self.watch.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|a| *a >= position)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, rx.wait_for(|a| *a >= position))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 }
 
