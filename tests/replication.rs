@@ -3,14 +3,16 @@
 
 mod conformance;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use conformance::records::*;
 use conformance::Fixture;
 use persist::sync::auth::{AuthConfig, Secret};
-use persist::sync::protocol::RefuseReason;
-use persist::sync::transport::memory::MemoryNetwork;
+use persist::sync::codec;
+use persist::sync::protocol::{Message, RefuseReason};
+use persist::sync::transport::memory::{Direction, MemoryNetwork, Verdict};
 use persist::sync::transport::tcp::{TcpAcceptor, TcpDialer};
 use persist::sync::worker::backup::{start_backup, BackupHandle};
 use persist::sync::worker::master::{start_master, MasterHandle};
@@ -399,6 +401,74 @@ async fn duplicated_and_delayed_frames_are_harmless() {
     for i in 0..10 {
         write_mix(&m, &format!("d{i}"));
     }
+    converge(&m, &b).await;
+    assert_identical(&m, &b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_cut_during_a_full_resync_keeps_old_data_and_recovers() {
+    let net = MemoryNetwork::with_seed(3);
+    let (fm, fb) = (Fixture::sqlite(), Fixture::sqlite());
+    let (m, b) = (store(&fm), store(&fb));
+    // The backup has a history of its own: it needs a full resync.
+    b.insert(&profile("backup's own")).unwrap();
+    for i in 0..5 {
+        write_mix(&m, &format!("big{i}"));
+    }
+    // On the first link, cut the connection at the third snapshot chunk, and
+    // check the backup still shows its old data at that moment.
+    let chunks = Arc::new(AtomicUsize::new(0));
+    let cuts = Arc::new(AtomicUsize::new(0));
+    let (c, k) = (chunks.clone(), cuts.clone());
+    net.on_link(move |link| {
+        let (c, k, handle) = (c.clone(), k.clone(), link.clone());
+        link.on_frame(move |dir, frame| {
+            if dir != Direction::ToDialer || k.load(Ordering::SeqCst) > 0 {
+                return Verdict::Pass;
+            }
+            if let Ok(Message::SnapshotRows { .. }) = codec::decode(frame, &Default::default()) {
+                if c.fetch_add(1, Ordering::SeqCst) == 2 {
+                    k.store(1, Ordering::SeqCst);
+                    let h = handle.clone();
+                    std::thread::spawn(move || h.cut());
+                    return Verdict::Drop;
+                }
+            }
+            Verdict::Pass
+        });
+    });
+    let (_master, backup) = memory_pair(&net, &m, &b).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while cuts.load(Ordering::SeqCst) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the snapshot never reached its third chunk");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    converge(&m, &b).await;
+    assert_identical(&m, &b);
+    assert!(b.query::<Profile>().filter(Profile::columns().name.eq("backup's own")).first().unwrap().is_none());
+    assert_eq!(backup.status().resyncs, 1, "one interrupted transfer, one complete");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_partition_is_detected_by_heartbeats() {
+    let net = MemoryNetwork::with_seed(5);
+    let (fm, fb) = (Fixture::sqlite(), Fixture::sqlite());
+    let (m, b) = (store(&fm), store(&fb));
+    let mut c = cfg("master", SECRET);
+    c.heartbeat_interval = Duration::from_millis(20);
+    c.peer_timeout = Duration::from_millis(200);
+    let master = start_master(m.clone(), net.acceptor("master"), c.clone()).unwrap();
+    let backup = start_backup(b.clone(), net.dialer("master"), SyncConfig { auth: cfg("backup", SECRET).auth, ..c });
+    write_mix(&m, "before");
+    converge(&m, &b).await;
+    // Frames vanish, no connection reset: only silence tells.
+    for link in net.links() {
+        link.partition(true);
+    }
+    write_mix(&m, "during");
+    wait_status(|| backup.status(), "backup notices the dead link", |s| !s.connected).await;
+    wait_status(|| master.status(), "master notices the dead link", |s| !s.connected).await;
+    // New links are healthy: the backup redials and catches up.
     converge(&m, &b).await;
     assert_identical(&m, &b);
 }

@@ -258,10 +258,14 @@ impl SplitMix {
     }
 }
 
+/// Called with each new link before its first frame.
+type LinkHook = Arc<dyn Fn(FaultHandle) + Send + Sync>;
+
 struct NetState {
     acceptors: HashMap<String, mpsc::UnboundedSender<MemoryLink>>,
     links: Vec<Weak<LinkCtl>>,
     next_link: u64,
+    on_link: Option<LinkHook>,
 }
 
 struct Net {
@@ -307,6 +311,7 @@ impl MemoryNetwork {
                     acceptors: HashMap::new(),
                     links: Vec::new(),
                     next_link: 0,
+                    on_link: None,
                 }),
             }),
         }
@@ -338,6 +343,13 @@ impl MemoryNetwork {
     /// [`io::ErrorKind::TimedOut`].
     pub fn partition(&self, on: bool) {
         self.net.partitioned.store(on, Ordering::SeqCst);
+    }
+
+    /// Calls `hook` with every link dialed from now on, before its first
+    /// frame, so a test can fault a link from its very start (e.g. install a
+    /// frame hook that acts on the third snapshot frame).
+    pub fn on_link(&self, hook: impl Fn(FaultHandle) + Send + Sync + 'static) {
+        lock(&self.net.state).on_link = Some(Arc::new(hook));
     }
 
     /// Cuts every open link (see [`FaultHandle::cut`]).
@@ -458,6 +470,9 @@ impl Dialer for MemoryDialer {
         let (d_sink, a_source) = pipe(&ctl, Direction::ToAcceptor, seed, self.target.clone());
         let (a_sink, d_source) = pipe(&ctl, Direction::ToDialer, seed ^ 1, format!("dialer#{id}"));
         let faults = FaultHandle { ctl: ctl.clone() };
+        if let Some(hook) = &state.on_link {
+            hook(faults.clone());
+        }
         let accepted = MemoryLink {
             sink: a_sink,
             source: a_source,
