@@ -440,13 +440,25 @@ async fn link_cut_during_a_full_resync_keeps_old_data_and_recovers() {
     let (_master, backup) = memory_pair(&net, &m, &b).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while cuts.load(Ordering::SeqCst) == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the snapshot never reached its third chunk");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the snapshot never reached its third chunk"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     converge(&m, &b).await;
     assert_identical(&m, &b);
-    assert!(b.query::<Profile>().filter(Profile::columns().name.eq("backup's own")).first().unwrap().is_none());
-    assert_eq!(backup.status().resyncs, 1, "one interrupted transfer, one complete");
+    assert!(b
+        .query::<Profile>()
+        .filter(Profile::columns().name.eq("backup's own"))
+        .first()
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        backup.status().resyncs,
+        1,
+        "one interrupted transfer, one complete"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -458,7 +470,14 @@ async fn silent_partition_is_detected_by_heartbeats() {
     c.heartbeat_interval = Duration::from_millis(20);
     c.peer_timeout = Duration::from_millis(200);
     let master = start_master(m.clone(), net.acceptor("master"), c.clone()).unwrap();
-    let backup = start_backup(b.clone(), net.dialer("master"), SyncConfig { auth: cfg("backup", SECRET).auth, ..c });
+    let backup = start_backup(
+        b.clone(),
+        net.dialer("master"),
+        SyncConfig {
+            auth: cfg("backup", SECRET).auth,
+            ..c
+        },
+    );
     write_mix(&m, "before");
     converge(&m, &b).await;
     // Frames vanish, no connection reset: only silence tells.
@@ -466,8 +485,18 @@ async fn silent_partition_is_detected_by_heartbeats() {
         link.partition(true);
     }
     write_mix(&m, "during");
-    wait_status(|| backup.status(), "backup notices the dead link", |s| !s.connected).await;
-    wait_status(|| master.status(), "master notices the dead link", |s| !s.connected).await;
+    wait_status(
+        || backup.status(),
+        "backup notices the dead link",
+        |s| !s.connected,
+    )
+    .await;
+    wait_status(
+        || master.status(),
+        "master notices the dead link",
+        |s| !s.connected,
+    )
+    .await;
     // New links are healthy: the backup redials and catches up.
     converge(&m, &b).await;
     assert_identical(&m, &b);

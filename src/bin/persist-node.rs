@@ -75,6 +75,9 @@ struct Common {
     /// Register the second version of the schema (to test mismatches).
     #[arg(long)]
     schema_v2: bool,
+    /// Longest delay between reconnection attempts, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    reconnect_max_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -130,7 +133,9 @@ fn open(
         .node_id
         .clone()
         .unwrap_or_else(|| default_id.to_string());
-    let cfg = SyncConfig::new(AuthConfig::new(common.cluster.clone(), node_id, secret)?);
+    let mut cfg = SyncConfig::new(AuthConfig::new(common.cluster.clone(), node_id, secret)?);
+    cfg.reconnect_max = Duration::from_millis(common.reconnect_max_ms);
+    cfg.reconnect_initial = cfg.reconnect_initial.min(cfg.reconnect_max);
     Ok((store, cfg))
 }
 

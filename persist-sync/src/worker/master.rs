@@ -425,10 +425,12 @@ async fn stream<S: FrameSink, R: FrameSource>(
             };
             match batch.first() {
                 Some(e) if e.position == next => {}
-                Some(e) => return Err(SessionError::Protocol(format!(
+                Some(e) => {
+                    return Err(SessionError::Protocol(format!(
                     "log does not hold position {next} (next is {}): trimmed under a live session",
                     e.position
-                ))),
+                )))
+                }
                 None => {
                     // The head moved but the entry is not readable yet; wait for the next change.
                     tokio::time::sleep(Duration::from_millis(1)).await;

@@ -71,7 +71,10 @@ pub fn all_messages() -> Vec<Message> {
             epoch: 2,
             force_snapshot: None,
         },
-        Message::SyncPlan(Plan::Incremental { from: 11, history: "h-1".into() }),
+        Message::SyncPlan(Plan::Incremental {
+            from: 11,
+            history: "h-1".into(),
+        }),
         Message::Entries(vec![]),
         Message::Entries(vec![entry(11), entry(12), entry(13)]),
         Message::Ack { position: u64::MAX },
@@ -211,7 +214,8 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
                 }
             ),
         prop_oneof![
-            (any::<u64>(), "[a-z0-9-]{0,40}").prop_map(|(from, history)| Plan::Incremental { from, history }),
+            (any::<u64>(), "[a-z0-9-]{0,40}")
+                .prop_map(|(from, history)| Plan::Incremental { from, history }),
             arb_resync().prop_map(|reason| Plan::Snapshot { reason }),
         ]
         .prop_map(Message::SyncPlan),
