@@ -25,29 +25,29 @@ use persist::Store;
 
 /// A row written by the load generator; `tx` groups the rows of one transaction.
 #[derive(PersistentRecord, Debug, Clone, PartialEq)]
-pub struct Item {
+struct Item {
     #[persist(identity)]
-    pub id: i64,
+    id: i64,
     #[persist(indexed)]
-    pub tx: i64,
-    pub seq: i32,
-    pub payload: String,
+    tx: i64,
+    seq: i32,
+    payload: String,
 }
 
 /// Another version of [`Item`] (an extra column): its schema fingerprint differs.
-pub mod v2 {
+mod v2 {
     use persist::PersistentRecord;
     /// See the module docs.
     #[derive(PersistentRecord, Debug, Clone, PartialEq)]
     #[persist(table = "item")]
-    pub struct Item {
+    pub(crate) struct Item {
         #[persist(identity)]
-        pub id: i64,
+        id: i64,
         #[persist(indexed)]
-        pub tx: i64,
-        pub seq: i32,
-        pub payload: String,
-        pub extra: Option<String>,
+        tx: i64,
+        seq: i32,
+        payload: String,
+        extra: Option<String>,
     }
 }
 

@@ -927,7 +927,10 @@ pub fn insert_many_batches_and_checks(fx: &Fixture) {
     assert_eq!(b.digest(), s.digest());
 }
 
-fn stream(snap: &mut persist::Snapshot, chunk: usize) -> Vec<Result<(u32, Vec<Vec<u8>>), Error>> {
+fn stream(
+    snap: &mut persist::Snapshot,
+    chunk: usize,
+) -> Vec<Result<persist::store::SnapshotChunk, Error>> {
     let mut out = Vec::new();
     while let Some(c) = snap.next_chunk(chunk).unwrap() {
         out.push(Ok(c));

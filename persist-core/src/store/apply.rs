@@ -29,19 +29,18 @@ fn inapplicable(position: u64, reason: impl Into<String>) -> Error {
 }
 
 pub(crate) fn apply_batch(w: &mut Writer, reg: &Registry, entries: &[LogEntry]) -> Result<usize> {
-    let mut expected = w.position + 1;
-    let todo: Vec<&LogEntry> = entries.iter().filter(|e| e.position >= expected).collect();
+    let first = w.position + 1;
+    let todo: Vec<&LogEntry> = entries.iter().filter(|e| e.position >= first).collect();
     if todo.is_empty() {
         return Ok(0);
     }
-    for e in &todo {
+    for (expected, e) in (first..).zip(&todo) {
         if e.position != expected {
             return Err(Error::Gap {
                 expected,
                 got: e.position,
             });
         }
-        expected += 1;
     }
     let mut tx = WriteTx::begin(w, reg)?;
     // The master's body is stored as-is; no need to build one.

@@ -25,7 +25,7 @@ use crate::value::{SqlType, Value};
 
 pub use apply::Applied;
 pub use query::Query;
-pub use snapshot::{Snapshot, SnapshotHeader, SnapshotTableInfo};
+pub use snapshot::{Snapshot, SnapshotChunk, SnapshotHeader, SnapshotTableInfo};
 pub use write::WriteTx;
 
 use schema::{Migration, Table, LOG_TABLE, META_TABLE};

@@ -21,6 +21,10 @@ use super::schema::{column_list, Table, LOG_TABLE};
 use super::write::WriteTx;
 use super::{check_image, load_head, meta_set, query_rows, write_anchor, Registry, Store};
 
+/// Rows of one table in a snapshot: the table's index in
+/// [`SnapshotHeader::tables`] and encoded row images.
+pub type SnapshotChunk = (u32, Vec<Vec<u8>>);
+
 /// A table of a snapshot and its row count.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotTableInfo {
@@ -128,7 +132,7 @@ impl Snapshot {
 
     /// The next rows, as (table index, encoded row images), at most `max_rows`;
     /// `None` when every table has been read.
-    pub fn next_chunk(&mut self, max_rows: usize) -> Result<Option<(u32, Vec<Vec<u8>>)>> {
+    pub fn next_chunk(&mut self, max_rows: usize) -> Result<Option<SnapshotChunk>> {
         let max_rows = max_rows.max(1);
         while self.table < self.header.tables.len() {
             let name = self.header.tables[self.table].name.as_str();
@@ -199,7 +203,7 @@ impl Store {
     pub fn restore(
         &self,
         header: &SnapshotHeader,
-        chunks: impl IntoIterator<Item = Result<(u32, Vec<Vec<u8>>)>>,
+        chunks: impl IntoIterator<Item = Result<SnapshotChunk>>,
     ) -> Result<()> {
         let reg = self.registry();
         let refuse = |reason: String| Error::Inapplicable {

@@ -309,7 +309,9 @@ async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError>
             _ = tokio::time::sleep_until(last_heard + cfg.peer_timeout) => {
                 break Err(SessionError::Timeout(cfg.peer_timeout));
             }
-            msg = recv(&mut source, &cfg.limits) => match { last_heard = tokio::time::Instant::now(); msg } {
+            msg = recv(&mut source, &cfg.limits) => {
+                last_heard = tokio::time::Instant::now();
+                match msg {
                 Ok(Message::Entries(entries)) => {
                     if entries.is_empty() {
                         continue;
@@ -334,6 +336,7 @@ async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError>
                 Ok(Message::Refused { reason }) => break Err(SessionError::Refused(reason)),
                 Ok(other) => break Err(SessionError::Protocol(format!("unexpected message from the master: {}", message_kind(&other)))),
                 Err(e) => break Err(e),
+            }
             },
             done = applied.recv() => match done {
                 Some(Ok(position)) => {

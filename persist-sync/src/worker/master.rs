@@ -378,7 +378,7 @@ async fn stream<S: FrameSink, R: FrameSource>(
 ) -> Result<(), SessionError> {
     let cfg = &ctx.cfg;
     let (tx, mut from_backup) = mpsc::channel(64);
-    let limits = cfg.limits.clone();
+    let limits = cfg.limits;
     let reader = tokio::spawn(async move {
         loop {
             let m = recv(&mut source, &limits).await;
@@ -455,7 +455,9 @@ async fn stream<S: FrameSink, R: FrameSource>(
                     return Err(SessionError::Shutdown);
                 }
             }
-            msg = from_backup.recv() => match { last_heard = tokio::time::Instant::now(); msg } {
+            msg = from_backup.recv() => {
+                last_heard = tokio::time::Instant::now();
+                match msg {
                 Some(Ok(Message::Ack { position })) => {
                     if !window.on_ack(position) {
                         return Err(SessionError::Protocol(format!("ack of position {position}, never sent")));
@@ -476,6 +478,7 @@ async fn stream<S: FrameSink, R: FrameSource>(
                 }
                 Some(Err(e)) => return Err(e),
                 None => return Err(SessionError::Closed),
+            }
             },
             _ = ctx.resync.notified() => {
                 tracing::info!("full resync requested");
