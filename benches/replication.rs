@@ -22,11 +22,11 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use persist::listen::FeedItem;
+use persist::listen::CommitEvent;
 use persist::sync::auth::{AuthConfig, Secret};
 use persist::sync::transport::tcp::{TcpAcceptor, TcpDialer};
 use persist::sync::worker::backup::{start_backup, BackupHandle};
@@ -160,25 +160,17 @@ async fn lag(dir: &Path) {
     m.insert(&item(-1, 0)).unwrap();
     wait_for(&b, 1).await;
     let base = m.position();
-    // The backup's own commit feed: an applied entry is announced right after its commit.
-    let feed = b.commit_feed(commits + 16);
-    let applied = std::thread::spawn(move || {
-        let mut at = vec![None; commits];
-        let mut seen = 0;
-        while seen < commits {
-            match feed.recv_timeout(Duration::from_secs(10)) {
-                Ok(FeedItem::Commit(c)) => {
-                    let i = (c.position - base - 1) as usize;
-                    if i < commits {
-                        at[i] = Some(Instant::now());
-                        seen += 1;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => break,
+    // Timestamped in the backup's committing thread, right after the apply commits.
+    let applied_at: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; commits]));
+    let sink = applied_at.clone();
+    let hook = b.add_commit_hook(move |event| {
+        if let CommitEvent::Commit(c) = event {
+            let now = Instant::now();
+            let i = c.position.wrapping_sub(base + 1) as usize;
+            if let Some(slot) = sink.lock().unwrap().get_mut(i) {
+                *slot = Some(now);
             }
         }
-        at
     });
     let mm = m.clone();
     let committed = tokio::task::spawn_blocking(move || {
@@ -186,13 +178,10 @@ async fn lag(dir: &Path) {
         let start = Instant::now();
         for i in 0..commits {
             let due = start + Duration::from_micros(1000 * i as u64);
-            while Instant::now() < due {
-                let left = due - Instant::now();
-                if left > Duration::from_micros(200) {
-                    std::thread::sleep(left - Duration::from_micros(150));
-                } else {
-                    std::hint::spin_loop();
-                }
+            // Sleep, never spin: on two cores a spinning load generator
+            // would steal the CPU the replication path needs.
+            if let Some(left) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(left);
             }
             mm.insert(&item(i as i64, 0)).unwrap();
             at.push(Instant::now());
@@ -201,7 +190,9 @@ async fn lag(dir: &Path) {
     })
     .await
     .unwrap();
-    let applied = applied.join().unwrap();
+    wait_for(&b, m.position()).await;
+    b.remove_commit_hook(hook);
+    let applied = applied_at.lock().unwrap().clone();
     let mut h = Histogram::<u64>::new(3).unwrap();
     for (c, a) in committed.iter().zip(&applied) {
         let a = a.expect("every commit applied");

@@ -72,11 +72,41 @@ pub(crate) struct Subscriber {
 #[derive(Default)]
 pub(crate) struct Listeners {
     subs: Vec<Subscriber>,
+    hooks: Vec<(u64, CommitHook)>,
+    next_hook: u64,
 }
+
+/// What a commit hook is told.
+#[derive(Debug)]
+pub enum CommitEvent<'a> {
+    /// A transaction committed (or an entry was applied).
+    Commit(&'a Arc<Commit>),
+    /// The data was replaced by a full resync.
+    Reset,
+}
+
+/// A function run in the committing thread right after each commit, while
+/// the writer still holds its lock: it must be quick and must not block or
+/// call back into the store (see [`crate::Store::add_commit_hook`]).
+pub type CommitHook = Arc<dyn Fn(CommitEvent<'_>) + Send + Sync>;
+
+/// Identifies a hook for [`crate::Store::remove_commit_hook`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HookId(u64);
 
 impl Listeners {
     pub fn is_empty(&self) -> bool {
-        self.subs.is_empty()
+        self.subs.is_empty() && self.hooks.is_empty()
+    }
+
+    pub fn add_hook(&mut self, hook: CommitHook) -> HookId {
+        self.next_hook += 1;
+        self.hooks.push((self.next_hook, hook));
+        HookId(self.next_hook)
+    }
+
+    pub fn remove_hook(&mut self, id: HookId) {
+        self.hooks.retain(|(i, _)| *i != id.0);
     }
 
     pub fn add(&mut self, table: Option<&'static str>, capacity: usize) -> Inbox {
@@ -107,10 +137,16 @@ impl Listeners {
 
     /// Hands a commit to every interested subscription without blocking.
     pub fn dispatch(&mut self, commit: Commit) {
-        if self.subs.is_empty() || commit.changes.is_empty() {
+        if self.is_empty() {
             return;
         }
         let commit = Arc::new(commit);
+        for (_, hook) in &self.hooks {
+            hook(CommitEvent::Commit(&commit));
+        }
+        if commit.changes.is_empty() {
+            return;
+        }
         self.subs.retain_mut(|s| {
             if let Some(t) = s.table {
                 if !commit.changes.iter().any(|c| c.table == t) {

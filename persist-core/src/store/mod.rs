@@ -642,6 +642,21 @@ impl Store {
         Ok(Subscription::new(rx))
     }
 
+    /// Runs `hook` in the committing thread right after every commit (and
+    /// applied entry, and full restore), in commit order. This is the
+    /// lowest-latency way to learn of a commit (the sync worker ships a fresh
+    /// entry from here); the hook runs while the writer holds its lock, so it
+    /// must only hand the event on (e.g. a channel send or a watch update),
+    /// never block and never call into the store.
+    pub fn add_commit_hook(&self, hook: impl Fn(crate::listen::CommitEvent<'_>) + Send + Sync + 'static) -> crate::listen::HookId {
+        self.inner.writer.lock().listeners.add_hook(Arc::new(hook))
+    }
+
+    /// Removes a hook added with [`Store::add_commit_hook`].
+    pub fn remove_commit_hook(&self, id: crate::listen::HookId) {
+        self.inner.writer.lock().listeners.remove_hook(id);
+    }
+
     /// Subscribes to every commit of every table.
     pub fn commit_feed(&self, capacity: usize) -> CommitFeed {
         CommitFeed {

@@ -1,16 +1,13 @@
-//! From the store's commit feed (crossbeam, blocking) to tokio: a thread that
-//! publishes the head position on a watch channel and keeps the most recent
-//! entries in memory, so a session streaming a live master ships a fresh
-//! commit without reading it back from the database.
+//! From the store's commits to tokio: a commit hook that publishes the head
+//! position on a watch channel and keeps the most recent entries in memory,
+//! so a session streaming a live master ships a fresh commit without reading
+//! it back from the database, and without a thread hop in between.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread;
-use std::time::Duration;
 
 use parking_lot::Mutex;
-use persist_core::listen::FeedItem;
+use persist_core::listen::{CommitEvent, HookId};
 use persist_core::{LogEntry, Store};
 use tokio::sync::watch;
 
@@ -77,54 +74,35 @@ impl Recent {
 pub(crate) struct Bridge {
     pub head: watch::Receiver<u64>,
     pub recent: Arc<Mutex<Recent>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
+    store: Store,
+    hook: HookId,
 }
 
 impl Bridge {
     pub fn start(store: Store) -> std::io::Result<Bridge> {
-        let feed = store.commit_feed(4096);
         let (tx, head) = watch::channel(store.position());
         let recent = Arc::new(Mutex::new(Recent::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (r, s) = (recent.clone(), stop.clone());
-        let thread = thread::Builder::new()
-            .name("persist-commit-feed".into())
-            .spawn(move || {
-                while !s.load(Ordering::Relaxed) {
-                    match feed.recv_timeout(Duration::from_millis(100)) {
-                        Ok(FeedItem::Commit(c)) => {
-                            r.lock().push(c.entry.clone());
-                            tx.send_replace(c.position);
-                        }
-                        Ok(FeedItem::Lagged(_) | FeedItem::Reset) => {
-                            r.lock().clear();
-                            tx.send_replace(store.position());
-                        }
-                        Err(persist_core::listen::RecvError::Timeout) => {
-                            let p = store.position();
-                            if *tx.borrow() != p {
-                                tx.send_replace(p);
-                            }
-                        }
-                        Err(_) => break,
-                    }
-                }
-            })?;
-        Ok(Bridge {
-            head,
-            recent,
-            stop,
-            thread: Some(thread),
-        })
+        let r = recent.clone();
+        // Runs in the committing thread: a push and a watch update, nothing
+        // that blocks. No thread hop between a commit and its session.
+        let hook = store.add_commit_hook(move |event| match event {
+            CommitEvent::Commit(c) => {
+                r.lock().push(c.entry.clone());
+                tx.send_replace(c.position);
+            }
+            CommitEvent::Reset => {
+                r.lock().clear();
+                tx.send_modify(|_| {});
+            }
+        });
+        // A commit between reading the position and adding the hook is
+        // covered: sessions also read the store's published position.
+        Ok(Bridge { head, recent, store, hook })
     }
 }
 
 impl Drop for Bridge {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.store.remove_commit_hook(self.hook);
     }
 }

@@ -396,7 +396,7 @@ async fn stream<S: FrameSink, R: FrameSource>(
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = tokio::time::Instant::now();
     loop {
-        let head_pos = *head.borrow_and_update();
+        let head_pos = (*head.borrow_and_update()).max(ctx.store.position());
         let n = window.sendable(head_pos);
         if n > 0 {
             let next = window.next();
