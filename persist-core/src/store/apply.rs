@@ -7,6 +7,7 @@ use crate::log::{LogEntry, Op};
 use super::schema::Table;
 use super::write::WriteTx;
 use super::{check_image, Registry, Writer};
+use crate::listen::RowChange;
 use crate::value::Value;
 
 /// What [`Store::apply`](super::Store::apply) did.
@@ -46,8 +47,9 @@ pub(crate) fn apply_batch(w: &mut Writer, reg: &Registry, entries: &[LogEntry]) 
     // The master's body is stored as-is; no need to build one.
     tx.logging = false;
     let mut commits = Vec::with_capacity(todo.len());
+    let mut pending = Pending::default();
     for entry in todo.iter().copied() {
-        apply_one(&mut tx, reg, entry)?;
+        apply_one(&mut tx, reg, entry, &mut pending)?;
         if let Some(c) = tx.record_entry(
             entry.position,
             entry.epoch,
@@ -57,27 +59,68 @@ pub(crate) fn apply_batch(w: &mut Writer, reg: &Registry, entries: &[LogEntry]) 
             commits.push(c);
         }
     }
+    pending.flush(&mut tx, todo.last().map_or(0, |e| e.position))?;
     tx.finish(commits)?;
     Ok(todo.len())
 }
 
-fn apply_one(tx: &mut WriteTx<'_>, reg: &Registry, entry: &LogEntry) -> Result<()> {
+/// Inserts waiting to go to the database as one multi-row statement. Rows
+/// of consecutive entries accumulate: each entry's digest is checked from the
+/// row images in memory, so the database write can wait until the batch is
+/// full or a later change must read the table (an update or delete).
+#[derive(Default)]
+struct Pending<'r> {
+    table: Option<&'r Table>,
+    rows: Vec<Value>,
+}
+
+impl<'r> Pending<'r> {
+    fn flush(&mut self, tx: &mut WriteTx<'_>, position: u64) -> Result<()> {
+        if let Some(t) = self.table.take() {
+            let rows = std::mem::take(&mut self.rows);
+            tx.exec_insert_rows(t, &rows)
+                .map_err(|e| wrap(position, t, e))?;
+        }
+        Ok(())
+    }
+
+    fn push(
+        &mut self,
+        tx: &mut WriteTx<'_>,
+        t: &'r Table,
+        values: Vec<Value>,
+        position: u64,
+    ) -> Result<()> {
+        if !self.table.is_some_and(|p| std::ptr::eq(p, t)) {
+            self.flush(tx, position)?;
+            self.table = Some(t);
+        }
+        self.rows.extend(values);
+        if self.rows.len() >= t.batch_rows * t.types.len() {
+            self.flush(tx, position)?;
+        }
+        Ok(())
+    }
+}
+
+fn wrap(position: u64, t: &Table, e: Error) -> Error {
+    match e {
+        e @ (Error::Locked(_) | Error::Unavailable(_) | Error::DiskFull(_)) => e,
+        other => inapplicable(position, format!("{} insert: {other}", t.name)),
+    }
+}
+
+fn apply_one<'r>(
+    tx: &mut WriteTx<'_>,
+    reg: &'r Registry,
+    entry: &LogEntry,
+    pending: &mut Pending<'r>,
+) -> Result<()> {
     let position = entry.position;
     let changes = entry.changes().map_err(|source| Error::Decode {
         context: format!("log entry {position}"),
         source,
     })?;
-    // Consecutive inserts into one table go in as multi-row statements.
-    let mut pending: Option<(&Table, Vec<Value>)> = None;
-    let flush = |tx: &mut WriteTx<'_>, pending: &mut Option<(&Table, Vec<Value>)>| -> Result<()> {
-        if let Some((t, flat)) = pending.take() {
-            tx.insert_rows(t, flat).map_err(|e| match e {
-                e @ (Error::Locked(_) | Error::Unavailable(_) | Error::DiskFull(_)) => e,
-                other => inapplicable(position, format!("{} insert: {other}", t.name)),
-            })?;
-        }
-        Ok(())
-    };
     for ch in &changes {
         let t = reg.tables.get(ch.table).ok_or_else(|| {
             inapplicable(
@@ -92,21 +135,26 @@ fn apply_one(tx: &mut WriteTx<'_>, reg: &Registry, entry: &LogEntry) -> Result<(
         match ch.op {
             Op::Insert => {
                 let values = check_image(t, ch.payload).map_err(|r| inapplicable(position, r))?;
-                match &mut pending {
-                    Some((pt, flat)) if std::ptr::eq(*pt, t) => flat.extend(values),
-                    _ => {
-                        flush(tx, &mut pending)?;
-                        pending = Some((t, values));
-                    }
+                // The payload is the canonical image: hash it as it came.
+                tx.digest.toggle(t.seed, ch.payload);
+                tx.bump_identity(t, &values);
+                if tx.capture {
+                    tx.captured.push(RowChange {
+                        table: t.name,
+                        op: Op::Insert,
+                        old: None,
+                        new: Some(values.clone()),
+                    });
                 }
+                pending.push(tx, t, values, position)?;
             }
             Op::Update => {
-                flush(tx, &mut pending)?;
+                pending.flush(tx, position)?;
                 let values = check_image(t, ch.payload).map_err(|r| inapplicable(position, r))?;
                 tx.update_row(t, values, false).map_err(wrap)?;
             }
             Op::Delete => {
-                flush(tx, &mut pending)?;
+                pending.flush(tx, position)?;
                 let key = ch.key().map_err(|source| Error::Decode {
                     context: format!("log entry {position}, {} key", ch.table),
                     source,
@@ -121,7 +169,6 @@ fn apply_one(tx: &mut WriteTx<'_>, reg: &Registry, entry: &LogEntry) -> Result<(
             }
         }
     }
-    flush(tx, &mut pending)?;
     if tx.digest != entry.digest {
         return Err(Error::Divergence {
             position,

@@ -648,7 +648,10 @@ impl Store {
     /// entry from here); the hook runs while the writer holds its lock, so it
     /// must only hand the event on (e.g. a channel send or a watch update),
     /// never block and never call into the store.
-    pub fn add_commit_hook(&self, hook: impl Fn(crate::listen::CommitEvent<'_>) + Send + Sync + 'static) -> crate::listen::HookId {
+    pub fn add_commit_hook(
+        &self,
+        hook: impl Fn(crate::listen::CommitEvent<'_>) + Send + Sync + 'static,
+    ) -> crate::listen::HookId {
         self.inner.writer.lock().listeners.add_hook(Arc::new(hook))
     }
 

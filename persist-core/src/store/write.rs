@@ -397,40 +397,57 @@ impl<'a> WriteTx<'a> {
     /// multi-row statements for full batches and single-row ones for the rest.
     pub(crate) fn insert_rows(&mut self, t: &Table, flat: Vec<Value>) -> Result<()> {
         let ncols = t.types.len();
-        let batch = t.batch_rows * ncols;
-        let mut start = 0;
-        while flat.len() - start >= batch && t.batch_rows > 1 {
-            let chunk = &flat[start..start + batch];
-            self.w
-                .conn
-                .execute(&t.insert_batch, chunk)
-                .map_err(|e| refine(e, t, &[]))?;
-            for row in chunk.chunks_exact(ncols) {
-                self.after_insert(t, row);
-                if self.capture {
-                    self.captured.push(RowChange {
-                        table: t.name,
-                        op: Op::Insert,
-                        old: None,
-                        new: Some(row.to_vec()),
-                    });
-                }
+        self.exec_insert_rows(t, &flat)?;
+        for row in flat.chunks_exact(ncols) {
+            self.after_insert(t, row);
+            if self.capture {
+                self.captured.push(RowChange {
+                    table: t.name,
+                    op: Op::Insert,
+                    old: None,
+                    new: Some(row.to_vec()),
+                });
             }
-            start += batch;
-        }
-        for row in flat[start..].chunks_exact(ncols) {
-            self.insert_row(t, row.to_vec())?;
         }
         Ok(())
     }
 
-    /// Log, digest and identity bookkeeping of an inserted row.
-    fn after_insert(&mut self, t: &Table, values: &[Value]) {
+    /// Executes the inserts of flattened rows, nothing else: no digest, log
+    /// or event bookkeeping (the caller does it).
+    pub(crate) fn exec_insert_rows(&mut self, t: &Table, flat: &[Value]) -> Result<()> {
+        let ncols = t.types.len();
+        let batch = t.batch_rows * ncols;
+        let mut start = 0;
+        if t.batch_rows > 1 {
+            while flat.len() - start >= batch {
+                self.w
+                    .conn
+                    .execute(&t.insert_batch, &flat[start..start + batch])
+                    .map_err(|e| refine(e, t, &[]))?;
+                start += batch;
+            }
+        }
+        for row in flat[start..].chunks_exact(ncols) {
+            self.w
+                .conn
+                .execute(&t.insert, row)
+                .map_err(|e| refine(e, t, row))?;
+        }
+        Ok(())
+    }
+
+    /// Keeps the identity counter ahead of an inserted row's key.
+    pub(crate) fn bump_identity(&mut self, t: &Table, values: &[Value]) {
         if let Some(next) = self.w.next_id.get_mut(t.name) {
             if let Value::I64(id) = values[t.meta.key] {
                 *next = (*next).max(id.saturating_add(1));
             }
         }
+    }
+
+    /// Log, digest and identity bookkeeping of an inserted row.
+    fn after_insert(&mut self, t: &Table, values: &[Value]) {
+        self.bump_identity(t, values);
         encode_image(values, &mut self.scratch);
         self.digest.toggle(t.seed, &self.scratch);
         if self.logging {

@@ -304,7 +304,8 @@ async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError>
     let mut last_heard = tokio::time::Instant::now();
     // Batches handed to the applier and not yet reported back.
     let mut in_flight = 0usize;
-    let inline_ok = tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
+    let inline_ok = tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread;
     let result = loop {
         tokio::select! {
             _ = beat.tick() => {

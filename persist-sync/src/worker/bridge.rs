@@ -97,7 +97,12 @@ impl Bridge {
         });
         // A commit between reading the position and adding the hook is
         // covered: sessions also read the store's published position.
-        Ok(Bridge { head, recent, store, hook })
+        Ok(Bridge {
+            head,
+            recent,
+            store,
+            hook,
+        })
     }
 }
 
