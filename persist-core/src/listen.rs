@@ -99,6 +99,12 @@ impl Listeners {
         self.subs.is_empty() && self.hooks.is_empty()
     }
 
+    /// Whether any record subscription or commit feed wants row changes
+    /// (hooks alone only need the entry).
+    pub fn wants_rows(&self) -> bool {
+        !self.subs.is_empty()
+    }
+
     pub fn add_hook(&mut self, hook: CommitHook) -> HookId {
         self.next_hook += 1;
         self.hooks.push((self.next_hook, hook));

@@ -83,7 +83,7 @@ impl<'a> WriteTx<'a> {
         w.conn.begin_write()?;
         Ok(WriteTx {
             digest: w.digest,
-            capture: !w.listeners.is_empty(),
+            capture: w.listeners.wants_rows(),
             logging: true,
             w,
             reg,
@@ -129,7 +129,7 @@ impl<'a> WriteTx<'a> {
         self.body.clear();
         // The commit feed carries the entry, so the sync worker can ship a
         // fresh commit without reading it back.
-        let entry = self.capture.then(|| {
+        let entry = (!self.w.listeners.is_empty()).then(|| {
             Arc::new(LogEntry {
                 position,
                 epoch,
