@@ -119,6 +119,13 @@ pub enum Error {
         /// Its table.
         table: &'static str,
     },
+    /// Config writes are accepted only on the master node; this node refuses
+    /// them (a backup, even while active, or a master in conflict).
+    #[error("not the master: config writes are refused here ({reason})")]
+    NotMaster {
+        /// Why this node refuses writes.
+        reason: String,
+    },
     /// The database is locked by another connection or process and stayed locked past the busy timeout.
     #[error("database is locked: {0}")]
     Locked(String),

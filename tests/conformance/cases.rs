@@ -1115,3 +1115,47 @@ pub fn commit_feed_carries_entries(fx: &Fixture) {
     assert!(s.first_position_since(0).unwrap() == Some(1));
     assert!(s.first_position_since(i64::MAX).unwrap().is_none());
 }
+
+pub fn write_gate_refuses_local_writes_only(fx: &Fixture) {
+    let (a, b, _fx_b) = replicate(fx);
+    b.set_write_gate(Some("backup node".into()));
+    let err = b.insert(&profile("edit on the backup")).unwrap_err();
+    assert!(matches!(err, Error::NotMaster { ref reason } if reason == "backup node"), "{err}");
+    // The master's log still applies.
+    for e in a.read_log(1, 100).unwrap() {
+        b.apply(&e).unwrap();
+    }
+    assert_eq!(b.digest(), a.digest());
+    b.set_write_gate(None);
+    b.insert(&profile("promoted")).unwrap();
+}
+
+pub fn claims_are_durable_and_stamp_entries(fx: &Fixture) {
+    let s = store_with_all(fx);
+    assert_eq!(s.claim(), persist::Claim::default());
+    s.set_claim(&persist::Claim { epoch: 3, active: Some("gw-a".into()) }).unwrap();
+    s.insert(&profile("p")).unwrap();
+    assert_eq!(s.read_log(1, 1).unwrap()[0].epoch, 3);
+    assert!(s.set_claim(&persist::Claim { epoch: 2, active: None }).is_err(), "epochs only grow");
+    drop(s);
+    let s = store_with_all(fx);
+    assert_eq!(s.claim(), persist::Claim { epoch: 3, active: Some("gw-a".into()) });
+    assert_eq!(s.epoch(), 3);
+}
+
+pub fn stale_epoch_entries_are_refused(fx: &Fixture) {
+    let a = store_with_all(fx);
+    a.set_claim(&persist::Claim { epoch: 5, active: Some("a".into()) }).unwrap();
+    a.insert(&profile("at five")).unwrap();
+    let fx_b = fx.sibling();
+    let b = store_with_all(&fx_b);
+    b.apply(&a.read_log(1, 1).unwrap()[0]).unwrap();
+    // A deposed writer at an older epoch tries to append.
+    let fx_c = fx.sibling();
+    let c = store_with_all(&fx_c);
+    c.set_claim(&persist::Claim { epoch: 4, active: Some("c".into()) }).unwrap();
+    c.insert(&profile("at five")).unwrap();
+    c.insert(&profile("stale")).unwrap();
+    let stale = c.read_log(2, 1).unwrap().remove(0);
+    assert!(matches!(b.apply(&stale), Err(Error::Inapplicable { position: 2, .. })));
+}

@@ -159,6 +159,9 @@ macro_rules! conformance_suite {
                 interrupted_restore_keeps_old_data,
                 apply_batch_is_all_or_nothing,
                 commit_feed_carries_entries,
+                write_gate_refuses_local_writes_only,
+                claims_are_durable_and_stamp_entries,
+                stale_epoch_entries_are_refused,
             );
         }
     };

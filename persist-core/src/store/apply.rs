@@ -35,6 +35,7 @@ pub(crate) fn apply_batch(w: &mut Writer, reg: &Registry, entries: &[LogEntry]) 
     if todo.is_empty() {
         return Ok(0);
     }
+    let mut epoch = w.last_entry_epoch;
     for (expected, e) in (first..).zip(&todo) {
         if e.position != expected {
             return Err(Error::Gap {
@@ -42,6 +43,15 @@ pub(crate) fn apply_batch(w: &mut Writer, reg: &Registry, entries: &[LogEntry]) 
                 got: e.position,
             });
         }
+        // Epochs never go back along the log: an entry from an older epoch
+        // than one already applied comes from a deposed writer.
+        if e.epoch < epoch {
+            return Err(inapplicable(
+                e.position,
+                format!("stale epoch {} after entries of epoch {epoch}: refused", e.epoch),
+            ));
+        }
+        epoch = e.epoch;
     }
     let mut tx = WriteTx::begin(w, reg)?;
     // The master's body is stored as-is; no need to build one.

@@ -100,6 +100,21 @@ pub(crate) struct Writer {
     pub history: String,
     /// What readers see of the head, without taking the writer's lock.
     pub published: Arc<RwLock<Published>>,
+    /// Why local writes are refused, if they are (see [`Store::set_write_gate`]).
+    pub gate: Option<String>,
+    /// Epoch of the newest entry in the log: entries must not go back in epoch.
+    pub last_entry_epoch: u64,
+}
+
+/// Which node a pair considers active, as of an epoch. The epoch grows by one
+/// each time the active node changes; a node that learns of a higher epoch
+/// adopts that claim. Stored durably with the data.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Claim {
+    /// The epoch.
+    pub epoch: u64,
+    /// The node id of the active node at this epoch (`None`: not decided yet).
+    pub active: Option<String>,
 }
 
 /// The head as published to readers: updated by the writer after each
@@ -130,6 +145,7 @@ struct Inner {
     dialect: Dialect,
     writer: Mutex<Writer>,
     published: Arc<RwLock<Published>>,
+    claim: RwLock<Claim>,
     readers: Mutex<Vec<Box<dyn Connection>>>,
     registry: RwLock<Arc<Registry>>,
     _checkpointer: Option<Checkpointer>,
@@ -339,7 +355,10 @@ impl Store {
                 }
             };
             let head = load_head(&mut *conn)?;
-            let epoch = query_rows(
+            let claim: Claim = meta_get(&mut *conn, "claim")?
+                .and_then(|b| postcard::from_bytes(&b).ok())
+                .unwrap_or_default();
+            let log_epoch = query_rows(
                 &mut *conn,
                 &Statement::new(format!("SELECT MAX(epoch) FROM {LOG_TABLE}")),
                 &[],
@@ -352,9 +371,10 @@ impl Store {
                 _ => None,
             })
             .unwrap_or(0);
-            Ok((history, head, epoch))
+            let epoch = log_epoch.max(claim.epoch);
+            Ok((history, head, epoch, log_epoch, claim))
         })();
-        let (history, head, epoch) = match prepared.and_then(|p| conn.commit().map(|()| p)) {
+        let (history, head, epoch, last_entry_epoch, claim) = match prepared.and_then(|p| conn.commit().map(|()| p)) {
             Ok(p) => p,
             Err(e) => {
                 let _ = conn.rollback();
@@ -378,8 +398,11 @@ impl Store {
             inner: Arc::new(Inner {
                 dialect,
                 published: published.clone(),
+                claim: RwLock::new(claim),
                 writer: Mutex::new(Writer {
                     published,
+                    gate: None,
+                    last_entry_epoch,
                     history,
                     conn,
                     position: head.position,
@@ -725,11 +748,46 @@ impl Store {
         self.inner.published.read().epoch
     }
 
-    /// Sets the epoch stamped on new log entries (the redundancy runtime's job).
+    /// Sets the epoch stamped on new log entries (the redundancy runtime
+    /// sets it through [`Store::set_claim`]; this does not persist it).
     pub fn set_epoch(&self, epoch: u64) {
         let mut w = self.inner.writer.lock();
         w.epoch = epoch;
         w.publish();
+    }
+
+    /// The pair's claim as this node last recorded it.
+    pub fn claim(&self) -> Claim {
+        self.inner.claim.read().clone()
+    }
+
+    /// Records a new claim durably (it survives a restart) and stamps its
+    /// epoch on new log entries. Refuses to go back in epoch.
+    pub fn set_claim(&self, claim: &Claim) -> Result<()> {
+        let mut w = self.inner.writer.lock();
+        if claim.epoch < w.epoch {
+            return Err(Error::Inapplicable {
+                position: w.position,
+                reason: format!("claim of epoch {} is older than this node's epoch {}", claim.epoch, w.epoch),
+            });
+        }
+        let bytes = postcard::to_allocvec(claim).map_err(|e| Error::Database(format!("encoding the claim: {e}")))?;
+        w.conn.begin_write()?;
+        let r = meta_set(&mut *w.conn, "claim", bytes).and_then(|()| w.conn.commit());
+        if let Err(e) = r {
+            let _ = w.conn.rollback();
+            return Err(e);
+        }
+        w.epoch = claim.epoch;
+        w.publish();
+        *self.inner.claim.write() = claim.clone();
+        Ok(())
+    }
+
+    /// Refuses local writes with [`Error::NotMaster`] carrying `reason`
+    /// (`None` accepts them again). Applying the master's log is unaffected.
+    pub fn set_write_gate(&self, reason: Option<String>) {
+        self.inner.writer.lock().gate = reason;
     }
 
     /// Up to `max` log entries from `from` on, in order.

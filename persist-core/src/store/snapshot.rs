@@ -276,6 +276,7 @@ impl Store {
         w.digest = header.digest;
         w.history = header.history.clone();
         w.epoch = w.epoch.max(header.epoch);
+        w.last_entry_epoch = header.epoch;
         w.publish();
         for t in reg.tables.values() {
             if w.next_id.contains_key(t.name) {

@@ -33,6 +33,8 @@ pub struct WriteTx<'a> {
     scratch: Vec<u8>,
     /// Position and digest of the last entry recorded in this transaction.
     head: Option<(u64, Digest)>,
+    /// Epoch of the last entry recorded in this transaction.
+    entry_epoch: Option<u64>,
     spoiled: Option<String>,
     finished: bool,
     /// (table, key) rows being deleted, so cascades through cycles terminate.
@@ -64,6 +66,9 @@ pub(crate) fn run<T>(
     reg: &Registry,
     f: impl FnOnce(&mut WriteTx<'_>) -> Result<T>,
 ) -> Result<(T, Option<u64>)> {
+    if let Some(reason) = &w.gate {
+        return Err(Error::NotMaster { reason: reason.clone() });
+    }
     let mut tx = WriteTx::begin(w, reg)?;
     let value = f(&mut tx)?;
     if let Some(why) = tx.spoiled.take() {
@@ -91,6 +96,7 @@ impl<'a> WriteTx<'a> {
             captured: Vec::new(),
             scratch: Vec::new(),
             head: None,
+            entry_epoch: None,
             spoiled: None,
             finished: false,
             deleting: Vec::new(),
@@ -147,6 +153,7 @@ impl<'a> WriteTx<'a> {
         ];
         self.w.conn.execute(log_insert(), &values)?;
         self.head = Some((position, self.digest));
+        self.entry_epoch = Some(epoch);
         Ok(entry.map(|entry| Commit {
             position,
             changes: std::mem::take(&mut self.captured),
@@ -162,6 +169,9 @@ impl<'a> WriteTx<'a> {
             self.w.position = position;
             self.w.digest = digest;
             self.w.publish();
+        }
+        if let Some(e) = self.entry_epoch {
+            self.w.last_entry_epoch = self.w.last_entry_epoch.max(e);
         }
         for c in commits {
             self.w.listeners.dispatch(c);
