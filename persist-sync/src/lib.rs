@@ -7,10 +7,12 @@
 //! - [`auth`]: mutual challenge-response authentication of a link.
 //! - [`core`]: the protocol's decisions, free of I/O.
 //! - [`worker`]: the tokio tasks that drive a master and a backup.
+//! - [`redundancy`]: roles, activity, failover and recovery of the pair.
 
 pub mod auth;
 pub mod codec;
 pub mod core;
 pub mod protocol;
+pub mod redundancy;
 pub mod transport;
 pub mod worker;

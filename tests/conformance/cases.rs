@@ -1120,7 +1120,10 @@ pub fn write_gate_refuses_local_writes_only(fx: &Fixture) {
     let (a, b, _fx_b) = replicate(fx);
     b.set_write_gate(Some("backup node".into()));
     let err = b.insert(&profile("edit on the backup")).unwrap_err();
-    assert!(matches!(err, Error::NotMaster { ref reason } if reason == "backup node"), "{err}");
+    assert!(
+        matches!(err, Error::NotMaster { ref reason } if reason == "backup node"),
+        "{err}"
+    );
     // The master's log still applies.
     for e in a.read_log(1, 100).unwrap() {
         b.apply(&e).unwrap();
@@ -1133,19 +1136,44 @@ pub fn write_gate_refuses_local_writes_only(fx: &Fixture) {
 pub fn claims_are_durable_and_stamp_entries(fx: &Fixture) {
     let s = store_with_all(fx);
     assert_eq!(s.claim(), persist::Claim::default());
-    s.set_claim(&persist::Claim { epoch: 3, active: Some("gw-a".into()) }).unwrap();
+    s.set_claim(&persist::Claim {
+        epoch: 3,
+        active: Some("gw-a".into()),
+        by: None,
+    })
+    .unwrap();
     s.insert(&profile("p")).unwrap();
     assert_eq!(s.read_log(1, 1).unwrap()[0].epoch, 3);
-    assert!(s.set_claim(&persist::Claim { epoch: 2, active: None }).is_err(), "epochs only grow");
+    assert!(
+        s.set_claim(&persist::Claim {
+            epoch: 2,
+            active: None,
+            by: None
+        })
+        .is_err(),
+        "epochs only grow"
+    );
     drop(s);
     let s = store_with_all(fx);
-    assert_eq!(s.claim(), persist::Claim { epoch: 3, active: Some("gw-a".into()) });
+    assert_eq!(
+        s.claim(),
+        persist::Claim {
+            epoch: 3,
+            active: Some("gw-a".into()),
+            by: None
+        }
+    );
     assert_eq!(s.epoch(), 3);
 }
 
 pub fn stale_epoch_entries_are_refused(fx: &Fixture) {
     let a = store_with_all(fx);
-    a.set_claim(&persist::Claim { epoch: 5, active: Some("a".into()) }).unwrap();
+    a.set_claim(&persist::Claim {
+        epoch: 5,
+        active: Some("a".into()),
+        by: None,
+    })
+    .unwrap();
     a.insert(&profile("at five")).unwrap();
     let fx_b = fx.sibling();
     let b = store_with_all(&fx_b);
@@ -1153,9 +1181,17 @@ pub fn stale_epoch_entries_are_refused(fx: &Fixture) {
     // A deposed writer at an older epoch tries to append.
     let fx_c = fx.sibling();
     let c = store_with_all(&fx_c);
-    c.set_claim(&persist::Claim { epoch: 4, active: Some("c".into()) }).unwrap();
+    c.set_claim(&persist::Claim {
+        epoch: 4,
+        active: Some("c".into()),
+        by: None,
+    })
+    .unwrap();
     c.insert(&profile("at five")).unwrap();
     c.insert(&profile("stale")).unwrap();
     let stale = c.read_log(2, 1).unwrap().remove(0);
-    assert!(matches!(b.apply(&stale), Err(Error::Inapplicable { position: 2, .. })));
+    assert!(matches!(
+        b.apply(&stale),
+        Err(Error::Inapplicable { position: 2, .. })
+    ));
 }

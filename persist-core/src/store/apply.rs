@@ -48,7 +48,10 @@ pub(crate) fn apply_batch(w: &mut Writer, reg: &Registry, entries: &[LogEntry]) 
         if e.epoch < epoch {
             return Err(inapplicable(
                 e.position,
-                format!("stale epoch {} after entries of epoch {epoch}: refused", e.epoch),
+                format!(
+                    "stale epoch {} after entries of epoch {epoch}: refused",
+                    e.epoch
+                ),
             ));
         }
         epoch = e.epoch;

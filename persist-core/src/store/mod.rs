@@ -115,6 +115,10 @@ pub struct Claim {
     pub epoch: u64,
     /// The node id of the active node at this epoch (`None`: not decided yet).
     pub active: Option<String>,
+    /// The node that made the claim (a takeover is made by the node taking
+    /// over; a switchover or handback by the node giving up).
+    #[serde(default)]
+    pub by: Option<String>,
 }
 
 /// The head as published to readers: updated by the writer after each
@@ -374,13 +378,14 @@ impl Store {
             let epoch = log_epoch.max(claim.epoch);
             Ok((history, head, epoch, log_epoch, claim))
         })();
-        let (history, head, epoch, last_entry_epoch, claim) = match prepared.and_then(|p| conn.commit().map(|()| p)) {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = conn.rollback();
-                return Err(e);
-            }
-        };
+        let (history, head, epoch, last_entry_epoch, claim) =
+            match prepared.and_then(|p| conn.commit().map(|()| p)) {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = conn.rollback();
+                    return Err(e);
+                }
+            };
         let checkpointer = match &config.backend {
             BackendConfig::Sqlite(o) => match o.background_checkpoint {
                 Some(every) => Some(Checkpointer::start(o, every)?),
@@ -768,10 +773,14 @@ impl Store {
         if claim.epoch < w.epoch {
             return Err(Error::Inapplicable {
                 position: w.position,
-                reason: format!("claim of epoch {} is older than this node's epoch {}", claim.epoch, w.epoch),
+                reason: format!(
+                    "claim of epoch {} is older than this node's epoch {}",
+                    claim.epoch, w.epoch
+                ),
             });
         }
-        let bytes = postcard::to_allocvec(claim).map_err(|e| Error::Database(format!("encoding the claim: {e}")))?;
+        let bytes = postcard::to_allocvec(claim)
+            .map_err(|e| Error::Database(format!("encoding the claim: {e}")))?;
         w.conn.begin_write()?;
         let r = meta_set(&mut *w.conn, "claim", bytes).and_then(|()| w.conn.commit());
         if let Err(e) = r {

@@ -67,7 +67,9 @@ pub(crate) fn run<T>(
     f: impl FnOnce(&mut WriteTx<'_>) -> Result<T>,
 ) -> Result<(T, Option<u64>)> {
     if let Some(reason) = &w.gate {
-        return Err(Error::NotMaster { reason: reason.clone() });
+        return Err(Error::NotMaster {
+            reason: reason.clone(),
+        });
     }
     let mut tx = WriteTx::begin(w, reg)?;
     let value = f(&mut tx)?;

@@ -21,6 +21,17 @@ use serde::{Deserialize, Serialize};
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
 
+/// A node's configured role in the pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NodeRole {
+    /// No pair: always active, no link.
+    Independent,
+    /// Holds the official configuration and serves the log.
+    Master,
+    /// Follows the master; takes over when it fails.
+    Backup,
+}
+
 /// Which end of the link a node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LinkRole {
@@ -173,11 +184,16 @@ pub enum Message {
     },
     /// Master to backup: the snapshot is complete.
     SnapshotEnd,
-    /// Either way: liveness, independent of TCP timeouts.
+    /// Either way: liveness (independent of TCP timeouts) and the sender's
+    /// view of who is active.
     Heartbeat {
         /// The sender's epoch.
         epoch: u64,
         /// The sender's last log position.
         position: u64,
+        /// The sender's configured role.
+        role: NodeRole,
+        /// The node the sender holds active at `epoch` (`None`: undecided).
+        active: Option<String>,
     },
 }

@@ -3,5 +3,5 @@
 pub mod message;
 
 pub use message::{
-    LinkRole, Message, Plan, RefuseReason, ResyncReason, SnapshotTable, PROTOCOL_VERSION,
+    LinkRole, Message, NodeRole, Plan, RefuseReason, ResyncReason, SnapshotTable, PROTOCOL_VERSION,
 };

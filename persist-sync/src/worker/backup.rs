@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use super::master::{message_kind, AbortOnDrop};
 use super::{recv, send, send_within, LinkStatus, SessionError, SyncConfig};
 use crate::auth::authenticate;
-use crate::protocol::{LinkRole, Message, Plan, ResyncReason};
+use crate::protocol::{LinkRole, Message, NodeRole, Plan, ResyncReason};
 use crate::transport::{Dialer, FrameSource, Link};
 
 /// Entries the applier merges into one database transaction, at most.
@@ -309,7 +309,7 @@ async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError>
     let result = loop {
         tokio::select! {
             _ = beat.tick() => {
-                let hb = Message::Heartbeat { epoch: ctx.store.epoch(), position: ctx.store.position() };
+                let hb = super::heartbeat(&ctx.store, NodeRole::Backup);
                 if let Err(e) = send_within(&mut sink, &hb, cfg.peer_timeout).await {
                     break Err(e);
                 }
@@ -319,6 +319,7 @@ async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError>
             }
             msg = recv(&mut source, &cfg.limits) => {
                 last_heard = tokio::time::Instant::now();
+                super::note_heard(cfg, &peer.node_id, NodeRole::Master, msg.as_ref().ok());
                 match msg {
                 Ok(Message::Entries(entries)) => {
                     if entries.is_empty() {

@@ -12,7 +12,9 @@ use super::bridge::Bridge;
 use super::{recv, send, send_within, AckTracker, LinkStatus, SessionError, SyncConfig, SyncError};
 use crate::auth::authenticate;
 use crate::core::{plan_sync, BackupView, Decision, MasterView, SendWindow};
-use crate::protocol::{LinkRole, Message, Plan, RefuseReason, ResyncReason, SnapshotTable};
+use crate::protocol::{
+    LinkRole, Message, NodeRole, Plan, RefuseReason, ResyncReason, SnapshotTable,
+};
 use crate::transport::{Acceptor, FrameSink, FrameSource, Link};
 
 struct Ctx {
@@ -285,7 +287,7 @@ async fn session<L: Link>(link: L, ctx: &Arc<Ctx>) -> Result<(), SessionError> {
         Plan::Snapshot { .. } => send_snapshot(&mut sink, ctx).await? + 1,
     };
     ctx.acks.reset(from - 1);
-    stream(sink, source, from, ctx, generation).await
+    stream(sink, source, from, ctx, generation, peer.node_id).await
 }
 
 async fn send_snapshot<S: FrameSink>(sink: &mut S, ctx: &Arc<Ctx>) -> Result<u64, SessionError> {
@@ -375,6 +377,7 @@ async fn stream<S: FrameSink, R: FrameSource>(
     from: u64,
     ctx: &Arc<Ctx>,
     generation: u64,
+    peer_id: String,
 ) -> Result<(), SessionError> {
     let cfg = &ctx.cfg;
     let (tx, mut from_backup) = mpsc::channel(64);
@@ -444,7 +447,7 @@ async fn stream<S: FrameSink, R: FrameSource>(
         }
         tokio::select! {
             _ = beat.tick() => {
-                let hb = Message::Heartbeat { epoch: ctx.store.epoch(), position: ctx.store.position() };
+                let hb = super::heartbeat(&ctx.store, NodeRole::Master);
                 send_within(&mut sink, &hb, cfg.peer_timeout).await?;
             }
             _ = tokio::time::sleep_until(last_heard + cfg.peer_timeout) => {
@@ -457,6 +460,7 @@ async fn stream<S: FrameSink, R: FrameSource>(
             }
             msg = from_backup.recv() => {
                 last_heard = tokio::time::Instant::now();
+                super::note_heard(cfg, &peer_id, NodeRole::Backup, msg.as_ref().and_then(|m| m.as_ref().ok()));
                 match msg {
                 Some(Ok(Message::Ack { position })) => {
                     if !window.on_ack(position) {

@@ -54,6 +54,77 @@ pub struct SyncConfig {
     /// frame for this long) is dropped and dialed again: a dead link is
     /// noticed whatever TCP does.
     pub peer_timeout: Duration,
+    /// Where the worker reports every frame heard from the peer, with the
+    /// peer's latest heartbeat (the redundancy runtime watches it).
+    pub heard: Option<watch::Sender<Option<Heard>>>,
+}
+
+/// The peer as last heard on the link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heard {
+    /// When a frame last arrived from the peer.
+    pub at: std::time::Instant,
+    /// The peer's node id (authenticated).
+    pub node_id: String,
+    /// The peer's role, epoch, claim and position from its last heartbeat.
+    pub role: crate::protocol::NodeRole,
+    /// The peer's claim.
+    pub claim: persist_core::Claim,
+    /// The peer's log position.
+    pub position: u64,
+}
+
+/// Records a frame from the peer (and, for a heartbeat, its announcement).
+pub(crate) fn note_heard(
+    cfg: &SyncConfig,
+    node_id: &str,
+    default_role: crate::protocol::NodeRole,
+    msg: Option<&Message>,
+) {
+    let Some(tx) = &cfg.heard else { return };
+    tx.send_modify(|h| {
+        let now = std::time::Instant::now();
+        let mut cur = match h.take() {
+            Some(prev) if prev.node_id == node_id => prev,
+            _ => Heard {
+                at: now,
+                node_id: node_id.to_owned(),
+                role: default_role,
+                claim: persist_core::Claim::default(),
+                position: 0,
+            },
+        };
+        cur.at = now;
+        if let Some(Message::Heartbeat {
+            epoch,
+            position,
+            role,
+            active,
+        }) = msg
+        {
+            cur.role = *role;
+            cur.claim = persist_core::Claim {
+                epoch: *epoch,
+                active: active.clone(),
+                // Heartbeats do not say who made the claim; the receiver
+                // credits the sender if it adopts it.
+                by: None,
+            };
+            cur.position = *position;
+        }
+        *h = Some(cur);
+    });
+}
+
+/// This node's heartbeat: its claim as recorded in the store.
+pub(crate) fn heartbeat(store: &persist_core::Store, role: crate::protocol::NodeRole) -> Message {
+    let claim = store.claim();
+    Message::Heartbeat {
+        epoch: claim.epoch.max(store.epoch()),
+        position: store.position(),
+        role,
+        active: claim.active,
+    }
 }
 
 impl SyncConfig {
@@ -73,6 +144,7 @@ impl SyncConfig {
             limits: Limits::default(),
             heartbeat_interval: Duration::from_millis(500),
             peer_timeout: Duration::from_secs(5),
+            heard: None,
         }
     }
 }

@@ -96,6 +96,8 @@ pub fn all_messages() -> Vec<Message> {
         Message::Heartbeat {
             epoch: 1,
             position: 2,
+            role: persist_sync::protocol::NodeRole::Master,
+            active: None,
         },
     ];
     for reason in refusals {
@@ -243,8 +245,12 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
         (any::<u32>(), proptest::collection::vec(arb_bytes(16), 0..5))
             .prop_map(|(table, rows)| Message::SnapshotRows { table, rows }),
         Just(Message::SnapshotEnd),
-        (any::<u64>(), any::<u64>())
-            .prop_map(|(epoch, position)| Message::Heartbeat { epoch, position }),
+        (any::<u64>(), any::<u64>()).prop_map(|(epoch, position)| Message::Heartbeat {
+            epoch,
+            position,
+            role: persist_sync::protocol::NodeRole::Backup,
+            active: Some("gw-a".into())
+        }),
     ]
 }
 

@@ -1,0 +1,15 @@
+//! The redundant pair at run time: roles, activity levels, failover and
+//! recovery, fenced by epochs.
+//!
+//! - [`machine`]: the decisions (pure; see its docs for the rule).
+//! - [`node`]: the runtime that drives them over the sync link.
+
+pub mod machine;
+pub mod node;
+
+#[cfg(test)]
+mod tests;
+
+pub use crate::protocol::NodeRole;
+pub use machine::{ActivityLevel, Machine, RecoveryMode, RedundancySettings, StandbyLevel};
+pub use node::{start_backup_node, start_master_node, NodeHandle, RedundancyState};
