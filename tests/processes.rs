@@ -4,11 +4,12 @@
 //! `PERSIST_CRASH_TRIALS` sets the number of master crashes in the campaign
 //! (default 20); `PERSIST_CRASH_SEED` replays a campaign.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::mpsc;
+mod nodes;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+use nodes::Pair;
 
 use persist::{PersistentRecord, Store};
 
@@ -21,107 +22,6 @@ struct Item {
     tx: i64,
     seq: i32,
     payload: String,
-}
-
-const NODE: &str = env!("CARGO_BIN_EXE_persist-node");
-
-struct Node {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Node {
-    fn spawn(args: &[&str]) -> Node {
-        let mut child = Command::new(NODE)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start persist-node");
-        let stdout: ChildStdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Node { child, lines }
-    }
-
-    fn expect(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l.starts_with(prefix) => return l[prefix.len()..].trim().to_string(),
-                Ok(_) => {}
-                Err(e) => panic!("persist-node never printed {prefix}: {e}"),
-            }
-        }
-    }
-
-    /// SIGKILL: no cleanup, no flush, as a power cut of the process.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-struct Pair {
-    dir: tempfile::TempDir,
-}
-
-impl Pair {
-    fn new() -> Pair {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("secret"),
-            b"a long shared secret for the pair",
-        )
-        .unwrap();
-        Pair { dir }
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn secret(&self) -> String {
-        self.path("secret").display().to_string()
-    }
-    fn master(&self, extra: &[&str]) -> (Node, String) {
-        let db = self.path("master.db").display().to_string();
-        let mut args = vec!["master", "--db", &db, "--secret-file", &self.secret()]
-            .into_iter()
-            .map(String::from)
-            .collect::<Vec<_>>();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let node = Node::spawn(&refs);
-        let addr = node.expect("LISTENING ");
-        (node, addr)
-    }
-    fn backup(&self, master_addr: &str) -> Node {
-        let db = self.path("backup.db").display().to_string();
-        Node::spawn(&[
-            "backup",
-            "--db",
-            &db,
-            "--secret-file",
-            &self.secret(),
-            "--peer",
-            master_addr,
-            "--reconnect-max-ms",
-            "200",
-        ])
-    }
 }
 
 fn open(path: &Path) -> Store {

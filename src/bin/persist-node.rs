@@ -17,11 +17,13 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use persist::prelude::*;
 use persist::sync::auth::{AuthConfig, Secret};
+use persist::sync::redundancy::{
+    start_backup_node, start_master_node, NodeHandle, NodeRole, RecoveryMode, RedundancySettings,
+};
 use persist::sync::transport::tcp::{TcpAcceptor, TcpDialer};
-use persist::sync::worker::backup::start_backup;
-use persist::sync::worker::master::start_master;
 use persist::sync::worker::{SyncConfig, SyncError};
 use persist::Store;
+use std::sync::Arc;
 
 /// A row written by the load generator; `tx` groups the rows of one transaction.
 #[derive(PersistentRecord, Debug, Clone, PartialEq)]
@@ -78,6 +80,18 @@ struct Common {
     /// Longest delay between reconnection attempts, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     reconnect_max_ms: u64,
+    /// Silence from the master after which the backup takes over, in milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    failover_timeout_ms: u64,
+    /// Heartbeat interval, in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    heartbeat_ms: u64,
+    /// How long a starting node waits for its peer, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    startup_allowance_ms: u64,
+    /// Master recovery: `automatic` or `manual` (the backup's setting decides).
+    #[arg(long, default_value = "automatic")]
+    recovery: String,
 }
 
 #[derive(Subcommand)]
@@ -118,6 +132,68 @@ fn line(s: impl std::fmt::Display) {
     let _ = out.flush();
 }
 
+fn settings(
+    common: &Common,
+    role: NodeRole,
+    node_id: &str,
+) -> Result<RedundancySettings, Box<dyn std::error::Error>> {
+    let mut s = RedundancySettings::new(role, node_id);
+    s.failover_timeout = Duration::from_millis(common.failover_timeout_ms);
+    s.heartbeat_interval = Duration::from_millis(common.heartbeat_ms);
+    s.startup_allowance = Duration::from_millis(common.startup_allowance_ms);
+    s.recovery = match common.recovery.as_str() {
+        "automatic" => RecoveryMode::Automatic,
+        "manual" => RecoveryMode::Manual,
+        other => {
+            return Err(format!("--recovery: expected automatic or manual, got {other:?}").into())
+        }
+    };
+    Ok(s)
+}
+
+/// Prints every change of the node's redundancy state, and runs operator
+/// commands read from standard input: SWITCHOVER, HANDBACK.
+fn narrate(rt: &tokio::runtime::Runtime, node: &Arc<NodeHandle>) {
+    let n = node.clone();
+    rt.spawn(async move {
+        let mut w = n.watch();
+        let mut last = None;
+        loop {
+            let s = w.borrow_and_update().clone();
+            let key = (s.activity, s.epoch, s.active_node.clone());
+            if last.as_ref() != Some(&key) {
+                line(format_args!(
+                    "ACTIVITY {:?} EPOCH {} ACTIVE {}",
+                    s.activity,
+                    s.epoch,
+                    s.active_node.as_deref().unwrap_or("-")
+                ));
+                last = Some(key);
+            }
+            if w.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    let n = node.clone();
+    let handle = rt.handle().clone();
+    std::thread::spawn(move || {
+        for cmd in std::io::stdin().lines().map_while(Result::ok) {
+            let r = match cmd.trim() {
+                "SWITCHOVER" => handle.block_on(n.request_switchover()),
+                "HANDBACK" => handle.block_on(n.request_handback()),
+                "" => continue,
+                other => Err(format!("unknown command {other}")),
+            };
+            line(format_args!(
+                "COMMAND {} {}",
+                cmd.trim(),
+                r.map_or_else(|e| format!("refused: {e}"), |()| "ok".into())
+            ));
+        }
+    });
+}
+
 fn open(
     common: &Common,
     default_id: &str,
@@ -154,11 +230,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             first_tx,
         } => {
             let (store, cfg) = open(&common, "master")?;
-            let master = rt.block_on(async {
+            let red = settings(&common, NodeRole::Master, &cfg.auth.node_id)?;
+            let node = Arc::new(rt.block_on(async {
                 let acceptor = TcpAcceptor::bind(listen.as_str(), None).await?;
                 line(format_args!("LISTENING {}", acceptor.local_socket_addr()));
-                start_master(store.clone(), acceptor, cfg)
-            })?;
+                start_master_node(store.clone(), red, acceptor, cfg)
+            })?);
+            narrate(&rt, &node);
+            let master = node.master().expect("a master node");
             let timeout = Duration::from_millis(sync_timeout_ms);
             for tx in first_tx..first_tx + write_txs as i64 {
                 let write = |t: &mut persist::WriteTx<'_>| {
@@ -189,8 +268,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Role::Backup { common, peer } => {
             let (store, cfg) = open(&common, "backup")?;
-            let _backup =
-                rt.block_on(async { start_backup(store.clone(), TcpDialer::new(peer, None), cfg) });
+            let red = settings(&common, NodeRole::Backup, &cfg.auth.node_id)?;
+            let node = Arc::new(rt.block_on(async {
+                start_backup_node(store.clone(), red, TcpDialer::new(peer, None), cfg)
+            }));
+            narrate(&rt, &node);
             let mut last = u64::MAX;
             loop {
                 let p = store.position();
