@@ -72,21 +72,50 @@ fn sigkill_master_backup_active_within_timeout_plus_one_heartbeat() {
     );
 }
 
+fn epoch(line: &str) -> u64 {
+    line.split_whitespace()
+        .skip_while(|w| *w != "EPOCH")
+        .nth(1)
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(0)
+}
+
 #[test]
 fn sigstop_master_then_continue_steps_down_and_recovers() {
     let pair = Pair::new();
     let (m, b, _) = running_pair(&pair);
     let stopped = Instant::now();
     m.signal("STOP");
-    activity(&b, "Active");
-    println!("SIGSTOP -> backup Active in {:?}", stopped.elapsed());
+    let takeover = epoch(&activity(&b, "Active"));
+    println!(
+        "SIGSTOP -> backup Active in {:?} (epoch {takeover})",
+        stopped.elapsed()
+    );
     std::thread::sleep(Duration::from_millis(300));
     m.signal("CONT");
-    // The frozen master wakes up to a higher claim: it steps down, no fight ...
-    let down = activity(&m, "Cold");
-    assert!(down.contains("ACTIVE backup"), "{down}");
-    // ... then automatic recovery gives it the pair back.
-    activity(&m, "Active");
+    // The frozen master wakes up to a higher claim and never re-asserts its
+    // old one: every activity line it prints from now on carries an epoch at
+    // or above the takeover, and it is active again only at a later epoch,
+    // the one of the automatic handback.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = m
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("master active again");
+        if !line.starts_with("ACTIVITY") {
+            continue;
+        }
+        let e = epoch(&line);
+        assert!(
+            e >= takeover,
+            "the continued master fought with its old claim: {line}"
+        );
+        if line.starts_with("ACTIVITY Active") {
+            assert!(e > takeover, "{line}");
+            break;
+        }
+    }
     activity(&b, "Cold");
 }
 

@@ -107,6 +107,9 @@ pub struct PeerView {
     /// Whether this node has caught up with the peer's log (a backup's view
     /// of its master: its position reached the master's announced position).
     pub caught_up: bool,
+    /// Whether the peer announced itself (a heartbeat) on the current link;
+    /// until then only the fact that it is alive counts, not its claim.
+    pub announced: bool,
 }
 
 /// What the driver must do after an input.
@@ -209,6 +212,9 @@ impl Machine {
     /// The peer was heard (any frame; `view` is its latest announcement).
     pub fn heard(&mut self, now: Instant, view: PeerView) -> Vec<Effect> {
         self.last_heard = Some(now);
+        if !view.announced {
+            return Vec::new();
+        }
         let master = self
             .master_id()
             .or_else(|| (view.role == NodeRole::Master).then(|| view.node_id.clone()));

@@ -220,6 +220,7 @@ async fn drive(
                             role: h.role,
                             claim: h.claim,
                             caught_up: store.position() >= h.position,
+                            announced: h.announced,
                         };
                         machine.heard(h.at, view)
                     }

@@ -43,6 +43,7 @@ fn view(id: &str, role: NodeRole, c: Claim, caught_up: bool) -> PeerView {
         role,
         claim: c,
         caught_up,
+        announced: true,
     }
 }
 
@@ -183,6 +184,22 @@ fn cut_link_settles_to_one_active_node() {
         (m.activity(ms(t0, 9002)), b.activity(ms(t0, 9002))),
         (ActivityLevel::Active, ActivityLevel::Cold)
     );
+}
+
+#[test]
+fn only_an_announcement_counts_not_a_stale_view() {
+    let t0 = Instant::now();
+    let (_m, mut b) = fresh_pair(t0);
+    b.tick(ms(t0, 1100));
+    assert!(same(b.claim(), &claim(2, "b")));
+    // A reconnect: the peer is alive, but has not announced anything yet.
+    let mut silent = view("a", NodeRole::Master, claim(1, "a"), true);
+    silent.announced = false;
+    assert!(
+        b.heard(ms(t0, 3000), silent).is_empty(),
+        "no handback on what it said before"
+    );
+    assert_eq!(b.deadline(), None, "active: no timer");
 }
 
 #[test]

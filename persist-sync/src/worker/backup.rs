@@ -232,6 +232,9 @@ async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError>
     )
     .await?;
     let first = recv(&mut source, &cfg.limits).await;
+    if let Ok(m) = &first {
+        super::note_heard(cfg, &peer.node_id, NodeRole::Master, Some(m));
+    }
     let plan = match first {
         Ok(Message::SyncPlan(plan)) => plan,
         Ok(Message::Refused { reason }) => return Err(SessionError::Refused(reason)),
@@ -257,7 +260,7 @@ async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError>
         s.last_error = None;
     });
     if let Plan::Snapshot { .. } = plan {
-        let p = receive_snapshot(&mut source, ctx).await?;
+        let p = receive_snapshot(&mut source, ctx, &peer.node_id).await?;
         send(&mut sink, &Message::Ack { position: p }).await?;
     } else if let Plan::Incremental { from, history } = &plan {
         if *from != ctx.store.position() + 1 {
@@ -319,7 +322,11 @@ async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError>
             }
             msg = recv(&mut source, &cfg.limits) => {
                 last_heard = tokio::time::Instant::now();
-                super::note_heard(cfg, &peer.node_id, NodeRole::Master, msg.as_ref().ok());
+                // Only a message counts as hearing the peer; a closed or failed
+                // link is silence.
+                if let Ok(m) = &msg {
+                    super::note_heard(cfg, &peer.node_id, NodeRole::Master, Some(m));
+                }
                 match msg {
                 Ok(Message::Entries(entries)) => {
                     if entries.is_empty() {
@@ -349,7 +356,7 @@ async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError>
                 }
                 Ok(Message::SyncPlan(Plan::Snapshot { reason })) => {
                     tracing::info!(?reason, "master sends a full snapshot");
-                    match receive_snapshot(&mut source, ctx).await {
+                    match receive_snapshot(&mut source, ctx, &peer.node_id).await {
                         Ok(p) => {
                             last_heard = tokio::time::Instant::now();
                             if let Err(e) = send(&mut sink, &Message::Ack { position: p }).await {
@@ -388,9 +395,12 @@ async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError>
 async fn receive_snapshot<R: FrameSource>(
     source: &mut R,
     ctx: &Arc<Ctx>,
+    peer: &str,
 ) -> Result<u64, SessionError> {
     let limits = &ctx.cfg.limits;
-    let header = match recv(source, limits).await? {
+    let begin = recv(source, limits).await?;
+    super::note_heard(&ctx.cfg, peer, NodeRole::Master, Some(&begin));
+    let header = match begin {
         Message::SnapshotBegin {
             history,
             position,
@@ -434,7 +444,12 @@ async fn receive_snapshot<R: FrameSource>(
     }));
     let mut done = 0u64;
     let transfer = loop {
-        match recv(source, limits).await {
+        let msg = recv(source, limits).await;
+        // Every snapshot frame is the master alive: a long resync is no failover.
+        if let Ok(m) = &msg {
+            super::note_heard(&ctx.cfg, peer, NodeRole::Master, Some(m));
+        }
+        match msg {
             Ok(Message::SnapshotRows { table, rows }) => {
                 done += rows.len() as u64;
                 if tx.send(Ok((table, rows))).await.is_err() {

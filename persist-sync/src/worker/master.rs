@@ -287,6 +287,7 @@ async fn session<L: Link>(link: L, ctx: &Arc<Ctx>) -> Result<(), SessionError> {
         Plan::Snapshot { .. } => send_snapshot(&mut sink, ctx).await? + 1,
     };
     ctx.acks.reset(from - 1);
+    super::begin_session(&ctx.cfg);
     stream(sink, source, from, ctx, generation, peer.node_id).await
 }
 
@@ -460,7 +461,11 @@ async fn stream<S: FrameSink, R: FrameSource>(
             }
             msg = from_backup.recv() => {
                 last_heard = tokio::time::Instant::now();
-                super::note_heard(cfg, &peer_id, NodeRole::Backup, msg.as_ref().and_then(|m| m.as_ref().ok()));
+                // Only a message counts as hearing the peer; a closed or failed
+                // link is silence.
+                if let Some(Ok(m)) = &msg {
+                    super::note_heard(cfg, &peer_id, NodeRole::Backup, Some(m));
+                }
                 match msg {
                 Some(Ok(Message::Ack { position })) => {
                     if !window.on_ack(position) {

@@ -72,6 +72,17 @@ pub struct Heard {
     pub claim: persist_core::Claim,
     /// The peer's log position.
     pub position: u64,
+    /// Whether the peer sent a heartbeat in the current session (only then
+    /// are `role`, `claim` and `position` current).
+    pub announced: bool,
+}
+
+/// Starts a session's view of the peer afresh: nothing it announced on an
+/// earlier connection counts (it may have been frozen or restarted since).
+pub(crate) fn begin_session(cfg: &SyncConfig) {
+    if let Some(tx) = &cfg.heard {
+        tx.send_replace(None);
+    }
 }
 
 /// Records a frame from the peer (and, for a heartbeat, its announcement).
@@ -92,6 +103,7 @@ pub(crate) fn note_heard(
                 role: default_role,
                 claim: persist_core::Claim::default(),
                 position: 0,
+                announced: false,
             },
         };
         cur.at = now;
@@ -111,6 +123,7 @@ pub(crate) fn note_heard(
                 by: None,
             };
             cur.position = *position;
+            cur.announced = true;
         }
         *h = Some(cur);
     });
