@@ -173,3 +173,193 @@ async fn blocking_subscribers_see_every_change() {
     );
     drop(m);
 }
+
+mod alarms {
+    //! A module's alarm book as runtime state: raised alarms, acknowledgements,
+    //! and which notifications went out.
+
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    use persist::sync::runtime_state::TypedStateProvider;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Alarm {
+        pub name: String,
+        pub acked: bool,
+        pub notified: bool,
+    }
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub enum Update {
+        Raise(u64, String),
+        Ack(u64),
+        Notified(u64),
+    }
+
+    #[derive(Clone, Default)]
+    pub struct Book(pub Arc<Mutex<BTreeMap<u64, Alarm>>>);
+
+    impl Book {
+        pub fn apply(&self, u: &Update) {
+            let mut b = self.0.lock().unwrap();
+            match u {
+                Update::Raise(id, name) => {
+                    b.insert(
+                        *id,
+                        Alarm {
+                            name: name.clone(),
+                            acked: false,
+                            notified: false,
+                        },
+                    );
+                }
+                Update::Ack(id) => {
+                    if let Some(a) = b.get_mut(id) {
+                        a.acked = true;
+                    }
+                }
+                Update::Notified(id) => {
+                    if let Some(a) = b.get_mut(id) {
+                        a.notified = true;
+                    }
+                }
+            }
+        }
+        pub fn snapshot(&self) -> BTreeMap<u64, Alarm> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    impl TypedStateProvider for Book {
+        type State = BTreeMap<u64, Alarm>;
+        type Update = Update;
+        fn full_state(&self) -> Self::State {
+            self.snapshot()
+        }
+        fn apply_full(&self, state: Self::State) -> Result<(), String> {
+            *self.0.lock().unwrap() = state;
+            Ok(())
+        }
+        fn apply_update(&self, update: Update) -> Result<(), String> {
+            self.apply(&update);
+            Ok(())
+        }
+    }
+
+    /// A provider whose updates always panic: it must not stop the others.
+    pub struct Broken;
+    impl TypedStateProvider for Broken {
+        type State = u32;
+        type Update = u32;
+        fn full_state(&self) -> u32 {
+            0
+        }
+        fn apply_full(&self, _: u32) -> Result<(), String> {
+            Ok(())
+        }
+        fn apply_update(&self, _: u32) -> Result<(), String> {
+            panic!("module bug in the broken provider")
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_and_acks_survive_failover_and_nothing_is_notified_twice() {
+    use persist::sync::runtime_state::RuntimeStates;
+    let net = MemoryNetwork::with_seed(9);
+    let (fm, fb) = (Fixture::sqlite(), Fixture::sqlite());
+    let (book_a, book_b) = (alarms::Book::default(), alarms::Book::default());
+    let (rt_a, rt_b) = (RuntimeStates::new(), RuntimeStates::new());
+    rt_a.register_typed("alarms", book_a.clone());
+    rt_b.register_typed("alarms", book_b.clone());
+    rt_a.register_typed("broken", alarms::Broken);
+    rt_b.register_typed("broken", alarms::Broken);
+    let mut sa = sync("gw-a");
+    sa.runtime = Some(rt_a.clone());
+    let mut sb = sync("gw-b");
+    sb.runtime = Some(rt_b.clone());
+    let m = start_master_node(
+        store(&fm),
+        settings(NodeRole::Master, "gw-a"),
+        net.acceptor("gw-a"),
+        sa,
+    )
+    .unwrap();
+    let b = start_backup_node(
+        store(&fb),
+        settings(NodeRole::Backup, "gw-b"),
+        net.dialer("gw-a"),
+        sb,
+    );
+    until("master active", &m, |a| a == ActivityLevel::Active).await;
+    until("backup cold", &b, |a| a == ActivityLevel::Cold).await;
+    assert!(
+        rt_b.post_typed("alarms", &alarms::Update::Ack(1)).is_err(),
+        "a standby does not post"
+    );
+
+    // The active master raises, acknowledges and notifies; each change is posted.
+    for id in 0..100u64 {
+        let u = alarms::Update::Raise(id, format!("tank {id} high"));
+        book_a.apply(&u);
+        rt_a.post_typed("alarms", &u).unwrap();
+        let n = alarms::Update::Notified(id);
+        book_a.apply(&n);
+        rt_a.post_typed("alarms", &n).unwrap();
+    }
+    for id in (0..100u64).step_by(3) {
+        let u = alarms::Update::Ack(id);
+        book_a.apply(&u);
+        rt_a.post_typed("alarms", &u).unwrap();
+    }
+    rt_a.post_typed("broken", &7u32).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while book_b.snapshot() != book_a.snapshot() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "standby state never matched"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The broken provider's panic was isolated and reported.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !rt_b.errors().contains_key("broken") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broken provider's failure was not reported"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!rt_b.errors().contains_key("alarms"));
+
+    // Failover: the backup takes over with every acknowledgement, and finds
+    // nothing left to notify.
+    net.partition(true);
+    until("backup takes over", &b, |a| a == ActivityLevel::Active).await;
+    let book = book_b.snapshot();
+    assert_eq!(book.len(), 100);
+    assert_eq!(book.values().filter(|a| a.acked).count(), 34);
+    let to_notify: Vec<_> = book
+        .iter()
+        .filter(|(_, a)| !a.notified)
+        .map(|(id, _)| *id)
+        .collect();
+    assert!(to_notify.is_empty(), "would notify again: {to_notify:?}");
+    // While the backup is active it posts; when the master returns it gets the state.
+    let u = alarms::Update::Raise(500, "raised on the backup".into());
+    book_b.apply(&u);
+    rt_b.post_typed("alarms", &u).unwrap();
+    net.partition(false);
+    until("master active again", &m, |a| a == ActivityLevel::Active).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !book_a.snapshot().contains_key(&500) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the master never got the state of the active backup"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(book_a.snapshot(), book_b.snapshot());
+}

@@ -319,23 +319,7 @@ fn closed(during: &str) -> AuthError {
 }
 
 fn unexpected(expected: &str, got: &Message) -> AuthError {
-    AuthError::Protocol(format!("expected {expected}, got {}", kind(got)))
-}
-
-fn kind(msg: &Message) -> &'static str {
-    match msg {
-        Message::Hello { .. } => "Hello",
-        Message::Proof { .. } => "Proof",
-        Message::Refused { .. } => "Refused",
-        Message::SyncRequest { .. } => "SyncRequest",
-        Message::SyncPlan(_) => "SyncPlan",
-        Message::Entries(_) => "Entries",
-        Message::Ack { .. } => "Ack",
-        Message::SnapshotBegin { .. } => "SnapshotBegin",
-        Message::SnapshotRows { .. } => "SnapshotRows",
-        Message::SnapshotEnd => "SnapshotEnd",
-        Message::Heartbeat { .. } => "Heartbeat",
-    }
+    AuthError::Protocol(format!("expected {expected}, got {}", got.kind()))
 }
 
 /// Checks the peer's hello against ours; the refusal to send if it fails.

@@ -298,6 +298,13 @@ fn check_message(msg: &Message, limits: &Limits) -> Result<(), CodecError> {
         Message::SnapshotRows { rows, .. } => {
             check_count("snapshot rows", rows.len() as u64, limits.max_items)?;
         }
+        Message::Heartbeat {
+            active: Some(active),
+            ..
+        } => string("active node id", active)?,
+        Message::RuntimeFull { provider, .. }
+        | Message::RuntimeUpdate { provider, .. }
+        | Message::RuntimeResend { provider } => string("runtime state provider id", provider)?,
         Message::Proof { .. }
         | Message::Refused { .. }
         | Message::SyncPlan(_)

@@ -8,11 +8,13 @@
 //! - [`core`]: the protocol's decisions, free of I/O.
 //! - [`worker`]: the tokio tasks that drive a master and a backup.
 //! - [`redundancy`]: roles, activity, failover and recovery of the pair.
+//! - [`runtime_state`]: a module's live state carried to the standby.
 
 pub mod auth;
 pub mod codec;
 pub mod core;
 pub mod protocol;
 pub mod redundancy;
+pub mod runtime_state;
 pub mod transport;
 pub mod worker;

@@ -196,4 +196,54 @@ pub enum Message {
         /// The node the sender holds active at `epoch` (`None`: undecided).
         active: Option<String>,
     },
+    /// From the active node: the full runtime state of one provider.
+    RuntimeFull {
+        /// Provider id.
+        provider: String,
+        /// The sender's epoch.
+        epoch: u64,
+        /// Sequence number of the last update the state includes.
+        seq: u64,
+        /// The provider's encoded state.
+        state: Vec<u8>,
+    },
+    /// From the active node: one update of one provider.
+    RuntimeUpdate {
+        /// Provider id.
+        provider: String,
+        /// The sender's epoch.
+        epoch: u64,
+        /// The update's sequence number (one more than the previous).
+        seq: u64,
+        /// The provider's encoded update.
+        update: Vec<u8>,
+    },
+    /// From the standby: its copy of a provider's state is broken (a gap or a
+    /// failed apply); send a full state.
+    RuntimeResend {
+        /// Provider id.
+        provider: String,
+    },
+}
+
+impl Message {
+    /// The variant's name, for errors and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "Hello",
+            Message::Proof { .. } => "Proof",
+            Message::Refused { .. } => "Refused",
+            Message::SyncRequest { .. } => "SyncRequest",
+            Message::SyncPlan(_) => "SyncPlan",
+            Message::Entries(_) => "Entries",
+            Message::Ack { .. } => "Ack",
+            Message::SnapshotBegin { .. } => "SnapshotBegin",
+            Message::SnapshotRows { .. } => "SnapshotRows",
+            Message::SnapshotEnd => "SnapshotEnd",
+            Message::Heartbeat { .. } => "Heartbeat",
+            Message::RuntimeFull { .. } => "RuntimeFull",
+            Message::RuntimeUpdate { .. } => "RuntimeUpdate",
+            Message::RuntimeResend { .. } => "RuntimeResend",
+        }
+    }
 }

@@ -52,6 +52,7 @@ struct Blocking {
 
 /// A running node.
 pub struct NodeHandle {
+    runtime: Option<Arc<crate::runtime_state::RuntimeStates>>,
     store: Store,
     state: watch::Receiver<RedundancyState>,
     blocking: Arc<Blocking>,
@@ -77,8 +78,16 @@ pub fn start_master_node<A: Acceptor>(
     sync: SyncConfig,
 ) -> std::io::Result<NodeHandle> {
     let (sync, heard) = prepare(&store, &settings, sync);
+    let runtime = sync.runtime.clone();
     let master = Arc::new(start_master(store.clone(), acceptor, sync)?);
-    Ok(spawn_driver(store, settings, heard, Some(master), None))
+    Ok(spawn_driver(
+        store,
+        settings,
+        heard,
+        Some(master),
+        None,
+        runtime,
+    ))
 }
 
 /// Starts the backup node of a pair on the current tokio runtime.
@@ -89,8 +98,9 @@ pub fn start_backup_node<D: Dialer>(
     sync: SyncConfig,
 ) -> NodeHandle {
     let (sync, heard) = prepare(&store, &settings, sync);
+    let runtime = sync.runtime.clone();
     let backup = start_backup(store.clone(), dialer, sync);
-    spawn_driver(store, settings, heard, None, Some(backup))
+    spawn_driver(store, settings, heard, None, Some(backup), runtime)
 }
 
 fn prepare(
@@ -119,6 +129,7 @@ fn spawn_driver(
     heard: watch::Receiver<Option<Heard>>,
     master: Option<Arc<MasterHandle>>,
     backup: Option<BackupHandle>,
+    runtime: Option<Arc<crate::runtime_state::RuntimeStates>>,
 ) -> NodeHandle {
     let machine = Machine::new(settings, store.claim(), Instant::now());
     let link = match (&master, &backup) {
@@ -131,16 +142,18 @@ fn spawn_driver(
     let blocking = Arc::new(Blocking::default());
     *blocking.state.lock() = Some((0, initial));
     let (commands, rx) = mpsc::channel(8);
-    let driver = tokio::spawn(drive(
+    let driver = tokio::spawn(drive(Driver {
         machine,
-        store.clone(),
+        store: store.clone(),
         heard,
-        rx,
-        state_tx,
-        blocking.clone(),
+        commands: rx,
+        state: state_tx,
+        blocking: blocking.clone(),
         link,
-    ));
+        runtime: runtime.clone(),
+    }));
     NodeHandle {
+        runtime,
         store,
         state,
         blocking,
@@ -191,15 +204,33 @@ fn describe(
     }
 }
 
-async fn drive(
-    mut machine: Machine,
+/// Everything the driver task owns.
+struct Driver {
+    machine: Machine,
     store: Store,
-    mut heard: watch::Receiver<Option<Heard>>,
-    mut commands: mpsc::Receiver<Command>,
+    heard: watch::Receiver<Option<Heard>>,
+    commands: mpsc::Receiver<Command>,
     state: watch::Sender<RedundancyState>,
     blocking: Arc<Blocking>,
     link: LinkSource,
-) {
+    runtime: Option<Arc<crate::runtime_state::RuntimeStates>>,
+}
+
+async fn drive(d: Driver) {
+    let Driver {
+        mut machine,
+        store,
+        mut heard,
+        mut commands,
+        state,
+        blocking,
+        link,
+        runtime,
+    } = d;
+    if let Some(rt) = &runtime {
+        let s = state.borrow().clone();
+        rt.set_active(s.activity == ActivityLevel::Active, s.epoch);
+    }
     let mut error: Option<String> = None;
     let mut pending_position = 0u64;
     let mut refresh = tokio::time::interval(machine.settings().heartbeat_interval);
@@ -259,6 +290,11 @@ async fn drive(
             }
         }
         let mut next = describe(&machine, &store, &link, error.clone());
+        if let Some(rt) = &runtime {
+            if state.borrow().activity != next.activity || state.borrow().epoch != next.epoch {
+                rt.set_active(next.activity == ActivityLevel::Active, next.epoch);
+            }
+        }
         if next.role == NodeRole::Backup {
             next.pending_updates = pending_position.saturating_sub(store.position());
         }
@@ -311,6 +347,11 @@ impl NodeHandle {
                 return (v, s);
             }
         }
+    }
+
+    /// The runtime state registry given in the sync settings, if any.
+    pub fn runtime(&self) -> Option<&Arc<crate::runtime_state::RuntimeStates>> {
+        self.runtime.as_ref()
     }
 
     /// The node's store.

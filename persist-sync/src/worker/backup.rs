@@ -8,7 +8,7 @@ use persist_core::{Error as StoreError, LogEntry, SnapshotHeader, SnapshotTableI
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
-use super::master::{message_kind, AbortOnDrop};
+use super::master::AbortOnDrop;
 use super::{recv, send, send_within, LinkStatus, SessionError, SyncConfig};
 use crate::auth::authenticate;
 use crate::protocol::{LinkRole, Message, NodeRole, Plan, ResyncReason};
@@ -241,7 +241,7 @@ async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError>
         Ok(other) => {
             return Err(SessionError::Protocol(format!(
                 "expected a sync plan, got {}",
-                message_kind(&other)
+                other.kind()
             )))
         }
         Err(e) => {
@@ -309,8 +309,16 @@ async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError>
     let mut in_flight = 0usize;
     let inline_ok = tokio::runtime::Handle::current().runtime_flavor()
         == tokio::runtime::RuntimeFlavor::MultiThread;
+    let mut runtime = super::RuntimeLink::new(cfg);
+    // An active backup (after a failover) hands its state to the returning master.
+    runtime.flush(&mut sink, cfg.peer_timeout).await?;
     let result = loop {
         tokio::select! {
+            _ = runtime.changed() => {
+                if let Err(e) = runtime.flush(&mut sink, cfg.peer_timeout).await {
+                    break Err(e);
+                }
+            }
             _ = beat.tick() => {
                 let hb = super::heartbeat(&ctx.store, NodeRole::Backup);
                 if let Err(e) = send_within(&mut sink, &hb, cfg.peer_timeout).await {
@@ -368,7 +376,12 @@ async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError>
                 }
                 Ok(Message::Heartbeat { .. }) => {}
                 Ok(Message::Refused { reason }) => break Err(SessionError::Refused(reason)),
-                Ok(other) => break Err(SessionError::Protocol(format!("unexpected message from the master: {}", message_kind(&other)))),
+                Ok(m @ (Message::RuntimeFull { .. } | Message::RuntimeUpdate { .. } | Message::RuntimeResend { .. })) => {
+                    if let Err(e) = runtime.receive(&mut sink, &m, cfg.peer_timeout).await {
+                        break Err(e);
+                    }
+                }
+                Ok(other) => break Err(SessionError::Protocol(format!("unexpected message from the master: {}", other.kind()))),
                 Err(e) => break Err(e),
             }
             },
@@ -423,7 +436,7 @@ async fn receive_snapshot<R: FrameSource>(
         other => {
             return Err(SessionError::Protocol(format!(
                 "expected a snapshot, got {}",
-                message_kind(&other)
+                other.kind()
             )))
         }
     };
@@ -461,7 +474,7 @@ async fn receive_snapshot<R: FrameSource>(
             Ok(other) => {
                 break Err(SessionError::Protocol(format!(
                     "unexpected {} inside a snapshot",
-                    message_kind(&other)
+                    other.kind()
                 )))
             }
             Err(e) => break Err(e),

@@ -399,6 +399,8 @@ async fn stream<S: FrameSink, R: FrameSource>(
     let mut beat = tokio::time::interval(cfg.heartbeat_interval);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = tokio::time::Instant::now();
+    let mut runtime = super::RuntimeLink::new(cfg);
+    runtime.flush(&mut sink, cfg.peer_timeout).await?;
     loop {
         let head_pos = (*head.borrow_and_update()).max(ctx.store.position());
         let n = window.sendable(head_pos);
@@ -447,6 +449,7 @@ async fn stream<S: FrameSink, R: FrameSource>(
             continue;
         }
         tokio::select! {
+            _ = runtime.changed() => runtime.flush(&mut sink, cfg.peer_timeout).await?,
             _ = beat.tick() => {
                 let hb = super::heartbeat(&ctx.store, NodeRole::Master);
                 send_within(&mut sink, &hb, cfg.peer_timeout).await?;
@@ -482,8 +485,9 @@ async fn stream<S: FrameSink, R: FrameSource>(
                     });
                 }
                 Some(Ok(Message::Heartbeat { .. })) => {}
+                Some(Ok(m)) if runtime.receive(&mut sink, &m, cfg.peer_timeout).await? => {}
                 Some(Ok(other)) => {
-                    return Err(SessionError::Protocol(format!("unexpected message from the backup: {}", message_kind(&other))));
+                    return Err(SessionError::Protocol(format!("unexpected message from the backup: {}", other.kind())));
                 }
                 Some(Err(e)) => return Err(e),
                 None => return Err(SessionError::Closed),
@@ -537,23 +541,6 @@ async fn retention_loop(ctx: Arc<Ctx>) {
             Ok(Err(e)) => tracing::warn!("log retention failed: {e}"),
             _ => {}
         }
-    }
-}
-
-/// The name of a message's variant, for errors and logs.
-pub(crate) fn message_kind(m: &Message) -> &'static str {
-    match m {
-        Message::Hello { .. } => "Hello",
-        Message::Proof { .. } => "Proof",
-        Message::Refused { .. } => "Refused",
-        Message::SyncRequest { .. } => "SyncRequest",
-        Message::SyncPlan(_) => "SyncPlan",
-        Message::Entries(_) => "Entries",
-        Message::Ack { .. } => "Ack",
-        Message::SnapshotBegin { .. } => "SnapshotBegin",
-        Message::SnapshotRows { .. } => "SnapshotRows",
-        Message::SnapshotEnd => "SnapshotEnd",
-        Message::Heartbeat { .. } => "Heartbeat",
     }
 }
 

@@ -57,6 +57,8 @@ pub struct SyncConfig {
     /// Where the worker reports every frame heard from the peer, with the
     /// peer's latest heartbeat (the redundancy runtime watches it).
     pub heard: Option<watch::Sender<Option<Heard>>>,
+    /// Runtime state carried between the nodes (see [`crate::runtime_state`]).
+    pub runtime: Option<Arc<crate::runtime_state::RuntimeStates>>,
 }
 
 /// The peer as last heard on the link.
@@ -158,6 +160,7 @@ impl SyncConfig {
             heartbeat_interval: Duration::from_millis(500),
             peer_timeout: Duration::from_secs(5),
             heard: None,
+            runtime: None,
         }
     }
 }
@@ -331,4 +334,81 @@ pub enum SyncError {
     /// The write itself failed.
     #[error(transparent)]
     Store(#[from] persist_core::Error),
+}
+
+/// A session's share of the runtime state exchange.
+pub(crate) struct RuntimeLink {
+    states: Option<Arc<crate::runtime_state::RuntimeStates>>,
+    changed: Option<watch::Receiver<u64>>,
+    cursor: crate::runtime_state::Cursor,
+}
+
+impl RuntimeLink {
+    pub fn new(cfg: &SyncConfig) -> Self {
+        RuntimeLink {
+            changed: cfg.runtime.as_ref().map(|r| r.subscribe()),
+            states: cfg.runtime.clone(),
+            cursor: Default::default(),
+        }
+    }
+
+    /// Sends whatever is due (full states on a new link, queued updates).
+    pub async fn flush<S: FrameSink>(
+        &mut self,
+        sink: &mut S,
+        timeout: Duration,
+    ) -> Result<(), SessionError> {
+        let Some(states) = &self.states else {
+            return Ok(());
+        };
+        if let Some(c) = self.changed.as_mut() {
+            c.borrow_and_update();
+        }
+        for msg in states.outgoing(&mut self.cursor) {
+            send_within(sink, &msg, timeout).await?;
+        }
+        Ok(())
+    }
+
+    /// Resolves when there may be something to send.
+    pub async fn changed(&mut self) {
+        match self.changed.as_mut() {
+            Some(c) => {
+                if c.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Handles a runtime message from the peer; true if it was one.
+    pub async fn receive<S: FrameSink>(
+        &mut self,
+        sink: &mut S,
+        msg: &Message,
+        timeout: Duration,
+    ) -> Result<bool, SessionError> {
+        let Some(states) = &self.states else {
+            return Ok(matches!(
+                msg,
+                Message::RuntimeFull { .. }
+                    | Message::RuntimeUpdate { .. }
+                    | Message::RuntimeResend { .. }
+            ));
+        };
+        match msg {
+            Message::RuntimeFull { .. } | Message::RuntimeUpdate { .. } => {
+                if let Some(reply) = states.incoming(msg) {
+                    send_within(sink, &reply, timeout).await?;
+                }
+                Ok(true)
+            }
+            Message::RuntimeResend { provider } => {
+                states.resend(&mut self.cursor, provider);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
 }
