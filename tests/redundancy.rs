@@ -99,11 +99,25 @@ async fn cut_link_fails_over_then_settles_to_one_active_node() {
     assert!(b.state().epoch > m.state().epoch);
     // The link returns: the master steps down at once, then gets the pair back.
     net.partition(false);
-    until("master back to active", &m, |a| a == ActivityLevel::Active).await;
-    until("backup back to standby", &b, |a| a == ActivityLevel::Cold).await;
-    let (sm, sb) = (m.state(), b.state());
-    assert_eq!(sm.epoch, sb.epoch);
-    assert_eq!(sm.active_node.as_deref(), Some("gw-a"));
+    // Settled: one claim on both nodes, naming the master, above the takeover.
+    let takeover = b.state().epoch;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (sm, sb) = (m.state(), b.state());
+        if sm.epoch == sb.epoch
+            && sm.epoch > takeover
+            && sm.activity == ActivityLevel::Active
+            && sb.activity == ActivityLevel::Cold
+        {
+            assert_eq!(sm.active_node.as_deref(), Some("gw-a"));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never settled: master {sm:?}, backup {sb:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     // Nothing written on the master was lost; the backup has all of it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while b.store().digest() != m.store().digest() {
