@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use persist::sync::auth::{AuthConfig, Secret};
-use persist::sync::redundancy::{start_backup_node, start_master_node, ActivityLevel, NodeHandle, NodeRole, RedundancySettings};
+use persist::sync::redundancy::{
+    start_backup_node, start_master_node, ActivityLevel, NodeHandle, NodeRole, RedundancySettings,
+};
 use persist::sync::runtime_state::{RuntimeStates, TypedStateProvider};
 use persist::sync::transport::tcp::{TcpAcceptor, TcpDialer};
 use persist::sync::worker::SyncConfig;
@@ -70,7 +72,14 @@ impl TypedStateProvider for Book {
 }
 
 fn sync(node: &str, rt: &Arc<RuntimeStates>) -> SyncConfig {
-    let mut c = SyncConfig::new(AuthConfig::new("bench", node, Secret::new(b"a long shared secret for the pair".to_vec()).unwrap()).unwrap());
+    let mut c = SyncConfig::new(
+        AuthConfig::new(
+            "bench",
+            node,
+            Secret::new(b"a long shared secret for the pair".to_vec()).unwrap(),
+        )
+        .unwrap(),
+    );
     c.runtime = Some(rt.clone());
     c.reconnect_initial = Duration::from_millis(10);
     c
@@ -89,7 +98,11 @@ async fn until(node: &NodeHandle, level: ActivityLevel) {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     rt.block_on(async {
         let (m_store, b_store) = (Store::open_sqlite(dir.path().join("m.db")).unwrap(), Store::open_sqlite(dir.path().join("b.db")).unwrap());

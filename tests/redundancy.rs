@@ -377,3 +377,53 @@ async fn alarms_and_acks_survive_failover_and_nothing_is_notified_twice() {
     }
     assert_eq!(book_a.snapshot(), book_b.snapshot());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_masters_both_refuse_config_writes() {
+    let net = MemoryNetwork::with_seed(4);
+    let (fa, fb) = (Fixture::sqlite(), Fixture::sqlite());
+    let a = start_master_node(
+        store(&fa),
+        settings(NodeRole::Master, "gw-a"),
+        net.acceptor("gw-a"),
+        sync("gw-a"),
+    )
+    .unwrap();
+    let b = start_master_node(
+        store(&fb),
+        settings(NodeRole::Master, "gw-b"),
+        net.acceptor("gw-b"),
+        sync("gw-b"),
+    )
+    .unwrap();
+    // Both accept writes until they find each other.
+    a.store().insert(&profile("a alone")).unwrap();
+    a.probe_peer(net.dialer("gw-b"), sync("gw-a"), Duration::from_millis(50));
+    b.probe_peer(net.dialer("gw-a"), sync("gw-b"), Duration::from_millis(50));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let refused = |n: &NodeHandle| matches!(n.store().insert(&profile("x")), Err(Error::NotMaster { ref reason }) if reason.contains("also configured as master"));
+        if refused(&a) && refused(&b) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a: {:?} b: {:?}",
+            a.state(),
+            b.state()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !(a.state().last_error.is_some_and(|e| e.contains("gw-b"))
+        && b.state().last_error.is_some_and(|e| e.contains("gw-a")))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the conflict is not shown: a {:?} b {:?}",
+            a.state(),
+            b.state()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

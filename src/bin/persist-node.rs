@@ -115,6 +115,9 @@ enum Role {
         /// First transaction number (to continue after a restart).
         #[arg(long, default_value_t = 0)]
         first_tx: i64,
+        /// The peer's address, probed to make sure it is not a master too.
+        #[arg(long)]
+        probe_peer: Option<String>,
     },
     /// Follow a master.
     Backup {
@@ -228,15 +231,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             rows_per_tx,
             sync_timeout_ms,
             first_tx,
+            probe_peer,
         } => {
             let (store, cfg) = open(&common, "master")?;
             let red = settings(&common, NodeRole::Master, &cfg.auth.node_id)?;
+            let probe_cfg = cfg.clone();
             let node = Arc::new(rt.block_on(async {
                 let acceptor = TcpAcceptor::bind(listen.as_str(), None).await?;
                 line(format_args!("LISTENING {}", acceptor.local_socket_addr()));
                 start_master_node(store.clone(), red, acceptor, cfg)
             })?);
             narrate(&rt, &node);
+            if let Some(peer) = probe_peer {
+                let _guard = rt.enter();
+                node.probe_peer(
+                    TcpDialer::new(peer, None),
+                    probe_cfg,
+                    Duration::from_secs(2),
+                );
+            }
             let master = node.master().expect("a master node");
             let timeout = Duration::from_millis(sync_timeout_ms);
             for tx in first_tx..first_tx + write_txs as i64 {

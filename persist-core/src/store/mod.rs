@@ -799,6 +799,11 @@ impl Store {
         self.inner.writer.lock().gate = reason;
     }
 
+    /// Why local writes are refused, if they are.
+    pub fn write_gate(&self) -> Option<String> {
+        self.inner.writer.lock().gate.clone()
+    }
+
     /// Up to `max` log entries from `from` on, in order.
     pub fn read_log(&self, from: u64, max: usize) -> Result<Vec<LogEntry>> {
         let mut stmt = Statement::new(format!(

@@ -64,6 +64,9 @@ pub enum RefuseReason {
     NotMaster,
     /// Another backup is already connected.
     Busy,
+    /// Both nodes are configured as master: neither may accept config writes
+    /// until an operator fixes the configuration.
+    DualMaster,
     /// The peer broke the protocol (unexpected message).
     Protocol(String),
 }
@@ -152,6 +155,9 @@ pub enum Message {
         epoch: u64,
         /// Ask for a full snapshot regardless.
         force_snapshot: Option<ResyncReason>,
+        /// The requester's configured role (a master probing its peer says
+        /// Master, so two masters find each other).
+        role: NodeRole,
     },
     /// Master to backup: what follows.
     SyncPlan(Plan),

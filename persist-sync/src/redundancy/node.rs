@@ -52,6 +52,7 @@ struct Blocking {
 
 /// A running node.
 pub struct NodeHandle {
+    probes: Mutex<Vec<JoinHandle<()>>>,
     runtime: Option<Arc<crate::runtime_state::RuntimeStates>>,
     store: Store,
     state: watch::Receiver<RedundancyState>,
@@ -153,6 +154,7 @@ fn spawn_driver(
         runtime: runtime.clone(),
     }));
     NodeHandle {
+        probes: Mutex::new(Vec::new()),
         runtime,
         store,
         state,
@@ -200,7 +202,13 @@ fn describe(
         peer_connected: status.connected,
         last_sync: status.last_sync,
         pending_updates: pending,
-        last_error: error.or(status.last_error),
+        last_error: error
+            .or_else(|| {
+                (m.settings().role == NodeRole::Master)
+                    .then(|| store.write_gate())
+                    .flatten()
+            })
+            .or(status.last_error),
     }
 }
 
@@ -391,6 +399,27 @@ impl NodeHandle {
         rx.await.map_err(|_| "node stopped".to_string())?
     }
 
+    /// On a master: dials the configured peer every `every` to make sure it
+    /// is not a master too. If it is, both nodes close their write gates
+    /// (config writes fail with `Error::NotMaster` naming the other node) and
+    /// report it in `last_error`, until an operator fixes the configuration
+    /// and restarts them: two masters must never both accept config writes.
+    pub fn probe_peer<D: Dialer>(&self, dialer: D, sync: SyncConfig, every: Duration) {
+        let store = self.store.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                match crate::worker::master::probe_peer(&dialer, &store, &sync).await {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(e) => tracing::debug!("peer probe: {e}"),
+                }
+            }
+        });
+        self.probes.lock().push(task);
+    }
+
     /// Stops the node.
     pub async fn shutdown(mut self) {
         self.driver.abort();
@@ -408,5 +437,8 @@ impl NodeHandle {
 impl Drop for NodeHandle {
     fn drop(&mut self) {
         self.driver.abort();
+        for p in self.probes.lock().drain(..) {
+            p.abort();
+        }
     }
 }

@@ -228,6 +228,7 @@ async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError>
             digest: verified.computed,
             epoch: store.epoch(),
             force_snapshot: force.clone(),
+            role: NodeRole::Backup,
         },
     )
     .await?;

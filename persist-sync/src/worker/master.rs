@@ -218,6 +218,7 @@ async fn session<L: Link>(link: L, ctx: &Arc<Ctx>) -> Result<(), SessionError> {
         digest,
         epoch: _,
         force_snapshot,
+        role,
     } = recv(&mut source, &ctx.cfg.limits).await?
     else {
         let reason = RefuseReason::Protocol("expected a sync request".into());
@@ -230,6 +231,21 @@ async fn session<L: Link>(link: L, ctx: &Arc<Ctx>) -> Result<(), SessionError> {
         .await;
         return Err(SessionError::Protocol("expected a sync request".into()));
     };
+    if role == NodeRole::Master {
+        // Two masters: neither may take config writes (see `redundancy`).
+        let reason = RefuseReason::DualMaster;
+        tracing::error!(peer = %peer.node_id, "another node is configured as master: refusing config writes");
+        let _ = send(
+            &mut sink,
+            &Message::Refused {
+                reason: reason.clone(),
+            },
+        )
+        .await;
+        enter_dual_master(&ctx.store, &peer.node_id);
+        ctx.update(|s| s.refused = Some(reason.clone()));
+        return Err(SessionError::RefusedPeer(reason));
+    }
     let store = ctx.store.clone();
     let head = store.head()?;
     let master = MasterView {
@@ -289,6 +305,55 @@ async fn session<L: Link>(link: L, ctx: &Arc<Ctx>) -> Result<(), SessionError> {
     ctx.acks.reset(from - 1);
     super::begin_session(&ctx.cfg);
     stream(sink, source, from, ctx, generation, peer.node_id).await
+}
+
+/// Closes the write gate of a master that found another master.
+pub(crate) fn enter_dual_master(store: &Store, other: &str) {
+    store.set_write_gate(Some(format!(
+        "node {other} is also configured as master; fix the configuration and restart both nodes"
+    )));
+}
+
+/// Dials `dialer` as a master would and reports whether the peer is a
+/// master too (then both refuse config writes). Used by the master node's
+/// periodic probe of its configured peer.
+pub(crate) async fn probe_peer<D: crate::transport::Dialer>(
+    dialer: &D,
+    store: &Store,
+    cfg: &SyncConfig,
+) -> Result<bool, SessionError> {
+    let link = dialer.dial().await?;
+    let (mut sink, mut source) = link.split();
+    let peer = authenticate(
+        &mut sink,
+        &mut source,
+        LinkRole::Dialer,
+        &cfg.auth,
+        cfg.handshake_timeout,
+    )
+    .await?;
+    send(
+        &mut sink,
+        &Message::SyncRequest {
+            schema: store.schema_fingerprint(),
+            history: store.history(),
+            position: store.position(),
+            digest: store.digest(),
+            epoch: store.epoch(),
+            force_snapshot: None,
+            role: NodeRole::Master,
+        },
+    )
+    .await?;
+    match recv(&mut source, &cfg.limits).await {
+        Ok(Message::Refused {
+            reason: RefuseReason::DualMaster,
+        }) => {
+            enter_dual_master(store, &peer.node_id);
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 async fn send_snapshot<S: FrameSink>(sink: &mut S, ctx: &Arc<Ctx>) -> Result<u64, SessionError> {

@@ -70,6 +70,7 @@ pub fn all_messages() -> Vec<Message> {
             digest: Digest(5),
             epoch: 2,
             force_snapshot: None,
+            role: persist_sync::protocol::NodeRole::Backup,
         },
         Message::SyncPlan(Plan::Incremental {
             from: 11,
@@ -114,6 +115,7 @@ pub fn all_messages() -> Vec<Message> {
             digest: Digest::EMPTY,
             epoch: 0,
             force_snapshot: Some(reason),
+            role: persist_sync::protocol::NodeRole::Backup,
         });
     }
     msgs
@@ -212,6 +214,7 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
                         digest: Digest(digest),
                         epoch,
                         force_snapshot,
+                        role: persist_sync::protocol::NodeRole::Backup,
                     }
                 }
             ),
