@@ -9,7 +9,6 @@
 
 use std::time::{Duration, Instant};
 
-use persist::log::Op;
 use persist::prelude::*;
 use persist::{Error, RecordEvent, Store};
 
@@ -171,17 +170,7 @@ fn main() -> Result<(), Error> {
         })?;
         let summary: Vec<String> = changes
             .iter()
-            .map(|c| {
-                format!(
-                    "{} {}",
-                    match c.op {
-                        Op::Insert => "insert",
-                        Op::Update => "update",
-                        Op::Delete => "delete",
-                    },
-                    c.table
-                )
-            })
+            .map(|c| format!("{} {}", c.op.name(), c.table))
             .collect();
         println!(
             "  #{} ({} bytes, digest {}): {}",

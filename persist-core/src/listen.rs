@@ -311,6 +311,8 @@ impl<R: PersistentRecord> Subscription<R> {
             Message::Commit(c) => {
                 for ch in c.changes.iter().filter(|ch| ch.table == self.table) {
                     let ev = match ch.op {
+                        // Operations announce themselves through their record changes.
+                        Op::Operation => continue,
                         Op::Insert => RecordEvent::Added(self.decode(ch.new.as_ref())?),
                         Op::Update => RecordEvent::Updated {
                             old: self.decode(ch.old.as_ref())?,

@@ -5,7 +5,7 @@
 //! ```text
 //! u8      format version (1)
 //! varint  number of changes
-//! change* varint table index, u8 op (0 insert, 1 update, 2 delete),
+//! change* varint table index, u8 op (0 insert, 1 update, 2 delete, 3 operation),
 //!         varint payload length, payload
 //! varint  number of tables, then per table: varint length, UTF-8 name
 //! ```
@@ -32,14 +32,30 @@ pub enum Op {
     Update,
     /// A removed row; payload is the key.
     Delete,
+    /// A replicated operation (table name empty); payload is
+    /// [`encode_operation`]: its name, how many record changes just before it
+    /// it produced, and its serialized form. A backup runs the operation
+    /// instead of applying those changes.
+    Operation,
 }
 
 impl Op {
+    /// A lower-case name, for logs and tools.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Insert => "insert",
+            Op::Update => "update",
+            Op::Delete => "delete",
+            Op::Operation => "operation",
+        }
+    }
+
     fn code(self) -> u8 {
         match self {
             Op::Insert => 0,
             Op::Update => 1,
             Op::Delete => 2,
+            Op::Operation => 3,
         }
     }
     fn from_code(code: u8) -> Result<Op, DecodeError> {
@@ -47,6 +63,7 @@ impl Op {
             0 => Op::Insert,
             1 => Op::Update,
             2 => Op::Delete,
+            3 => Op::Operation,
             other => return Err(malformed(format!("unknown change op {other}"))),
         })
     }
@@ -90,6 +107,21 @@ impl ChangeRef<'_> {
     pub fn image(&self) -> Result<Vec<Value>, DecodeError> {
         decode_image(self.payload)
     }
+    /// Decodes an operation: its name, the number of record changes just
+    /// before it that it produced, and its serialized form.
+    pub fn operation(&self) -> Result<(&str, u64, &[u8]), DecodeError> {
+        let mut r = Reader {
+            bytes: self.payload,
+            pos: 0,
+        };
+        let len = r.varint()?;
+        let name = std::str::from_utf8(r.take(len)?)
+            .map_err(|_| malformed("operation name is not UTF-8"))?;
+        let covers = r.varint()?;
+        let rest = r.take(r.remaining() as u64)?;
+        Ok((name, covers, rest))
+    }
+
     /// Decodes the key of a delete.
     pub fn key(&self) -> Result<Value, DecodeError> {
         postcard::from_bytes(self.payload).map_err(|e| malformed(format!("key: {e}")))
@@ -107,6 +139,16 @@ pub fn encode_image(values: &[Value], out: &mut Vec<u8>) {
     if let Ok(bytes) = postcard::to_extend(values, std::mem::take(out)) {
         *out = bytes;
     }
+}
+
+/// Encodes an operation change's payload (see [`Op::Operation`]).
+pub fn encode_operation(name: &str, covers: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len() + payload.len() + 8);
+    put_varint(&mut out, name.len() as u64);
+    out.extend_from_slice(name.as_bytes());
+    put_varint(&mut out, covers);
+    out.extend_from_slice(payload);
+    out
 }
 
 /// Encodes a key.

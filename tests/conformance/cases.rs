@@ -1195,3 +1195,107 @@ pub fn stale_epoch_entries_are_refused(fx: &Fixture) {
         Err(Error::Inapplicable { position: 2, .. })
     ));
 }
+
+/// Renames every profile with a prefix and adds a marker: replicated as the
+/// operation, not as its row changes. Counts its runs per prefix.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Rollover {
+    prefix: String,
+}
+
+static ROLLOVER_RUNS: std::sync::Mutex<std::collections::BTreeMap<String, usize>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+impl persist::ReplicatedOperation for Rollover {
+    const NAME: &'static str = "rollover";
+    fn execute(&self, tx: &mut persist::WriteTx<'_>) -> Result<(), Error> {
+        for p in tx.list::<Profile>()? {
+            let mut q = p.clone();
+            q.name = format!("{}{}", self.prefix, p.name);
+            tx.update(&q)?;
+        }
+        tx.insert(&profile(&format!("{}marker", self.prefix)))?;
+        *ROLLOVER_RUNS
+            .lock()
+            .unwrap()
+            .entry(self.prefix.clone())
+            .or_default() += 1;
+        Ok(())
+    }
+}
+
+pub fn replicated_operation_runs_once_on_each_node(fx: &Fixture) {
+    let prefix = format!(
+        "r{}-",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let runs = || {
+        ROLLOVER_RUNS
+            .lock()
+            .unwrap()
+            .get(&prefix)
+            .copied()
+            .unwrap_or(0)
+    };
+    let a = store_with_all(fx);
+    a.register_operation::<Rollover>();
+    a.insert(&profile("one")).unwrap();
+    a.insert(&profile("two")).unwrap();
+    a.write(|tx| {
+        tx.insert(&profile("three"))?;
+        tx.run_operation(&Rollover {
+            prefix: prefix.clone(),
+        })
+    })
+    .unwrap();
+    assert_eq!(runs(), 1);
+    let entry = a.read_log(3, 1).unwrap().remove(0);
+    let ops: Vec<Op> = entry.changes().unwrap().iter().map(|c| c.op).collect();
+    assert_eq!(
+        ops,
+        vec![
+            Op::Insert,
+            Op::Update,
+            Op::Update,
+            Op::Update,
+            Op::Insert,
+            Op::Operation
+        ]
+    );
+    let fx_b = fx.sibling();
+    let b = store_with_all(&fx_b);
+    b.register_operation::<Rollover>();
+    for e in a.read_log(1, 10).unwrap() {
+        b.apply(&e).unwrap();
+    }
+    assert_eq!(
+        runs(),
+        2,
+        "once on the master, once on the backup; its row changes not applied again"
+    );
+    assert_eq!(b.list::<Profile>().unwrap(), a.list::<Profile>().unwrap());
+    assert_eq!(b.digest(), a.digest());
+    // A node that does not know the operation refuses the entry, naming it.
+    let fx_c = fx.sibling();
+    let c = store_with_all(&fx_c);
+    for e in a.read_log(1, 2).unwrap() {
+        c.apply(&e).unwrap();
+    }
+    match c.apply(&entry) {
+        Err(Error::Inapplicable {
+            position: 3,
+            reason,
+        }) => assert!(reason.contains("rollover"), "{reason}"),
+        other => panic!("expected the unknown operation to be refused, got {other:?}"),
+    }
+    // An unregistered operation cannot run on the master either.
+    assert!(matches!(
+        c.run_operation(&Rollover {
+            prefix: prefix.clone()
+        }),
+        Err(Error::NotRegistered { .. })
+    ));
+}

@@ -162,6 +162,7 @@ macro_rules! conformance_suite {
                 write_gate_refuses_local_writes_only,
                 claims_are_durable_and_stamp_entries,
                 stale_epoch_entries_are_refused,
+                replicated_operation_runs_once_on_each_node,
             );
         }
     };

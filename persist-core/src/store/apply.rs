@@ -134,7 +134,50 @@ fn apply_one<'r>(
         context: format!("log entry {position}"),
         source,
     })?;
-    for ch in &changes {
+    // Record changes an operation produced are not applied: the operation runs instead.
+    let mut produced = vec![false; changes.len()];
+    for (i, ch) in changes.iter().enumerate() {
+        if ch.op == Op::Operation {
+            let (name, covers, _) = ch.operation().map_err(|source| Error::Decode {
+                context: format!("log entry {position}, operation"),
+                source,
+            })?;
+            let covers = covers as usize;
+            if covers > i || changes[i - covers..i].iter().any(|c| c.op == Op::Operation) {
+                return Err(inapplicable(
+                    position,
+                    format!("operation {name} claims {covers} changes it cannot have made"),
+                ));
+            }
+            produced[i - covers..i].iter_mut().for_each(|p| *p = true);
+        }
+    }
+    for (i, ch) in changes.iter().enumerate() {
+        if produced[i] {
+            continue;
+        }
+        if ch.op == Op::Operation {
+            pending.flush(tx, position)?;
+            let (name, _, payload) = ch.operation().map_err(|source| Error::Decode {
+                context: format!("log entry {position}, operation"),
+                source,
+            })?;
+            let run = reg
+                .operations
+                .get(name)
+                .ok_or_else(|| {
+                    inapplicable(
+                        position,
+                        format!("operation {name} is not registered on this node"),
+                    )
+                })?
+                .clone();
+            run(payload, tx).map_err(|e| match e {
+                e @ (Error::Locked(_) | Error::Unavailable(_) | Error::DiskFull(_)) => e,
+                other => inapplicable(position, format!("operation {name}: {other}")),
+            })?;
+            continue;
+        }
         let t = reg.tables.get(ch.table).ok_or_else(|| {
             inapplicable(
                 position,
@@ -166,6 +209,7 @@ fn apply_one<'r>(
                 let values = check_image(t, ch.payload).map_err(|r| inapplicable(position, r))?;
                 tx.update_row(t, values, false).map_err(wrap)?;
             }
+            Op::Operation => unreachable!("operations are handled above"),
             Op::Delete => {
                 pending.flush(tx, position)?;
                 let key = ch.key().map_err(|source| Error::Decode {

@@ -1,6 +1,7 @@
 //! The store: registration, typed CRUD, transactions, change capture, apply.
 
 mod apply;
+mod operation;
 mod query;
 pub(crate) mod schema;
 mod snapshot;
@@ -24,6 +25,7 @@ use crate::record::{PersistentRecord, RecordMeta};
 use crate::value::{SqlType, Value};
 
 pub use apply::Applied;
+pub use operation::ReplicatedOperation;
 pub use query::Query;
 pub use snapshot::{Snapshot, SnapshotChunk, SnapshotHeader, SnapshotTableInfo};
 pub use write::WriteTx;
@@ -74,9 +76,19 @@ impl StoreConfig {
 }
 
 /// Registered tables, replaced as a whole when a type is registered.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Registry {
     pub tables: HashMap<&'static str, Table>,
+    pub operations: HashMap<&'static str, operation::OpHandler>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("tables", &self.tables.keys().collect::<Vec<_>>())
+            .field("operations", &self.operations.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl Registry {
@@ -530,7 +542,8 @@ impl Store {
                         w.next_id.insert(m.table, max + 1);
                     }
                 }
-                *self.inner.registry.write() = Arc::new(Registry { tables });
+                let operations = current.operations.clone();
+                *self.inner.registry.write() = Arc::new(Registry { tables, operations });
                 Ok(())
             }
             Err(e) => {
@@ -538,6 +551,26 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    /// Registers a replicated operation type (on every node that runs or
+    /// applies it; see [`ReplicatedOperation`]).
+    pub fn register_operation<O: ReplicatedOperation>(&self) {
+        let _w = self.inner.writer.lock();
+        let mut reg = self.inner.registry.write();
+        let mut tables = HashMap::new();
+        for (name, t) in &reg.tables {
+            tables.insert(*name, Table::compile(t.meta));
+        }
+        schema::link_children(&mut tables);
+        let mut operations = reg.operations.clone();
+        operations.insert(O::NAME, operation::handler::<O>());
+        *reg = Arc::new(Registry { tables, operations });
+    }
+
+    /// Runs a replicated operation in its own transaction.
+    pub fn run_operation<O: ReplicatedOperation>(&self, op: &O) -> Result<()> {
+        self.write(|tx| tx.run_operation(op))
     }
 
     /// The fingerprint of the registered schema: equal on two stores exactly

@@ -35,6 +35,8 @@ pub struct WriteTx<'a> {
     head: Option<(u64, Digest)>,
     /// Epoch of the last entry recorded in this transaction.
     entry_epoch: Option<u64>,
+    /// An operation is running (they do not nest).
+    pub(crate) in_operation: bool,
     spoiled: Option<String>,
     finished: bool,
     /// (table, key) rows being deleted, so cascades through cycles terminate.
@@ -99,6 +101,7 @@ impl<'a> WriteTx<'a> {
             scratch: Vec::new(),
             head: None,
             entry_epoch: None,
+            in_operation: false,
             spoiled: None,
             finished: false,
             deleting: Vec::new(),
