@@ -427,3 +427,148 @@ async fn two_masters_both_refuse_config_writes() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// An alarm journal: where history ends up on the master (replicated like any record).
+#[derive(persist::PersistentRecord, Debug, Clone, PartialEq)]
+struct JournalEntry {
+    #[persist(identity)]
+    id: i64,
+    origin: String,
+    seq: i64,
+    text: String,
+}
+
+struct Journal;
+
+impl persist::sync::history::HistorySink for Journal {
+    fn deliver(
+        &self,
+        tx: &mut persist::WriteTx<'_>,
+        origin: &str,
+        item: &persist::HistoryItem,
+    ) -> persist::Result<()> {
+        tx.insert(&JournalEntry {
+            id: 0,
+            origin: origin.to_owned(),
+            seq: item.seq as i64,
+            text: String::from_utf8_lossy(&item.payload).into_owned(),
+        })?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_written_on_an_active_backup_reaches_the_master_exactly_once() {
+    use persist::sync::history::{History, HistoryLevel};
+    use persist::sync::transport::memory::{Direction, Verdict};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let net = MemoryNetwork::with_seed(12);
+    let (fm, fb) = (Fixture::sqlite(), Fixture::sqlite());
+    let (ms, bs) = (store(&fm), store(&fb));
+    ms.register::<JournalEntry>().unwrap();
+    bs.register::<JournalEntry>().unwrap();
+    let hm = History::new(
+        ms.clone(),
+        "gw-a",
+        NodeRole::Master,
+        HistoryLevel::Partial,
+        Journal,
+    );
+    let hb = History::new(
+        bs.clone(),
+        "gw-b",
+        NodeRole::Backup,
+        HistoryLevel::Partial,
+        Journal,
+    );
+    let mut sa = sync("gw-a");
+    sa.history = Some(hm.clone());
+    let mut sb = sync("gw-b");
+    sb.history = Some(hb.clone());
+    // The first history acknowledgement is lost on the wire: the batch is sent
+    // again, and must not be delivered twice.
+    let dropped = std::sync::Arc::new(AtomicUsize::new(0));
+    let d = dropped.clone();
+    net.on_link(move |link| {
+        let d = d.clone();
+        link.on_frame(move |dir, frame| {
+            if dir == Direction::ToDialer && d.load(Ordering::SeqCst) == 0 {
+                if let Ok(persist::sync::protocol::Message::HistoryAck { .. }) =
+                    persist::sync::codec::decode(frame, &Default::default())
+                {
+                    d.store(1, Ordering::SeqCst);
+                    return Verdict::Drop;
+                }
+            }
+            Verdict::Pass
+        });
+    });
+    let m = start_master_node(
+        ms.clone(),
+        settings(NodeRole::Master, "gw-a"),
+        net.acceptor("gw-a"),
+        sa,
+    )
+    .unwrap();
+    let b = start_backup_node(
+        bs.clone(),
+        settings(NodeRole::Backup, "gw-b"),
+        net.dialer("gw-a"),
+        sb,
+    );
+    until("master active", &m, |a| a == ActivityLevel::Active).await;
+    until("backup cold", &b, |a| a == ActivityLevel::Cold).await;
+    for i in 0..3 {
+        hm.record("alarm", format!("on the master {i}").into_bytes())
+            .unwrap();
+    }
+    net.partition(true);
+    until("backup takes over", &b, |a| a == ActivityLevel::Active).await;
+    for i in 0..5 {
+        hb.record("alarm", format!("on the backup {i}").into_bytes())
+            .unwrap();
+    }
+    assert_eq!(
+        hb.buffered().unwrap().len(),
+        5,
+        "buffered durably while the master is away"
+    );
+    net.partition(false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let journal = ms.list::<JournalEntry>().unwrap();
+        if journal.len() >= 8 && hb.buffered().unwrap().is_empty() {
+            let from_backup: Vec<(i64, String)> = journal
+                .iter()
+                .filter(|j| j.origin == "gw-b")
+                .map(|j| (j.seq, j.text.clone()))
+                .collect();
+            assert_eq!(
+                from_backup,
+                (0..5)
+                    .map(|i| (i + 1, format!("on the backup {i}")))
+                    .collect::<Vec<_>>(),
+                "exactly once, in order"
+            );
+            assert_eq!(journal.len(), 8);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "history never arrived: journal {journal:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        1,
+        "an acknowledgement was lost on the way"
+    );
+    // The journal replicates like any record.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while bs.list::<JournalEntry>().unwrap().len() != 8 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop((m, b));
+}

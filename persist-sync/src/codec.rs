@@ -305,11 +305,19 @@ fn check_message(msg: &Message, limits: &Limits) -> Result<(), CodecError> {
         Message::RuntimeFull { provider, .. }
         | Message::RuntimeUpdate { provider, .. }
         | Message::RuntimeResend { provider } => string("runtime state provider id", provider)?,
+        Message::HistoryBatch { origin, items } => {
+            string("history origin", origin)?;
+            check_count("history items", items.len() as u64, limits.max_items)?;
+            for i in items {
+                string("history kind", &i.kind)?;
+            }
+        }
         Message::Proof { .. }
         | Message::Refused { .. }
         | Message::SyncPlan(_)
         | Message::Ack { .. }
         | Message::SnapshotEnd
+        | Message::HistoryAck { .. }
         | Message::Heartbeat { .. } => {}
     }
     Ok(())

@@ -9,10 +9,12 @@
 //! - [`worker`]: the tokio tasks that drive a master and a backup.
 //! - [`redundancy`]: roles, activity, failover and recovery of the pair.
 //! - [`runtime_state`]: a module's live state carried to the standby.
+//! - [`history`]: store-and-forward of history produced on an active backup.
 
 pub mod auth;
 pub mod codec;
 pub mod core;
+pub mod history;
 pub mod protocol;
 pub mod redundancy;
 pub mod runtime_state;

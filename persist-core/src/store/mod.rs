@@ -1,6 +1,7 @@
 //! The store: registration, typed CRUD, transactions, change capture, apply.
 
 mod apply;
+mod history;
 mod operation;
 mod query;
 pub(crate) mod schema;
@@ -25,6 +26,7 @@ use crate::record::{PersistentRecord, RecordMeta};
 use crate::value::{SqlType, Value};
 
 pub use apply::Applied;
+pub use history::HistoryItem;
 pub use operation::ReplicatedOperation;
 pub use query::Query;
 pub use snapshot::{Snapshot, SnapshotChunk, SnapshotHeader, SnapshotTableInfo};
@@ -235,7 +237,7 @@ pub(crate) fn query_rows(
     Ok(rows)
 }
 
-fn meta_get(conn: &mut dyn Connection, key: &str) -> Result<Option<Vec<u8>>> {
+pub(crate) fn meta_get(conn: &mut dyn Connection, key: &str) -> Result<Option<Vec<u8>>> {
     let mut stmt = Statement::new(format!("SELECT value FROM {META_TABLE} WHERE key = "));
     stmt.bind(0, SqlType::Text);
     let rows = query_rows(conn, &stmt, &[Value::Text(key.into())], &[SqlType::Blob])?;

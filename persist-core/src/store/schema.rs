@@ -12,6 +12,7 @@ use crate::value::{SqlType, Value};
 pub(crate) const LOG_TABLE: &str = "_persist_log";
 pub(crate) const META_TABLE: &str = "_persist_meta";
 pub(crate) const SCHEMA_TABLE: &str = "_persist_schema";
+pub(crate) const HISTORY_TABLE: &str = "_persist_history";
 
 pub(crate) fn internal_ddl(d: Dialect) -> Vec<String> {
     let (pos, blob) = match d {
@@ -25,6 +26,10 @@ pub(crate) fn internal_ddl(d: Dialect) -> Vec<String> {
         ),
         format!("CREATE TABLE IF NOT EXISTS {META_TABLE} (key TEXT NOT NULL PRIMARY KEY, value {blob} NOT NULL)"),
         format!("CREATE TABLE IF NOT EXISTS {SCHEMA_TABLE} (table_name TEXT NOT NULL PRIMARY KEY, definition TEXT NOT NULL)"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {HISTORY_TABLE} (seq {pos} NOT NULL PRIMARY KEY, at BIGINT NOT NULL, \
+             kind TEXT NOT NULL, payload {blob} NOT NULL)"
+        ),
     ]
 }
 

@@ -230,6 +230,18 @@ pub enum Message {
         /// Provider id.
         provider: String,
     },
+    /// From the backup: history it buffered while active, in order.
+    HistoryBatch {
+        /// The node that recorded the items.
+        origin: String,
+        /// The items.
+        items: Vec<persist_core::HistoryItem>,
+    },
+    /// From the master: every buffered item up to `seq` is delivered.
+    HistoryAck {
+        /// Last delivered sequence number.
+        seq: u64,
+    },
 }
 
 impl Message {
@@ -250,6 +262,8 @@ impl Message {
             Message::RuntimeFull { .. } => "RuntimeFull",
             Message::RuntimeUpdate { .. } => "RuntimeUpdate",
             Message::RuntimeResend { .. } => "RuntimeResend",
+            Message::HistoryBatch { .. } => "HistoryBatch",
+            Message::HistoryAck { .. } => "HistoryAck",
         }
     }
 }

@@ -313,14 +313,27 @@ async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError>
     let mut runtime = super::RuntimeLink::new(cfg);
     // An active backup (after a failover) hands its state to the returning master.
     runtime.flush(&mut sink, cfg.peer_timeout).await?;
+    // And the history it buffered meanwhile.
+    let mut history = super::HistoryLink::new(cfg);
+    history
+        .flush(&mut sink, &cfg.auth.node_id, cfg.peer_timeout)
+        .await?;
     let result = loop {
         tokio::select! {
+            _ = history.changed() => {
+                if let Err(e) = history.flush(&mut sink, &cfg.auth.node_id, cfg.peer_timeout).await {
+                    break Err(e);
+                }
+            }
             _ = runtime.changed() => {
                 if let Err(e) = runtime.flush(&mut sink, cfg.peer_timeout).await {
                     break Err(e);
                 }
             }
             _ = beat.tick() => {
+                if let Err(e) = history.retry(&mut sink, &cfg.auth.node_id, cfg.peer_timeout).await {
+                    break Err(e);
+                }
                 let hb = super::heartbeat(&ctx.store, NodeRole::Backup);
                 if let Err(e) = send_within(&mut sink, &hb, cfg.peer_timeout).await {
                     break Err(e);
@@ -377,6 +390,11 @@ async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError>
                 }
                 Ok(Message::Heartbeat { .. }) => {}
                 Ok(Message::Refused { reason }) => break Err(SessionError::Refused(reason)),
+                Ok(Message::HistoryAck { seq }) => {
+                    if let Err(e) = history.acknowledged(seq) {
+                        break Err(e);
+                    }
+                }
                 Ok(m @ (Message::RuntimeFull { .. } | Message::RuntimeUpdate { .. } | Message::RuntimeResend { .. })) => {
                     if let Err(e) = runtime.receive(&mut sink, &m, cfg.peer_timeout).await {
                         break Err(e);

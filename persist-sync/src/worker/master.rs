@@ -550,6 +550,12 @@ async fn stream<S: FrameSink, R: FrameSource>(
                     });
                 }
                 Some(Ok(Message::Heartbeat { .. })) => {}
+                Some(Ok(Message::HistoryBatch { origin, items })) => {
+                    let history = super::HistoryLink::new(cfg);
+                    if let Some(ack) = history.receive(&origin, &items)? {
+                        send_within(&mut sink, &ack, cfg.peer_timeout).await?;
+                    }
+                }
                 Some(Ok(m)) if runtime.receive(&mut sink, &m, cfg.peer_timeout).await? => {}
                 Some(Ok(other)) => {
                     return Err(SessionError::Protocol(format!("unexpected message from the backup: {}", other.kind())));

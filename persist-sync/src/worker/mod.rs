@@ -59,6 +59,8 @@ pub struct SyncConfig {
     pub heard: Option<watch::Sender<Option<Heard>>>,
     /// Runtime state carried between the nodes (see [`crate::runtime_state`]).
     pub runtime: Option<Arc<crate::runtime_state::RuntimeStates>>,
+    /// History forwarded from an active backup (see [`crate::history`]).
+    pub history: Option<Arc<crate::history::History>>,
 }
 
 /// The peer as last heard on the link.
@@ -161,6 +163,7 @@ impl SyncConfig {
             peer_timeout: Duration::from_secs(5),
             heard: None,
             runtime: None,
+            history: None,
         }
     }
 }
@@ -410,5 +413,110 @@ impl RuntimeLink {
             }
             _ => Ok(false),
         }
+    }
+}
+
+/// A session's share of history forwarding: the backup sends what it
+/// buffered, the master delivers and acknowledges.
+pub(crate) struct HistoryLink {
+    history: Option<Arc<crate::history::History>>,
+    changed: Option<watch::Receiver<u64>>,
+    /// Last sequence number sent on this link.
+    sent: u64,
+    /// Last sequence number the master acknowledged on this link.
+    acked: u64,
+}
+
+impl HistoryLink {
+    pub fn new(cfg: &SyncConfig) -> Self {
+        HistoryLink {
+            changed: cfg.history.as_ref().map(|h| h.subscribe()),
+            history: cfg.history.clone(),
+            sent: 0,
+            acked: 0,
+        }
+    }
+
+    /// Backup: sends buffered items not sent on this link yet.
+    pub async fn flush<S: FrameSink>(
+        &mut self,
+        sink: &mut S,
+        origin: &str,
+        timeout: Duration,
+    ) -> Result<(), SessionError> {
+        let Some(h) = &self.history else {
+            return Ok(());
+        };
+        if let Some(c) = self.changed.as_mut() {
+            c.borrow_and_update();
+        }
+        loop {
+            let items = h.pending(self.sent)?;
+            let Some(last) = items.last().map(|i| i.seq) else {
+                return Ok(());
+            };
+            send_within(
+                sink,
+                &Message::HistoryBatch {
+                    origin: origin.to_owned(),
+                    items,
+                },
+                timeout,
+            )
+            .await?;
+            self.sent = last;
+        }
+    }
+
+    /// Resolves when more history may be buffered.
+    pub async fn changed(&mut self) {
+        match self.changed.as_mut() {
+            Some(c) => {
+                if c.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Backup: the master delivered up to `seq`.
+    pub fn acknowledged(&mut self, seq: u64) -> Result<(), SessionError> {
+        self.acked = self.acked.max(seq);
+        if let Some(h) = &self.history {
+            h.acknowledged(seq)?;
+        }
+        Ok(())
+    }
+
+    /// Backup, at each heartbeat: what was sent and not acknowledged since
+    /// goes again (an acknowledgement may have been lost; the master
+    /// delivers each item once whatever it receives).
+    pub async fn retry<S: FrameSink>(
+        &mut self,
+        sink: &mut S,
+        origin: &str,
+        timeout: Duration,
+    ) -> Result<(), SessionError> {
+        if self.sent > self.acked {
+            self.sent = self.acked;
+            return self.flush(sink, origin, timeout).await;
+        }
+        Ok(())
+    }
+
+    /// Master: delivers a forwarded batch; the acknowledgement to send back.
+    pub fn receive(
+        &self,
+        origin: &str,
+        items: &[persist_core::HistoryItem],
+    ) -> Result<Option<Message>, SessionError> {
+        let Some(h) = &self.history else {
+            return Err(SessionError::Protocol(
+                "history forwarded to a master without a history sink".into(),
+            ));
+        };
+        let seq = h.receive(origin, items)?;
+        Ok(Some(Message::HistoryAck { seq }))
     }
 }
