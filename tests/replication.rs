@@ -501,3 +501,53 @@ async fn silent_partition_is_detected_by_heartbeats() {
     converge(&m, &b).await;
     assert_identical(&m, &b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_operation_stops_sync_visibly_until_the_module_is_installed() {
+    use conformance::cases::Rollover;
+    let (fm, fb) = (Fixture::sqlite(), Fixture::sqlite());
+    let (m, b) = (store(&fm), store(&fb));
+    m.register_operation::<Rollover>();
+    let (_master, addr) = master_on_tcp(&m, cfg("master", SECRET)).await;
+    let backup = backup_on_tcp(&b, &addr, cfg("backup", SECRET));
+    m.insert(&profile("before")).unwrap();
+    converge(&m, &b).await;
+    m.run_operation(&Rollover::new("v2-")).unwrap();
+    m.insert(&profile("after")).unwrap();
+    // The backup stops at the entry, says why, and does not paper over it with a resync.
+    let s = wait_status(
+        || backup.status(),
+        "the unknown operation is reported",
+        |s| {
+            s.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("rollover"))
+        },
+    )
+    .await;
+    assert!(s.last_error.unwrap().contains("install the module"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s = backup.status();
+    assert!(
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("rollover")),
+        "the error stays visible: {s:?}"
+    );
+    assert_eq!(s.resyncs, 0, "no resync hides it");
+    assert_eq!(
+        b.position(),
+        1,
+        "stopped right before the operation's entry"
+    );
+    // Installing the module on the backup lets sync go on from there.
+    b.register_operation::<Rollover>();
+    converge(&m, &b).await;
+    assert_identical(&m, &b);
+    wait_status(
+        || backup.status(),
+        "the error clears",
+        |s| s.last_error.is_none(),
+    )
+    .await;
+}

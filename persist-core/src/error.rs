@@ -162,6 +162,16 @@ pub enum Error {
         /// What did not match.
         reason: String,
     },
+    /// A log entry holds a replicated operation this node has not registered:
+    /// the module that defines it is missing here. The entry is not applied
+    /// (and not skipped); replication stops at it until the module is installed.
+    #[error("entry {position} runs operation {name}, which is not registered on this node: install the module that defines it")]
+    UnknownOperation {
+        /// The entry's position.
+        position: u64,
+        /// The operation's name.
+        name: String,
+    },
     /// The entry or row could not be decoded.
     #[error("decode error in {context}: {source}")]
     Decode {

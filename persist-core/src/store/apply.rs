@@ -165,11 +165,9 @@ fn apply_one<'r>(
             let run = reg
                 .operations
                 .get(name)
-                .ok_or_else(|| {
-                    inapplicable(
-                        position,
-                        format!("operation {name} is not registered on this node"),
-                    )
+                .ok_or_else(|| Error::UnknownOperation {
+                    position,
+                    name: name.to_owned(),
                 })?
                 .clone();
             run(payload, tx).map_err(|e| match e {

@@ -22,6 +22,9 @@ struct Ctx {
     cfg: SyncConfig,
     status: watch::Sender<LinkStatus>,
     resync_next: Mutex<Option<ResyncReason>>,
+    /// Sync stopped at an entry this node cannot apply as is (an unknown
+    /// operation): shown in the status until an apply gets past it.
+    stuck: Mutex<Option<String>>,
     reconnect: Notify,
     shutdown: watch::Sender<bool>,
 }
@@ -59,6 +62,7 @@ pub fn start_backup<D: Dialer>(store: Store, dialer: D, cfg: SyncConfig) -> Back
         store,
         cfg,
         resync_next: Mutex::new(None),
+        stuck: Mutex::new(None),
         reconnect: Notify::new(),
         shutdown: watch::Sender::new(false),
     });
@@ -144,6 +148,9 @@ async fn run<D: Dialer>(dialer: D, ctx: Arc<Ctx>) {
             Err(SessionError::Shutdown) => return,
             Err(e) => {
                 tracing::warn!("sync with the master failed: {e}");
+                if let SessionError::UnknownOperation(why) = &e {
+                    *ctx.stuck.lock() = Some(why.clone());
+                }
                 if let SessionError::ApplyFailed(why) = &e {
                     *ctx.resync_next.lock() = Some(ResyncReason::ApplyFailed(why.clone()));
                     retry_now = true;
@@ -178,8 +185,20 @@ async fn run<D: Dialer>(dialer: D, ctx: Arc<Ctx>) {
     }
 }
 
+/// An apply went through: the pair is in sync, and whatever stopped sync before is past.
+fn synced(ctx: &Ctx) {
+    let was_stuck = ctx.stuck.lock().take().is_some();
+    ctx.update(|s| {
+        s.last_sync = Some(SystemTime::now());
+        if was_stuck {
+            s.last_error = None;
+        }
+    });
+}
+
 fn apply_error(e: StoreError) -> SessionError {
     match e {
+        e @ StoreError::UnknownOperation { .. } => SessionError::UnknownOperation(e.to_string()),
         e @ (StoreError::Inapplicable { .. }
         | StoreError::Divergence { .. }
         | StoreError::Decode { .. }) => SessionError::ApplyFailed(e.to_string()),
@@ -258,7 +277,7 @@ async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError>
         s.connected = true;
         s.peer = Some(peer.node_id.clone());
         s.refused = None;
-        s.last_error = None;
+        s.last_error = ctx.stuck.lock().clone();
     });
     if let Plan::Snapshot { .. } = plan {
         let p = receive_snapshot(&mut source, ctx, &peer.node_id).await?;
@@ -365,7 +384,7 @@ async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError>
                                 if let Err(e) = send_within(&mut sink, &Message::Ack { position: last }, cfg.peer_timeout).await {
                                     break Err(e);
                                 }
-                                ctx.update(|s| s.last_sync = Some(SystemTime::now()));
+                                synced(ctx);
                             }
                             Err(e) => break Err(apply_error(e)),
                         }
@@ -410,7 +429,7 @@ async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError>
                     if let Err(e) = send_within(&mut sink, &Message::Ack { position }, cfg.peer_timeout).await {
                         break Err(e);
                     }
-                    ctx.update(|s| s.last_sync = Some(SystemTime::now()));
+                    synced(ctx);
                 }
                 Some((_, Err(e))) => break Err(apply_error(e)),
                 None => break Err(SessionError::Protocol("applier stopped".into())),

@@ -218,6 +218,11 @@ pub enum SessionError {
     /// An entry or snapshot from the master did not apply: a full resync follows.
     #[error("apply failed: {0}")]
     ApplyFailed(String),
+    /// The master's log holds an operation this node does not know: sync
+    /// stops at that entry (no resync would make it right) until the module
+    /// is installed here.
+    #[error("{0}")]
+    UnknownOperation(String),
     /// The link closed.
     #[error("the peer closed the link")]
     Closed,
