@@ -29,8 +29,10 @@ use persist_core::Claim;
 
 use crate::protocol::NodeRole;
 
-/// A node's activity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+/// A node's activity, ordered from least to most active.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum ActivityLevel {
     /// Not decided yet (waiting for the peer within the startup allowance).
     Undecided,
