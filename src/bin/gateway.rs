@@ -1,0 +1,341 @@
+//! `gateway`: one node of a redundant pair, from a TOML config file.
+//!
+//! `cargo run --release --bin gateway -- gw-a.toml`
+//!
+//! Runs the sample module of `examples/common/module.rs` on the node, the
+//! redundancy runtime, and the operator surface (state, metrics, status page,
+//! actions). See the README for a pair in two terminals. The config:
+//!
+//! ```toml
+//! [node]
+//! id = "gw-a"
+//! role = "master"                  # master | backup
+//! cluster = "plant-7"
+//!
+//! [link]
+//! listen = "127.0.0.1:8060"        # master: where the backup dials
+//! peer = "127.0.0.1:8061"          # backup: the master's address; master: probed for a second master
+//! secret_file = "pair.secret"      # required, at least 16 bytes
+//! # tls_cert = "gw-a.pem"  tls_key = "gw-a.key"  tls_ca = "ca.pem"   (mutual TLS, optional)
+//!
+//! [redundancy]
+//! standby = "cold"                 # cold | warm
+//! failover_timeout_ms = 3000
+//! heartbeat_ms = 250
+//! startup_allowance_ms = 10000
+//! recovery = "automatic"           # automatic | manual
+//!
+//! [database]
+//! sqlite = "gw-a.db"               # or: postgres_url = "postgres://..."  postgres_schema = "gw_a"
+//!
+//! [status]
+//! listen = "127.0.0.1:8080"        # loopback by default
+//! operator_token_file = "operator.token"
+//! ```
+
+#[path = "../../examples/common/module.rs"]
+mod module;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use persist::sync::auth::{AuthConfig, Secret};
+use persist::sync::history::{History, HistoryLevel};
+use persist::sync::redundancy::{
+    start_backup_node, start_master_node, ActivityLevel, NodeRole, RecoveryMode,
+    RedundancySettings, StandbyLevel,
+};
+use persist::sync::transport::tcp::{TcpAcceptor, TcpDialer};
+use persist::sync::transport::tls::{TlsClient, TlsServer};
+use persist::sync::worker::SyncConfig;
+use persist::{Store, StoreConfig};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    node: NodeSection,
+    link: LinkSection,
+    #[serde(default)]
+    redundancy: RedundancySection,
+    database: DatabaseSection,
+    status: StatusSection,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeSection {
+    id: String,
+    role: RoleName,
+    cluster: String,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RoleName {
+    Master,
+    Backup,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinkSection {
+    listen: Option<String>,
+    peer: Option<String>,
+    secret_file: PathBuf,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RedundancySection {
+    standby: StandbyName,
+    failover_timeout_ms: u64,
+    heartbeat_ms: u64,
+    startup_allowance_ms: u64,
+    recovery: RecoveryName,
+}
+
+impl Default for RedundancySection {
+    fn default() -> Self {
+        RedundancySection {
+            standby: StandbyName::Cold,
+            failover_timeout_ms: 3000,
+            heartbeat_ms: 250,
+            startup_allowance_ms: 10_000,
+            recovery: RecoveryName::Automatic,
+        }
+    }
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum StandbyName {
+    Cold,
+    Warm,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RecoveryName {
+    Automatic,
+    Manual,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DatabaseSection {
+    sqlite: Option<PathBuf>,
+    postgres_url: Option<String>,
+    postgres_schema: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusSection {
+    #[serde(default = "loopback")]
+    listen: String,
+    operator_token_file: PathBuf,
+}
+
+fn loopback() -> String {
+    "127.0.0.1:8080".into()
+}
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// Reads a file named in the config, relative to the config file.
+fn read(base: &Path, file: &Path, what: &str) -> Result<Vec<u8>> {
+    let path = if file.is_absolute() {
+        file.to_path_buf()
+    } else {
+        base.join(file)
+    };
+    std::fs::read(&path).map_err(|e| format!("{what} {}: {e}", path.display()).into())
+}
+
+fn load(path: &Path) -> Result<Config> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // toml's errors name the key and show the line.
+    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()).into())
+}
+
+async fn run(config_path: PathBuf) -> Result<()> {
+    let cfg = load(&config_path)?;
+    let base = config_path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let role = match cfg.node.role {
+        RoleName::Master => NodeRole::Master,
+        RoleName::Backup => NodeRole::Backup,
+    };
+    let store = match (&cfg.database.sqlite, &cfg.database.postgres_url) {
+        (Some(p), None) => Store::open_sqlite(if p.is_absolute() {
+            p.clone()
+        } else {
+            base.join(p)
+        })?,
+        (None, Some(url)) => Store::open(StoreConfig::postgres(
+            url.clone(),
+            cfg.database
+                .postgres_schema
+                .clone()
+                .unwrap_or_else(|| cfg.node.id.replace('-', "_")),
+        ))?,
+        _ => return Err("[database]: give exactly one of `sqlite` or `postgres_url`".into()),
+    };
+    module::register(&store)?;
+    let secret = Secret::new(read(&base, &cfg.link.secret_file, "link.secret_file")?)
+        .map_err(|e| format!("link.secret_file: {e}"))?;
+    let token = String::from_utf8(read(
+        &base,
+        &cfg.status.operator_token_file,
+        "status.operator_token_file",
+    )?)?
+    .trim()
+    .to_owned();
+    let history = History::new(
+        store.clone(),
+        &cfg.node.id,
+        role,
+        HistoryLevel::Partial,
+        module::Journal,
+    );
+    let module = module::Module::new(&cfg.node.id, store.clone(), history.clone());
+    module.listen()?;
+    let mut sync = SyncConfig::new(AuthConfig::new(
+        cfg.node.cluster.clone(),
+        cfg.node.id.clone(),
+        secret,
+    )?);
+    sync.runtime = Some(module.runtime.clone());
+    sync.history = Some(history);
+    let mut settings = RedundancySettings::new(role, cfg.node.id.clone());
+    settings.standby = match cfg.redundancy.standby {
+        StandbyName::Cold => StandbyLevel::Cold,
+        StandbyName::Warm => StandbyLevel::Warm,
+    };
+    settings.failover_timeout = Duration::from_millis(cfg.redundancy.failover_timeout_ms);
+    settings.heartbeat_interval = Duration::from_millis(cfg.redundancy.heartbeat_ms);
+    settings.startup_allowance = Duration::from_millis(cfg.redundancy.startup_allowance_ms);
+    settings.recovery = match cfg.redundancy.recovery {
+        RecoveryName::Automatic => RecoveryMode::Automatic,
+        RecoveryName::Manual => RecoveryMode::Manual,
+    };
+    let abs = |p: &PathBuf| {
+        if p.is_absolute() {
+            p.clone()
+        } else {
+            base.join(p)
+        }
+    };
+    let node = match role {
+        NodeRole::Master => {
+            let listen = cfg
+                .link
+                .listen
+                .clone()
+                .ok_or("[link] listen: required on the master")?;
+            let tls = match (&cfg.link.tls_cert, &cfg.link.tls_key) {
+                (Some(c), Some(k)) => Some(TlsServer::from_pem_files(
+                    &abs(c),
+                    &abs(k),
+                    cfg.link.tls_ca.as_ref().map(abs).as_deref(),
+                )?),
+                (None, None) => None,
+                _ => return Err("[link]: tls_cert and tls_key go together".into()),
+            };
+            let acceptor = TcpAcceptor::bind(listen.as_str(), tls).await?;
+            println!(
+                "{}: master, link on {}",
+                cfg.node.id,
+                acceptor.local_socket_addr()
+            );
+            let node = start_master_node(store.clone(), settings, acceptor, sync.clone())?;
+            if let Some(peer) = &cfg.link.peer {
+                node.probe_peer(
+                    TcpDialer::new(peer.clone(), None),
+                    sync,
+                    Duration::from_secs(5),
+                );
+            }
+            node
+        }
+        _ => {
+            let peer = cfg
+                .link
+                .peer
+                .clone()
+                .ok_or("[link] peer: required on the backup (the master's address)")?;
+            let tls = match &cfg.link.tls_ca {
+                Some(ca) => Some(TlsClient::from_pem_files(
+                    &abs(ca),
+                    cfg.link
+                        .tls_cert
+                        .as_ref()
+                        .zip(cfg.link.tls_key.as_ref())
+                        .map(|(c, k)| (abs(c), abs(k)))
+                        .as_ref()
+                        .map(|(c, k)| (c.as_path(), k.as_path())),
+                )?),
+                None => None,
+            };
+            println!("{}: backup of {peer}", cfg.node.id);
+            start_backup_node(store.clone(), settings, TcpDialer::new(peer, tls), sync)
+        }
+    };
+    let node = Arc::new(node);
+    let status = tokio::net::TcpListener::bind(&cfg.status.listen)
+        .await
+        .map_err(|e| format!("[status] listen {}: {e}", cfg.status.listen))?;
+    println!(
+        "{}: status page http://{}/ (state: /state, metrics: /metrics)",
+        cfg.node.id,
+        status.local_addr()?
+    );
+    tokio::spawn(persist::operator::serve(
+        status,
+        cfg.node.id.clone(),
+        node.clone(),
+        token,
+    ));
+    let mut w = node.watch();
+    let mut last = None;
+    loop {
+        let s = w.borrow_and_update().clone();
+        if last != Some((s.activity, s.epoch)) {
+            println!(
+                "{}: {:?} (epoch {}, active node {})",
+                cfg.node.id,
+                s.activity,
+                s.epoch,
+                s.active_node.as_deref().unwrap_or("-")
+            );
+            module.set_activity(s.activity);
+            last = Some((s.activity, s.epoch));
+        }
+        if s.activity == ActivityLevel::Active {
+            // The module's own loop would scan its devices here.
+        }
+        if w.changed().await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+fn main() {
+    let Some(path) = std::env::args().nth(1) else {
+        eprintln!("usage: gateway <config.toml>");
+        std::process::exit(2);
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if let Err(e) = rt.block_on(run(PathBuf::from(path))) {
+        eprintln!("gateway: {e}");
+        std::process::exit(1);
+    }
+}

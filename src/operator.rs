@@ -1,0 +1,393 @@
+//! The operator surface of a node, over HTTP: the redundancy state as JSON
+//! (`GET /state`), Prometheus metrics (`GET /metrics`), a status page that
+//! shows the pair at a glance (`GET /`), and operator actions that need the
+//! operator token (`POST /actions/resync`, `/actions/failover`,
+//! `/actions/handback`, with `Authorization: Bearer <token>`).
+//!
+//! It listens where it is told (loopback by default in the `gateway`
+//! program); put it behind TLS termination if it must be reached remotely.
+
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use persist_sync::redundancy::{ActivityLevel, NodeHandle, NodeRole};
+use serde::Serialize;
+
+/// Shortest operator token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+struct Shared {
+    node_id: String,
+    node: Arc<NodeHandle>,
+    token: String,
+}
+
+/// The state as served at `GET /state`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StateView {
+    /// This node's id.
+    pub node_id: String,
+    /// Role: `Master`, `Backup` or `Independent`.
+    pub role: String,
+    /// Activity: `Undecided`, `Cold`, `Warm` or `Active`.
+    pub activity: String,
+    /// The pair's epoch.
+    pub epoch: u64,
+    /// The active node, as this node knows it.
+    pub active_node: Option<String>,
+    /// Whether the peer is connected.
+    pub peer_connected: bool,
+    /// The peer, when connected.
+    pub peer: Option<String>,
+    /// Last log position here.
+    pub position: u64,
+    /// On the master: the backup's acknowledged position.
+    pub peer_acked: u64,
+    /// Log entries not yet on the other node.
+    pub pending_updates: u64,
+    /// When the pair was last in sync (milliseconds since the Unix epoch).
+    pub last_sync_ms: Option<u64>,
+    /// Full resyncs so far.
+    pub resyncs: u64,
+    /// Snapshot in progress: rows done and total.
+    pub snapshot_progress: Option<(u64, u64)>,
+    /// The last error.
+    pub last_error: Option<String>,
+    /// The state digest here.
+    pub digest: String,
+    /// Runtime state providers that failed, with their last error.
+    pub runtime_errors: Vec<String>,
+}
+
+/// Builds the state view of a node.
+pub fn view(node_id: &str, node: &NodeHandle) -> StateView {
+    let s = node.state();
+    let link = node
+        .master()
+        .map(|m| m.status())
+        .or_else(|| node.backup().map(|b| b.status()))
+        .unwrap_or_default();
+    StateView {
+        node_id: node_id.to_owned(),
+        role: format!("{:?}", s.role),
+        activity: format!("{:?}", s.activity),
+        epoch: s.epoch,
+        active_node: s.active_node,
+        peer_connected: s.peer_connected,
+        peer: link.peer,
+        position: node.store().position(),
+        peer_acked: link.peer_acked,
+        pending_updates: s.pending_updates,
+        last_sync_ms: s
+            .last_sync
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64),
+        resyncs: link.resyncs,
+        snapshot_progress: link.snapshot_progress,
+        last_error: s.last_error,
+        digest: node.store().digest().to_string(),
+        runtime_errors: node
+            .runtime()
+            .map(|r| {
+                r.errors()
+                    .into_iter()
+                    .map(|(id, (n, e))| format!("{id}: {e} ({n} times)"))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+fn activity_number(a: &str) -> u8 {
+    match a {
+        "Cold" => 1,
+        "Warm" => 2,
+        "Active" => 3,
+        _ => 0,
+    }
+}
+
+/// The Prometheus text exposition of a state view.
+pub fn metrics(v: &StateView) -> String {
+    let mut m = String::new();
+    let mut gauge = |name: &str, help: &str, value: String| {
+        m.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node=\"{}\"}} {value}\n",
+            v.node_id
+        ));
+    };
+    gauge(
+        "persist_role",
+        "Configured role: 0 independent, 1 master, 2 backup.",
+        match v.role.as_str() {
+            "Master" => "1",
+            "Backup" => "2",
+            _ => "0",
+        }
+        .into(),
+    );
+    gauge(
+        "persist_activity_level",
+        "Activity: 0 undecided, 1 cold, 2 warm, 3 active.",
+        activity_number(&v.activity).to_string(),
+    );
+    gauge(
+        "persist_epoch",
+        "The pair's epoch as this node knows it.",
+        v.epoch.to_string(),
+    );
+    gauge(
+        "persist_log_position",
+        "Last log position in this node's store.",
+        v.position.to_string(),
+    );
+    gauge(
+        "persist_peer_acked_position",
+        "On the master: the backup's acknowledged position.",
+        v.peer_acked.to_string(),
+    );
+    gauge(
+        "persist_pending_updates",
+        "Log entries not yet on the other node (the replication lag in entries).",
+        v.pending_updates.to_string(),
+    );
+    gauge(
+        "persist_peer_connected",
+        "1 while the peer is connected.",
+        u8::from(v.peer_connected).to_string(),
+    );
+    gauge(
+        "persist_last_sync_timestamp_seconds",
+        "When the pair was last in sync.",
+        v.last_sync_ms
+            .map_or("0".into(), |ms| format!("{:.3}", ms as f64 / 1000.0)),
+    );
+    gauge(
+        "persist_resyncs_total",
+        "Full resyncs so far.",
+        v.resyncs.to_string(),
+    );
+    gauge(
+        "persist_runtime_state_failing_providers",
+        "Runtime state providers that reported an error.",
+        v.runtime_errors.len().to_string(),
+    );
+    m
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The human status page.
+pub fn page(v: &StateView) -> String {
+    let color = match v.activity.as_str() {
+        "Active" => "#1b7f3b",
+        "Warm" => "#b7791f",
+        "Cold" => "#2b6cb0",
+        _ => "#718096",
+    };
+    let row = |k: &str, val: String| format!("<tr><th>{k}</th><td>{}</td></tr>", esc(&val));
+    let progress = v
+        .snapshot_progress
+        .map(|(d, t)| format!("{d} / {t} rows"))
+        .unwrap_or_else(|| "-".into());
+    format!(
+        r#"<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="2">
+<title>persist: {id}</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:2rem;color:#1a202c;background:#f7fafc}}
+.badge{{display:inline-block;padding:.3rem .8rem;border-radius:1rem;color:#fff;font-weight:600;background:{color}}}
+table{{border-collapse:collapse;margin-top:1rem;background:#fff}} th,td{{text-align:left;padding:.4rem 1rem;border-bottom:1px solid #e2e8f0}}
+th{{color:#4a5568;font-weight:500}} .err{{color:#c53030}}
+</style></head><body>
+<h1>{id} <span class="badge">{role} · {activity}</span></h1>
+<p>Active node: <b>{active}</b> · epoch {epoch} · peer {peer}</p>
+<table>{rows}</table>
+{err}
+<p style="color:#718096">Operator actions: POST /actions/resync, /actions/failover, /actions/handback with the operator token. Refreshes every 2 s.</p>
+</body></html>"#,
+        id = esc(&v.node_id),
+        role = esc(&v.role),
+        activity = esc(&v.activity),
+        active = esc(v.active_node.as_deref().unwrap_or("undecided")),
+        epoch = v.epoch,
+        peer = if v.peer_connected {
+            format!("connected ({})", esc(v.peer.as_deref().unwrap_or("?")))
+        } else {
+            "not connected".into()
+        },
+        rows = [
+            row("log position", v.position.to_string()),
+            row("acknowledged by the backup", v.peer_acked.to_string()),
+            row("pending updates", v.pending_updates.to_string()),
+            row(
+                "last in sync",
+                v.last_sync_ms
+                    .map_or("never".into(), |ms| format!("{ms} ms since the Unix epoch"))
+            ),
+            row("full resyncs", v.resyncs.to_string()),
+            row("snapshot in progress", progress),
+            row("digest", v.digest.clone()),
+        ]
+        .join(""),
+        err = v
+            .last_error
+            .as_deref()
+            .map(|e| format!("<p class=\"err\">Last error: {}</p>", esc(e)))
+            .unwrap_or_default(),
+    )
+}
+
+fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    // Constant-time comparison: the token's content must not leak through timing.
+    let (a, b) = (given.as_bytes(), shared.token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Serialize)]
+struct ActionResult {
+    ok: bool,
+    message: String,
+}
+
+fn action(ok: bool, message: impl Into<String>) -> Response {
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::CONFLICT
+    };
+    (
+        status,
+        Json(ActionResult {
+            ok,
+            message: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+fn denied() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(ActionResult {
+            ok: false,
+            message: "operator token required (Authorization: Bearer ...)".into(),
+        }),
+    )
+        .into_response()
+}
+
+async fn state(State(s): State<Arc<Shared>>) -> Json<StateView> {
+    Json(view(&s.node_id, &s.node))
+}
+
+async fn prometheus(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics(&view(&s.node_id, &s.node)),
+    )
+}
+
+async fn status_page(State(s): State<Arc<Shared>>) -> Html<String> {
+    Html(page(&view(&s.node_id, &s.node)))
+}
+
+async fn resync(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if !authorized(&s, &headers) {
+        return denied();
+    }
+    if let Some(b) = s.node.backup() {
+        b.request_resync();
+        action(true, "full resync requested from the master")
+    } else if let Some(m) = s.node.master() {
+        m.request_resync();
+        action(true, "full resync of the connected backup started")
+    } else {
+        action(false, "no sync link on this node")
+    }
+}
+
+async fn failover(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if !authorized(&s, &headers) {
+        return denied();
+    }
+    match s.node.request_switchover().await {
+        Ok(()) => action(true, "switchover: the backup takes over"),
+        Err(e) => action(false, e),
+    }
+}
+
+async fn handback(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if !authorized(&s, &headers) {
+        return denied();
+    }
+    match s.node.request_handback().await {
+        Ok(()) => action(true, "handback: the master takes over again"),
+        Err(e) => action(false, e),
+    }
+}
+
+/// Serves the operator surface of `node` on `listener` until the task is dropped.
+/// Refuses an operator token shorter than [`MIN_TOKEN_LEN`].
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    node_id: String,
+    node: Arc<NodeHandle>,
+    token: String,
+) -> std::io::Result<()> {
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("the operator token must be at least {MIN_TOKEN_LEN} characters"),
+        ));
+    }
+    let shared = Arc::new(Shared {
+        node_id,
+        node,
+        token,
+    });
+    let app = Router::new()
+        .route("/", get(status_page))
+        .route("/state", get(state))
+        .route("/metrics", get(prometheus))
+        .route("/actions/resync", post(resync))
+        .route("/actions/failover", post(failover))
+        .route("/actions/handback", post(handback))
+        .with_state(shared);
+    axum::serve(listener, app).await
+}
+
+/// Activity as a number (0 undecided .. 3 active), for tools.
+pub fn activity_level(a: ActivityLevel) -> u8 {
+    match a {
+        ActivityLevel::Undecided => 0,
+        ActivityLevel::Cold => 1,
+        ActivityLevel::Warm => 2,
+        ActivityLevel::Active => 3,
+    }
+}
+
+/// Role as text.
+pub fn role_name(r: NodeRole) -> &'static str {
+    match r {
+        NodeRole::Independent => "independent",
+        NodeRole::Master => "master",
+        NodeRole::Backup => "backup",
+    }
+}

@@ -1,0 +1,204 @@
+//! The operator surface over real HTTP: state, metrics, status page, and
+//! actions that need the operator token.
+
+mod conformance;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use conformance::records::*;
+use conformance::Fixture;
+use persist::sync::auth::{AuthConfig, Secret};
+use persist::sync::redundancy::{
+    start_backup_node, start_master_node, ActivityLevel, NodeHandle, NodeRole, RedundancySettings,
+};
+use persist::sync::transport::memory::MemoryNetwork;
+use persist::sync::worker::SyncConfig;
+
+const TOKEN: &str = "operator token of the pair";
+
+fn sync(node: &str) -> SyncConfig {
+    let mut c = SyncConfig::new(
+        AuthConfig::new(
+            "plant-7",
+            node,
+            Secret::new(b"correct horse battery staple".to_vec()).unwrap(),
+        )
+        .unwrap(),
+    );
+    c.reconnect_initial = Duration::from_millis(20);
+    c.reconnect_max = Duration::from_millis(100);
+    c
+}
+
+fn settings(role: NodeRole, node: &str) -> RedundancySettings {
+    let mut s = RedundancySettings::new(role, node);
+    s.failover_timeout = Duration::from_millis(400);
+    s.heartbeat_interval = Duration::from_millis(40);
+    s.startup_allowance = Duration::from_millis(800);
+    s
+}
+
+async fn serve(node: Arc<NodeHandle>, id: &str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(persist::operator::serve(
+        listener,
+        id.to_owned(),
+        node,
+        TOKEN.to_owned(),
+    ));
+    url
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn get(url: &str) -> (u16, String) {
+    let mut r = agent().get(url).call().unwrap();
+    (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+}
+
+fn post(url: &str, token: Option<&str>) -> (u16, String) {
+    let mut req = agent().post(url);
+    if let Some(t) = token {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    let mut r = req.send_empty().unwrap();
+    (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+async fn until(what: &str, f: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_surface_over_http() {
+    let net = MemoryNetwork::with_seed(21);
+    let (fm, fb) = (Fixture::sqlite(), Fixture::sqlite());
+    let (ms, bs) = (fm.open(), fb.open());
+    ms.register::<Profile>().unwrap();
+    bs.register::<Profile>().unwrap();
+    let m = Arc::new(
+        start_master_node(
+            ms.clone(),
+            settings(NodeRole::Master, "gw-a"),
+            net.acceptor("gw-a"),
+            sync("gw-a"),
+        )
+        .unwrap(),
+    );
+    let b = Arc::new(start_backup_node(
+        bs,
+        settings(NodeRole::Backup, "gw-b"),
+        net.dialer("gw-a"),
+        sync("gw-b"),
+    ));
+    until("pair up", || {
+        m.state().activity == ActivityLevel::Active && b.state().activity == ActivityLevel::Cold
+    })
+    .await;
+    ms.insert(&profile("p")).unwrap();
+    let (mu, bu) = (
+        serve(m.clone(), "gw-a").await,
+        serve(b.clone(), "gw-b").await,
+    );
+
+    let (mu2, bu2) = (mu.clone(), bu.clone());
+    let (state_m, state_b, metrics, page) = blocking(move || {
+        (
+            get(&format!("{mu2}/state")),
+            get(&format!("{bu2}/state")),
+            get(&format!("{mu2}/metrics")),
+            get(&format!("{mu2}/")),
+        )
+    })
+    .await;
+    assert_eq!(state_m.0, 200);
+    let sm: serde_json::Value = serde_json::from_str(&state_m.1).unwrap();
+    let sb: serde_json::Value = serde_json::from_str(&state_b.1).unwrap();
+    assert_eq!(
+        (sm["role"].as_str(), sm["activity"].as_str()),
+        (Some("Master"), Some("Active"))
+    );
+    assert_eq!(
+        (sb["role"].as_str(), sb["activity"].as_str()),
+        (Some("Backup"), Some("Cold"))
+    );
+    assert_eq!(sm["active_node"].as_str(), Some("gw-a"));
+    assert_eq!(sm["position"].as_u64(), Some(1));
+    assert!(
+        metrics
+            .1
+            .contains("persist_activity_level{node=\"gw-a\"} 3"),
+        "{}",
+        metrics.1
+    );
+    assert!(metrics.1.contains("# TYPE persist_epoch gauge"));
+    assert!(
+        page.1.contains("gw-a") && page.1.contains("Master · Active"),
+        "{}",
+        page.1
+    );
+
+    // Actions need the token.
+    let mu2 = mu.clone();
+    let (none, wrong) = blocking(move || {
+        (
+            post(&format!("{mu2}/actions/failover"), None),
+            post(
+                &format!("{mu2}/actions/failover"),
+                Some("guess guess guess guess"),
+            ),
+        )
+    })
+    .await;
+    assert_eq!((none.0, wrong.0), (401, 401));
+    assert_eq!(
+        m.state().activity,
+        ActivityLevel::Active,
+        "nothing happened"
+    );
+    // A planned switchover, then a handback, then a resync, all over HTTP.
+    let mu2 = mu.clone();
+    let ok = blocking(move || post(&format!("{mu2}/actions/failover"), Some(TOKEN))).await;
+    assert_eq!(ok.0, 200, "{}", ok.1);
+    until("backup active after the switchover", || {
+        b.state().activity == ActivityLevel::Active
+    })
+    .await;
+    let bu2 = bu.clone();
+    let ok = blocking(move || post(&format!("{bu2}/actions/handback"), Some(TOKEN))).await;
+    assert_eq!(ok.0, 200, "{}", ok.1);
+    until("master active after the handback", || {
+        m.state().activity == ActivityLevel::Active && b.state().activity == ActivityLevel::Cold
+    })
+    .await;
+    let mu2 = mu.clone();
+    let refused = blocking(move || post(&format!("{mu2}/actions/handback"), Some(TOKEN))).await;
+    assert_eq!(
+        refused.0, 409,
+        "a handback is for the active backup: {}",
+        refused.1
+    );
+    let bu2 = bu.clone();
+    let ok = blocking(move || post(&format!("{bu2}/actions/resync"), Some(TOKEN))).await;
+    assert_eq!(ok.0, 200);
+    until("resync done", || b.backup().unwrap().status().resyncs == 1).await;
+    let bu2 = bu.clone();
+    let (_, after) = blocking(move || get(&format!("{bu2}/state"))).await;
+    let sb: serde_json::Value = serde_json::from_str(&after).unwrap();
+    assert_eq!(sb["resyncs"].as_u64(), Some(1));
+}
