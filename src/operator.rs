@@ -180,6 +180,14 @@ pub fn metrics(v: &StateView) -> String {
     m
 }
 
+/// "3.2 s ago" for a time in milliseconds since the Unix epoch.
+fn ago(ms: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    format!("{:.1} s ago", now.saturating_sub(ms) as f64 / 1000.0)
+}
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
