@@ -237,11 +237,7 @@ th{{color:#4a5568;font-weight:500}} .err{{color:#c53030}}
             row("log position", v.position.to_string()),
             row("acknowledged by the backup", v.peer_acked.to_string()),
             row("pending updates", v.pending_updates.to_string()),
-            row(
-                "last in sync",
-                v.last_sync_ms
-                    .map_or("never".into(), |ms| format!("{ms} ms since the Unix epoch"))
-            ),
+            row("last in sync", v.last_sync_ms.map_or("never".into(), ago)),
             row("full resyncs", v.resyncs.to_string()),
             row("snapshot in progress", progress),
             row("digest", v.digest.clone()),

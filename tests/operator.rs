@@ -2,42 +2,20 @@
 //! actions that need the operator token.
 
 mod conformance;
+mod pair;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use conformance::records::*;
 use conformance::Fixture;
-use persist::sync::auth::{AuthConfig, Secret};
+use pair::{settings, sync};
 use persist::sync::redundancy::{
-    start_backup_node, start_master_node, ActivityLevel, NodeHandle, NodeRole, RedundancySettings,
+    start_backup_node, start_master_node, ActivityLevel, NodeHandle, NodeRole,
 };
 use persist::sync::transport::memory::MemoryNetwork;
-use persist::sync::worker::SyncConfig;
 
 const TOKEN: &str = "operator token of the pair";
-
-fn sync(node: &str) -> SyncConfig {
-    let mut c = SyncConfig::new(
-        AuthConfig::new(
-            "plant-7",
-            node,
-            Secret::new(b"correct horse battery staple".to_vec()).unwrap(),
-        )
-        .unwrap(),
-    );
-    c.reconnect_initial = Duration::from_millis(20);
-    c.reconnect_max = Duration::from_millis(100);
-    c
-}
-
-fn settings(role: NodeRole, node: &str) -> RedundancySettings {
-    let mut s = RedundancySettings::new(role, node);
-    s.failover_timeout = Duration::from_millis(400);
-    s.heartbeat_interval = Duration::from_millis(40);
-    s.startup_allowance = Duration::from_millis(800);
-    s
-}
 
 async fn serve(node: Arc<NodeHandle>, id: &str) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

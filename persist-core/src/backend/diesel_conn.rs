@@ -31,6 +31,43 @@ pub trait ValueCodec: Backend + Sized {
     ) -> diesel::deserialize::Result<Value>;
 }
 
+/// The error for a value bound as a column type it does not fit.
+pub(crate) fn bind_mismatch(
+    expected: SqlType,
+    value: &Value,
+) -> Box<dyn std::error::Error + Send + Sync> {
+    format!(
+        "cannot bind a {} value as {}",
+        value.kind(),
+        expected.name()
+    )
+    .into()
+}
+
+/// Implements `ToSql<$st, $db>` for [`Value`]: the `$variant` value goes
+/// through diesel's own impl for its Rust type, NULL binds NULL, any other
+/// kind is an error.
+macro_rules! value_to_sql {
+    ($db:ty, $st:ty, $sql:ident, $variant:ident) => {
+        impl diesel::serialize::ToSql<$st, $db> for Value {
+            fn to_sql<'b>(
+                &'b self,
+                out: &mut diesel::serialize::Output<'b, '_, $db>,
+            ) -> diesel::serialize::Result {
+                match self {
+                    Value::$variant(v) => diesel::serialize::ToSql::<$st, $db>::to_sql(v, out),
+                    Value::Null => Ok(diesel::serialize::IsNull::Yes),
+                    other => Err($crate::backend::diesel_conn::bind_mismatch(
+                        SqlType::$sql,
+                        other,
+                    )),
+                }
+            }
+        }
+    };
+}
+pub(crate) use value_to_sql;
+
 /// A statement with its values, as a diesel query.
 pub(crate) struct Bound<'a> {
     stmt: &'a Statement,

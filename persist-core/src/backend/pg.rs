@@ -11,7 +11,7 @@ use diesel::serialize::{IsNull, Output, ToSql};
 use diesel::sql_types;
 use diesel::{Connection as _, QueryResult};
 
-use super::diesel_conn::{DieselConnection, ValueCodec};
+use super::diesel_conn::{bind_mismatch, value_to_sql, DieselConnection, ValueCodec};
 use super::{quote_ident, Connection, Dialect};
 use crate::error::{Error, Result};
 use crate::value::{SqlType, Value};
@@ -56,34 +56,12 @@ pub fn open(options: &PgOptions) -> Result<Box<dyn Connection>> {
     Ok(Box::new(conn))
 }
 
-fn mismatch(expected: SqlType, value: &Value) -> Box<dyn std::error::Error + Send + Sync> {
-    format!(
-        "cannot bind a {} value as {}",
-        value.kind(),
-        expected.name()
-    )
-    .into()
-}
-
-macro_rules! pg_to_sql {
-    ($st:ty, $sql:ident, $variant:ident) => {
-        impl ToSql<$st, Pg> for Value {
-            fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> diesel::serialize::Result {
-                match self {
-                    Value::$variant(v) => ToSql::<$st, Pg>::to_sql(v, out),
-                    Value::Null => Ok(IsNull::Yes),
-                    other => Err(mismatch(SqlType::$sql, other)),
-                }
-            }
-        }
-    };
-}
-pg_to_sql!(sql_types::BigInt, BigInt, I64);
-pg_to_sql!(sql_types::Integer, Integer, I32);
-pg_to_sql!(sql_types::Double, Double, F64);
-pg_to_sql!(sql_types::Bool, Bool, Bool);
-pg_to_sql!(sql_types::Text, Text, Text);
-pg_to_sql!(sql_types::Binary, Blob, Blob);
+value_to_sql!(Pg, sql_types::BigInt, BigInt, I64);
+value_to_sql!(Pg, sql_types::Integer, Integer, I32);
+value_to_sql!(Pg, sql_types::Double, Double, F64);
+value_to_sql!(Pg, sql_types::Bool, Bool, Bool);
+value_to_sql!(Pg, sql_types::Text, Text, Text);
+value_to_sql!(Pg, sql_types::Binary, Blob, Blob);
 
 impl ToSql<sql_types::Timestamptz, Pg> for Value {
     fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> diesel::serialize::Result {
@@ -94,7 +72,7 @@ impl ToSql<sql_types::Timestamptz, Pg> for Value {
                 ToSql::<sql_types::Timestamptz, Pg>::to_sql(&t, &mut out.reborrow())
             }
             Value::Null => Ok(IsNull::Yes),
-            other => Err(mismatch(SqlType::Timestamp, other)),
+            other => Err(bind_mismatch(SqlType::Timestamp, other)),
         }
     }
 }

@@ -20,7 +20,7 @@ use diesel::sql_types;
 use diesel::sqlite::{Sqlite, SqliteValue};
 use diesel::{Connection as _, QueryResult, SqliteConnection};
 
-use super::diesel_conn::{DieselConnection, ValueCodec};
+use super::diesel_conn::{bind_mismatch, value_to_sql, DieselConnection, ValueCodec};
 use super::{Connection, Dialect};
 use crate::error::{Error, Result};
 use crate::value::{SqlType, Value};
@@ -147,15 +147,6 @@ impl Drop for Checkpointer {
     }
 }
 
-fn mismatch(expected: SqlType, value: &Value) -> Box<dyn std::error::Error + Send + Sync> {
-    format!(
-        "cannot bind a {} value as {}",
-        value.kind(),
-        expected.name()
-    )
-    .into()
-}
-
 /// The text form of a timestamp in SQLite: RFC 3339, UTC, microseconds,
 /// fixed width, so text order is time order.
 pub fn timestamp_text(micros: i64) -> Option<String> {
@@ -169,24 +160,11 @@ fn parse_timestamp(text: &str) -> diesel::deserialize::Result<i64> {
         .map_err(|e| format!("bad timestamp `{text}`: {e}").into())
 }
 
-macro_rules! sqlite_to_sql {
-    ($st:ty, $sql:ident, $variant:ident) => {
-        impl ToSql<$st, Sqlite> for Value {
-            fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Sqlite>) -> diesel::serialize::Result {
-                match self {
-                    Value::$variant(v) => ToSql::<$st, Sqlite>::to_sql(v, out),
-                    Value::Null => Ok(IsNull::Yes),
-                    other => Err(mismatch(SqlType::$sql, other)),
-                }
-            }
-        }
-    };
-}
-sqlite_to_sql!(sql_types::BigInt, BigInt, I64);
-sqlite_to_sql!(sql_types::Integer, Integer, I32);
-sqlite_to_sql!(sql_types::Double, Double, F64);
-sqlite_to_sql!(sql_types::Bool, Bool, Bool);
-sqlite_to_sql!(sql_types::Binary, Blob, Blob);
+value_to_sql!(Sqlite, sql_types::BigInt, BigInt, I64);
+value_to_sql!(Sqlite, sql_types::Integer, Integer, I32);
+value_to_sql!(Sqlite, sql_types::Double, Double, F64);
+value_to_sql!(Sqlite, sql_types::Bool, Bool, Bool);
+value_to_sql!(Sqlite, sql_types::Binary, Blob, Blob);
 
 /// Text and timestamps both bind as SQLite text.
 impl ToSql<sql_types::Text, Sqlite> for Value {
@@ -199,7 +177,7 @@ impl ToSql<sql_types::Text, Sqlite> for Value {
                 Ok(IsNull::No)
             }
             Value::Null => Ok(IsNull::Yes),
-            other => Err(mismatch(SqlType::Text, other)),
+            other => Err(bind_mismatch(SqlType::Text, other)),
         }
     }
 }

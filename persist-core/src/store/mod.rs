@@ -237,6 +237,21 @@ pub(crate) fn query_rows(
     Ok(rows)
 }
 
+/// The single integer a query returns (`COUNT`, `MIN`, `MAX`), if not NULL.
+pub(crate) fn query_i64(
+    conn: &mut dyn Connection,
+    stmt: &Statement,
+    values: &[Value],
+) -> Result<Option<i64>> {
+    let rows = query_rows(conn, stmt, values, &[SqlType::BigInt])?;
+    Ok(
+        match rows.into_iter().next().and_then(|r| r.into_iter().next()) {
+            Some(Value::I64(v)) => Some(v),
+            _ => None,
+        },
+    )
+}
+
 pub(crate) fn meta_get(conn: &mut dyn Connection, key: &str) -> Result<Option<Vec<u8>>> {
     let mut stmt = Statement::new(format!("SELECT value FROM {META_TABLE} WHERE key = "));
     stmt.bind(0, SqlType::Text);
@@ -533,14 +548,7 @@ impl Store {
                 for m in &order {
                     if schema::is_identity(m) && !w.next_id.contains_key(m.table) {
                         let t = &tables[m.table];
-                        let max = query_rows(&mut *w.conn, &t.max_key, &[], &[SqlType::BigInt])?
-                            .into_iter()
-                            .next()
-                            .and_then(|r| match r.into_iter().next() {
-                                Some(Value::I64(v)) => Some(v),
-                                _ => None,
-                            })
-                            .unwrap_or(0);
+                        let max = query_i64(&mut *w.conn, &t.max_key, &[])?.unwrap_or(0);
                         w.next_id.insert(m.table, max + 1);
                     }
                 }
@@ -624,13 +632,8 @@ impl Store {
             "SELECT MIN(position) FROM {LOG_TABLE} WHERE committed_at >= "
         ));
         stmt.bind(0, SqlType::BigInt);
-        let rows = self.run_query(&stmt, &[Value::I64(micros)], &[SqlType::BigInt])?;
-        Ok(
-            match rows.into_iter().next().and_then(|r| r.into_iter().next()) {
-                Some(Value::I64(p)) => Some(p as u64),
-                _ => None,
-            },
-        )
+        let first = self.with_reader(|c| query_i64(c, &stmt, &[Value::I64(micros)]))?;
+        Ok(first.map(|p| p as u64))
     }
 
     /// Inserts a record in its own transaction; returns its key (the assigned

@@ -404,14 +404,7 @@ fn save_definition(conn: &mut dyn Connection, table: &str, def: &str) -> Result<
 }
 
 fn count(conn: &mut dyn Connection, sql: String) -> Result<i64> {
-    let mut n = 0;
-    conn.query(&Statement::new(sql), &[], &[SqlType::BigInt], &mut |row| {
-        if let Some(Value::I64(v)) = row.into_iter().next() {
-            n = v;
-        }
-        Ok(())
-    })?;
-    Ok(n)
+    Ok(super::query_i64(conn, &Statement::new(sql), &[])?.unwrap_or(0))
 }
 
 /// What registering a table did.

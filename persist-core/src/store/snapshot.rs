@@ -19,7 +19,9 @@ use crate::value::{SqlType, Value};
 
 use super::schema::{column_list, Table, LOG_TABLE};
 use super::write::WriteTx;
-use super::{check_image, load_head, meta_set, query_rows, write_anchor, Registry, Store};
+use super::{
+    check_image, load_head, meta_set, query_i64, query_rows, write_anchor, Registry, Store,
+};
 
 /// Rows of one table in a snapshot: the table's index in
 /// [`SnapshotHeader::tables`] and encoded row images.
@@ -68,18 +70,8 @@ impl std::fmt::Debug for Snapshot {
 }
 
 fn count(conn: &mut dyn Connection, table: &str) -> Result<u64> {
-    let rows = query_rows(
-        conn,
-        &Statement::new(format!("SELECT COUNT(*) FROM {}", quote_ident(table))),
-        &[],
-        &[SqlType::BigInt],
-    )?;
-    Ok(
-        match rows.into_iter().next().and_then(|r| r.into_iter().next()) {
-            Some(Value::I64(n)) => n as u64,
-            _ => 0,
-        },
-    )
+    let stmt = Statement::new(format!("SELECT COUNT(*) FROM {}", quote_ident(table)));
+    Ok(query_i64(conn, &stmt, &[])?.unwrap_or(0) as u64)
 }
 
 impl Snapshot {
@@ -280,14 +272,7 @@ impl Store {
         w.publish();
         for t in reg.tables.values() {
             if w.next_id.contains_key(t.name) {
-                let max = query_rows(&mut *w.conn, &t.max_key, &[], &[SqlType::BigInt])?
-                    .into_iter()
-                    .next()
-                    .and_then(|r| match r.into_iter().next() {
-                        Some(Value::I64(v)) => Some(v),
-                        _ => None,
-                    })
-                    .unwrap_or(0);
+                let max = query_i64(&mut *w.conn, &t.max_key, &[])?.unwrap_or(0);
                 w.next_id.insert(t.name, max + 1);
             }
         }

@@ -344,6 +344,17 @@ pub enum SyncError {
     Store(#[from] persist_core::Error),
 }
 
+/// Resolves when the watch changes; never, without one (or once it closed).
+async fn wait_change(rx: Option<&mut watch::Receiver<u64>>) {
+    let changed = match rx {
+        Some(c) => c.changed().await.is_ok(),
+        None => false,
+    };
+    if !changed {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// A session's share of the runtime state exchange.
 pub(crate) struct RuntimeLink {
     states: Option<Arc<crate::runtime_state::RuntimeStates>>,
@@ -380,14 +391,7 @@ impl RuntimeLink {
 
     /// Resolves when there may be something to send.
     pub async fn changed(&mut self) {
-        match self.changed.as_mut() {
-            Some(c) => {
-                if c.changed().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            }
-            None => std::future::pending().await,
-        }
+        wait_change(self.changed.as_mut()).await
     }
 
     /// Handles a runtime message from the peer; true if it was one.
@@ -475,14 +479,7 @@ impl HistoryLink {
 
     /// Resolves when more history may be buffered.
     pub async fn changed(&mut self) {
-        match self.changed.as_mut() {
-            Some(c) => {
-                if c.changed().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            }
-            None => std::future::pending().await,
-        }
+        wait_change(self.changed.as_mut()).await
     }
 
     /// Backup: the master delivered up to `seq`.
