@@ -62,6 +62,8 @@ pub struct StateView {
     pub digest: String,
     /// Runtime state providers that failed, with their last error.
     pub runtime_errors: Vec<String>,
+    /// Runtime state updates held in the bounded queues.
+    pub runtime_queued: usize,
 }
 
 /// Builds the state view of a node.
@@ -100,6 +102,7 @@ pub fn view(node_id: &str, node: &NodeHandle) -> StateView {
                     .collect()
             })
             .unwrap_or_default(),
+        runtime_queued: node.runtime().map_or(0, |r| r.queued()),
     }
 }
 
@@ -171,6 +174,11 @@ pub fn metrics(v: &StateView) -> String {
         "persist_resyncs_total",
         "Full resyncs so far.",
         v.resyncs.to_string(),
+    );
+    gauge(
+        "persist_runtime_state_queued_updates",
+        "Runtime state updates held in the bounded queues.",
+        v.runtime_queued.to_string(),
     );
     gauge(
         "persist_runtime_state_failing_providers",

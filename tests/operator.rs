@@ -125,6 +125,20 @@ async fn operator_surface_over_http() {
         metrics.1
     );
     assert!(metrics.1.contains("# TYPE persist_epoch gauge"));
+    for name in [
+        "persist_role",
+        "persist_log_position",
+        "persist_peer_acked_position",
+        "persist_pending_updates",
+        "persist_last_sync_timestamp_seconds",
+        "persist_resyncs_total",
+        "persist_runtime_state_queued_updates",
+    ] {
+        assert!(
+            metrics.1.contains(&format!("{name}{{node=\"gw-a\"}}")),
+            "{name} missing"
+        );
+    }
     assert!(
         page.1.contains("gw-a") && page.1.contains("Master · Active"),
         "{}",

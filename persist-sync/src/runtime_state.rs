@@ -217,6 +217,11 @@ impl RuntimeStates {
         self.errors.lock().clone()
     }
 
+    /// Updates held in the bounded queues (all providers), for operators.
+    pub fn queued(&self) -> usize {
+        self.slots.lock().values().map(|s| s.queue.len()).sum()
+    }
+
     /// Whether this node is the active one (set by the redundancy runtime).
     pub fn set_active(&self, active: bool, epoch: u64) {
         *self.epoch.lock() = epoch;
