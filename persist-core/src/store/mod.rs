@@ -149,12 +149,14 @@ pub(crate) struct Published {
 impl Writer {
     /// Publishes the writer's head to readers.
     pub fn publish(&self) {
-        *self.published.write() = Published {
-            position: self.position,
-            digest: self.digest,
-            epoch: self.epoch,
-            history: self.history.clone(),
-        };
+        let mut p = self.published.write();
+        p.position = self.position;
+        p.digest = self.digest;
+        p.epoch = self.epoch;
+        // The history changes rarely (a restore, an adoption): no clone per commit.
+        if p.history != self.history {
+            p.history = self.history.clone();
+        }
     }
 }
 
