@@ -78,3 +78,40 @@ async fn replication_over_mutual_tls() {
     }
     assert_eq!(b.list::<Setting>().unwrap(), m.list::<Setting>().unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_tls_handshake_does_not_block_other_clients() {
+    use persist_sync::transport::{Acceptor, Dialer};
+    let pki = common::Pki::generate();
+    let server = TlsServer::from_pem_files(
+        &pki.path("server.pem"),
+        &pki.path("server.key"),
+        Some(&pki.path("ca.pem")),
+    )
+    .unwrap();
+    let mut acceptor = TcpAcceptor::bind("127.0.0.1:0", Some(server))
+        .await
+        .unwrap();
+    let addr = acceptor.local_socket_addr();
+    // A client that opens TCP and never says a word.
+    let _staller = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let accepted = tokio::spawn(async move { acceptor.accept().await.map(|_| ()) });
+    let client = TlsClient::from_pem_files(
+        &pki.path("ca.pem"),
+        Some((&pki.path("client.pem"), &pki.path("client.key"))),
+    )
+    .unwrap()
+    .with_server_name("localhost")
+    .unwrap();
+    let dialer = TcpDialer::new(addr.to_string(), Some(client));
+    let link = tokio::time::timeout(Duration::from_secs(3), dialer.dial()).await;
+    assert!(
+        matches!(link, Ok(Ok(_))),
+        "the real client waited behind the stalled one"
+    );
+    let got = tokio::time::timeout(Duration::from_secs(3), accepted).await;
+    assert!(
+        matches!(got, Ok(Ok(Ok(())))),
+        "the acceptor handed out the real client's link"
+    );
+}

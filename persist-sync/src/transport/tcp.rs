@@ -218,7 +218,16 @@ pub struct TcpAcceptor {
     local: SocketAddr,
     tls: Option<TlsServer>,
     handshake_timeout: Duration,
+    /// TLS handshakes run in their own tasks and report here, so a slow or
+    /// hostile client cannot hold up the accept loop.
+    done_tx: tokio::sync::mpsc::UnboundedSender<io::Result<TcpLink>>,
+    done_rx: tokio::sync::mpsc::UnboundedReceiver<io::Result<TcpLink>>,
+    handshaking: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// TLS handshakes in progress at once, at most; further connections are
+/// closed until one finishes.
+const MAX_HANDSHAKES: usize = 32;
 
 impl TcpAcceptor {
     /// Binds `addr` (port 0 picks a free port; see
@@ -226,11 +235,15 @@ impl TcpAcceptor {
     pub async fn bind(addr: impl ToSocketAddrs, tls: Option<TlsServer>) -> io::Result<TcpAcceptor> {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
+        let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
         Ok(TcpAcceptor {
             listener,
             local,
             tls,
             handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+            done_tx,
+            done_rx,
+            handshaking: Default::default(),
         })
     }
 
@@ -250,21 +263,34 @@ impl Acceptor for TcpAcceptor {
     type Link = TcpLink;
 
     async fn accept(&mut self) -> io::Result<TcpLink> {
-        let (stream, peer) = self.listener.accept().await?;
-        stream.set_nodelay(true)?;
-        let Some(tls) = &self.tls else {
-            return Ok(TcpLink::plain(stream, peer));
-        };
-        match tokio::time::timeout(self.handshake_timeout, tls.acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => Ok(TcpLink::tls(stream, peer)),
-            Ok(Err(e)) => Err(io::Error::new(
-                e.kind(),
-                format!("TLS handshake with {peer} failed: {e}"),
-            )),
-            Err(_) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("TLS handshake with {peer} timed out"),
-            )),
+        use std::sync::atomic::Ordering;
+        loop {
+            tokio::select! {
+                Some(done) = self.done_rx.recv() => return done,
+                accepted = self.listener.accept() => {
+                    let (stream, peer) = accepted?;
+                    stream.set_nodelay(true)?;
+                    let Some(tls) = &self.tls else {
+                        return Ok(TcpLink::plain(stream, peer));
+                    };
+                    if self.handshaking.load(Ordering::Acquire) >= MAX_HANDSHAKES {
+                        tracing::warn!(%peer, "too many TLS handshakes in progress: connection closed");
+                        continue;
+                    }
+                    self.handshaking.fetch_add(1, Ordering::AcqRel);
+                    let (acceptor, timeout, tx, count) =
+                        (tls.acceptor.clone(), self.handshake_timeout, self.done_tx.clone(), self.handshaking.clone());
+                    tokio::spawn(async move {
+                        let r = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(stream)) => Ok(TcpLink::tls(stream, peer)),
+                            Ok(Err(e)) => Err(io::Error::new(e.kind(), format!("TLS handshake with {peer} failed: {e}"))),
+                            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("TLS handshake with {peer} timed out"))),
+                        };
+                        count.fetch_sub(1, Ordering::AcqRel);
+                        let _ = tx.send(r);
+                    });
+                }
+            }
         }
     }
 
