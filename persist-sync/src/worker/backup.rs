@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::master::AbortOnDrop;
-use super::{recv, send, send_within, LinkStatus, SessionError, SyncConfig};
+use super::{recv, send, send_within, LinkStatus, SessionError, StatusCell, SyncConfig};
 use crate::auth::authenticate;
 use crate::protocol::{LinkRole, Message, NodeRole, Plan, ResyncReason};
 use crate::transport::{Dialer, FrameSource, Link};
@@ -20,22 +20,13 @@ const APPLY_BATCH: usize = 8192;
 struct Ctx {
     store: Store,
     cfg: SyncConfig,
-    status: watch::Sender<LinkStatus>,
+    status: StatusCell,
     resync_next: Mutex<Option<ResyncReason>>,
     /// Sync stopped at an entry this node cannot apply as is (an unknown
     /// operation): shown in the status until an apply gets past it.
     stuck: Mutex<Option<String>>,
     reconnect: Notify,
     shutdown: watch::Sender<bool>,
-}
-
-impl Ctx {
-    fn update(&self, f: impl FnOnce(&mut LinkStatus)) {
-        self.status.send_modify(|s| {
-            f(s);
-            s.position = self.store.position();
-        });
-    }
 }
 
 /// A running backup sync service.
@@ -47,7 +38,7 @@ pub struct BackupHandle {
 impl std::fmt::Debug for BackupHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BackupHandle")
-            .field("status", &*self.ctx.status.borrow())
+            .field("status", &self.ctx.status)
             .finish()
     }
 }
@@ -55,10 +46,7 @@ impl std::fmt::Debug for BackupHandle {
 /// Starts the backup side on the current tokio runtime.
 pub fn start_backup<D: Dialer>(store: Store, dialer: D, cfg: SyncConfig) -> BackupHandle {
     let ctx = Arc::new(Ctx {
-        status: watch::Sender::new(LinkStatus {
-            position: store.position(),
-            ..LinkStatus::default()
-        }),
+        status: StatusCell::new(store.clone()),
         store,
         cfg,
         resync_next: Mutex::new(None),
@@ -76,9 +64,7 @@ pub fn start_backup<D: Dialer>(store: Store, dialer: D, cfg: SyncConfig) -> Back
 impl BackupHandle {
     /// The link's current status.
     pub fn status(&self) -> LinkStatus {
-        let mut s = self.ctx.status.borrow().clone();
-        s.position = self.ctx.store.position();
-        s
+        self.ctx.status.get()
     }
 
     /// Status changes, for async code.
@@ -158,18 +144,7 @@ async fn run<D: Dialer>(dialer: D, ctx: Arc<Ctx>) {
                 if matches!(e, SessionError::Protocol(ref m) if m == "resync requested") {
                     retry_now = true;
                 }
-                let refused = match &e {
-                    SessionError::Refused(r) => Some(r.clone()),
-                    _ => None,
-                };
-                ctx.update(|s| {
-                    s.connected = false;
-                    s.peer = None;
-                    s.last_error = Some(e.to_string());
-                    if refused.is_some() {
-                        s.refused = refused;
-                    }
-                });
+                ctx.status.disconnected(&e);
             }
         }
         if started.elapsed() > Duration::from_secs(5) || retry_now {
@@ -188,7 +163,7 @@ async fn run<D: Dialer>(dialer: D, ctx: Arc<Ctx>) {
 /// An apply went through: the pair is in sync, and whatever stopped sync before is past.
 fn synced(ctx: &Ctx) {
     let was_stuck = ctx.stuck.lock().take().is_some();
-    ctx.update(|s| {
+    ctx.status.update(|s| {
         s.last_sync = Some(SystemTime::now());
         if was_stuck {
             s.last_error = None;
@@ -273,12 +248,8 @@ async fn once<D: Dialer>(dialer: &D, ctx: &Arc<Ctx>) -> Result<(), SessionError>
         }
     };
     tracing::info!(peer = %peer.node_id, ?plan, "connected to the master");
-    ctx.update(|s| {
-        s.connected = true;
-        s.peer = Some(peer.node_id.clone());
-        s.refused = None;
-        s.last_error = ctx.stuck.lock().clone();
-    });
+    ctx.status
+        .connected(&peer.node_id, ctx.stuck.lock().clone());
     if let Plan::Snapshot { .. } = plan {
         let p = receive_snapshot(&mut source, ctx, &peer.node_id).await?;
         send(&mut sink, &Message::Ack { position: p }).await?;
@@ -484,7 +455,8 @@ async fn receive_snapshot<R: FrameSource>(
         position = header.position,
         "receiving a full snapshot"
     );
-    ctx.update(|s| s.snapshot_progress = Some((0, total)));
+    ctx.status
+        .update(|s| s.snapshot_progress = Some((0, total)));
     // The restore runs on a blocking thread, fed chunk by chunk; the bounded
     // channel keeps memory to a few chunks.
     let (tx, mut rx) = mpsc::channel::<persist_core::Result<(u32, Vec<Vec<u8>>)>>(4);
@@ -506,7 +478,8 @@ async fn receive_snapshot<R: FrameSource>(
                 if tx.send(Ok((table, rows))).await.is_err() {
                     break Err(SessionError::Protocol("restore stopped early".into()));
                 }
-                ctx.update(|s| s.snapshot_progress = Some((done, total)));
+                ctx.status
+                    .update(|s| s.snapshot_progress = Some((done, total)));
             }
             Ok(Message::SnapshotEnd) => break Ok(()),
             Ok(other) => {
@@ -529,10 +502,10 @@ async fn receive_snapshot<R: FrameSource>(
     let restored = (&mut { restore }.0)
         .await
         .map_err(|e| SessionError::Protocol(format!("restore task: {e}")))?;
-    ctx.update(|s| s.snapshot_progress = None);
+    ctx.status.update(|s| s.snapshot_progress = None);
     transfer?;
     restored.map_err(apply_error)?;
-    ctx.update(|s| s.resyncs += 1);
+    ctx.status.update(|s| s.resyncs += 1);
     tracing::info!(
         rows = total,
         position = header.position,

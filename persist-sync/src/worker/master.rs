@@ -9,7 +9,10 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::bridge::Bridge;
-use super::{recv, send, send_within, AckTracker, LinkStatus, SessionError, SyncConfig, SyncError};
+use super::{
+    recv, send, send_within, AckTracker, LinkStatus, SessionError, StatusCell, SyncConfig,
+    SyncError,
+};
 use crate::auth::authenticate;
 use crate::core::{plan_sync, BackupView, Decision, MasterView, SendWindow};
 use crate::protocol::{
@@ -22,21 +25,12 @@ struct Ctx {
     cfg: SyncConfig,
     acks: Arc<AckTracker>,
     ever_acked: AtomicBool,
-    status: watch::Sender<LinkStatus>,
+    status: StatusCell,
     resync: Notify,
     /// Sessions so far; the newest one serves, older ones stop.
     current: watch::Sender<u64>,
     bridge: Bridge,
     shutdown: watch::Sender<bool>,
-}
-
-impl Ctx {
-    fn update(&self, f: impl FnOnce(&mut LinkStatus)) {
-        self.status.send_modify(|s| {
-            f(s);
-            s.position = self.store.position();
-        });
-    }
 }
 
 /// A running master sync service.
@@ -48,7 +42,7 @@ pub struct MasterHandle {
 impl std::fmt::Debug for MasterHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MasterHandle")
-            .field("status", &*self.ctx.status.borrow())
+            .field("status", &self.ctx.status)
             .finish()
     }
 }
@@ -63,10 +57,7 @@ pub fn start_master<A: Acceptor>(
         bridge: Bridge::start(store.clone())?,
         acks: AckTracker::new(0),
         ever_acked: AtomicBool::new(false),
-        status: watch::Sender::new(LinkStatus {
-            position: store.position(),
-            ..LinkStatus::default()
-        }),
+        status: StatusCell::new(store.clone()),
         resync: Notify::new(),
         current: watch::Sender::new(0),
         shutdown: watch::Sender::new(false),
@@ -83,9 +74,7 @@ pub fn start_master<A: Acceptor>(
 impl MasterHandle {
     /// The link's current status.
     pub fn status(&self) -> LinkStatus {
-        let mut s = self.ctx.status.borrow().clone();
-        s.position = self.ctx.store.position();
-        s
+        self.ctx.status.get()
     }
 
     /// Status changes, for async code.
@@ -187,10 +176,7 @@ async fn accept_loop<A: Acceptor>(mut acceptor: A, ctx: Arc<Ctx>) {
                         Ok(()) | Err(SessionError::Shutdown) => {}
                         Err(e) => {
                             tracing::warn!(%peer, "sync session ended: {e}");
-                            ctx.update(|s| {
-                                s.connected = false;
-                                s.last_error = Some(e.to_string());
-                            });
+                            ctx.status.disconnected(&e);
                         }
                     }
                 });
@@ -243,7 +229,7 @@ async fn session<L: Link>(link: L, ctx: &Arc<Ctx>) -> Result<(), SessionError> {
         )
         .await;
         enter_dual_master(&ctx.store, &peer.node_id);
-        ctx.update(|s| s.refused = Some(reason.clone()));
+        ctx.status.update(|s| s.refused = Some(reason.clone()));
         return Err(SessionError::RefusedPeer(reason));
     }
     let store = ctx.store.clone();
@@ -276,7 +262,7 @@ async fn session<L: Link>(link: L, ctx: &Arc<Ctx>) -> Result<(), SessionError> {
                 },
             )
             .await;
-            ctx.update(|s| s.refused = Some(reason.clone()));
+            ctx.status.update(|s| s.refused = Some(reason.clone()));
             return Err(SessionError::RefusedPeer(reason));
         }
         Decision::Sync(plan) => plan,
@@ -292,12 +278,7 @@ async fn session<L: Link>(link: L, ctx: &Arc<Ctx>) -> Result<(), SessionError> {
     };
     tracing::info!(peer = %peer.node_id, ?plan, "backup connected");
     send(&mut sink, &Message::SyncPlan(plan.clone())).await?;
-    ctx.update(|s| {
-        s.connected = true;
-        s.peer = Some(peer.node_id.clone());
-        s.refused = None;
-        s.last_error = None;
-    });
+    ctx.status.connected(&peer.node_id, None);
     let from = match plan {
         Plan::Incremental { from, .. } => from,
         Plan::Snapshot { .. } => send_snapshot(&mut sink, ctx).await? + 1,
@@ -416,20 +397,22 @@ async fn send_snapshot<S: FrameSink>(sink: &mut S, ctx: &Arc<Ctx>) -> Result<u64
         },
     )
     .await?;
-    ctx.update(|s| s.snapshot_progress = Some((0, total)));
+    ctx.status
+        .update(|s| s.snapshot_progress = Some((0, total)));
     let mut done = 0u64;
     while let Some(item) = rx.recv().await {
         match item? {
             Item::Rows(table, rows) => {
                 done += rows.len() as u64;
                 send(sink, &Message::SnapshotRows { table, rows }).await?;
-                ctx.update(|s| s.snapshot_progress = Some((done, total)));
+                ctx.status
+                    .update(|s| s.snapshot_progress = Some((done, total)));
             }
             Item::Header(_) => return Err(SessionError::Protocol("second snapshot header".into())),
         }
     }
     send(sink, &Message::SnapshotEnd).await?;
-    ctx.update(|s| {
+    ctx.status.update(|s| {
         s.snapshot_progress = None;
         s.resyncs += 1;
     });
@@ -542,7 +525,7 @@ async fn stream<S: FrameSink, R: FrameSource>(
                     ctx.acks.set(position);
                     ctx.ever_acked.store(true, Ordering::Relaxed);
                     let in_sync = position >= ctx.store.position();
-                    ctx.update(|s| {
+                    ctx.status.update(|s| {
                         s.peer_acked = position;
                         if in_sync {
                             s.last_sync = Some(SystemTime::now());

@@ -191,6 +191,71 @@ pub struct LinkStatus {
     pub snapshot_progress: Option<(u64, u64)>,
 }
 
+/// A worker's [`LinkStatus`]: kept in a watch channel, with the local
+/// position read fresh from the store whenever it is published or read.
+pub(crate) struct StatusCell {
+    store: persist_core::Store,
+    tx: watch::Sender<LinkStatus>,
+}
+
+impl StatusCell {
+    pub fn new(store: persist_core::Store) -> Self {
+        let tx = watch::Sender::new(LinkStatus {
+            position: store.position(),
+            ..LinkStatus::default()
+        });
+        StatusCell { store, tx }
+    }
+
+    /// Changes the status and publishes it.
+    pub fn update(&self, f: impl FnOnce(&mut LinkStatus)) {
+        self.tx.send_modify(|s| {
+            f(s);
+            s.position = self.store.position();
+        });
+    }
+
+    /// The status now.
+    pub fn get(&self) -> LinkStatus {
+        let mut s = self.tx.borrow().clone();
+        s.position = self.store.position();
+        s
+    }
+
+    /// Status changes.
+    pub fn subscribe(&self) -> watch::Receiver<LinkStatus> {
+        self.tx.subscribe()
+    }
+
+    /// An authenticated peer is syncing; `last_error` is what still stands.
+    pub fn connected(&self, peer: &str, last_error: Option<String>) {
+        self.update(|s| {
+            s.connected = true;
+            s.peer = Some(peer.to_owned());
+            s.refused = None;
+            s.last_error = last_error;
+        });
+    }
+
+    /// The session ended with `error`.
+    pub fn disconnected(&self, error: &SessionError) {
+        self.update(|s| {
+            s.connected = false;
+            s.peer = None;
+            s.last_error = Some(error.to_string());
+            if let SessionError::Refused(r) = error {
+                s.refused = Some(r.clone());
+            }
+        });
+    }
+}
+
+impl std::fmt::Debug for StatusCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.tx.borrow().fmt(f)
+    }
+}
+
 /// Why a sync session ended.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
