@@ -551,3 +551,35 @@ async fn unknown_operation_stops_sync_visibly_until_the_module_is_installed() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intruder_does_not_disconnect_the_real_backup_in_the_status() {
+    let (fm, fb, fx) = (Fixture::sqlite(), Fixture::sqlite(), Fixture::sqlite());
+    let (m, b, x) = (store(&fm), store(&fb), store(&fx));
+    let (master, addr) = master_on_tcp(&m, cfg("master", SECRET)).await;
+    let _backup = backup_on_tcp(&b, &addr, cfg("backup", SECRET));
+    wait_status(|| master.status(), "backup connected", |s| s.connected).await;
+    // Someone with the wrong secret keeps dialing the master.
+    let intruder = backup_on_tcp(&x, &addr, cfg("intruder", b"not the secret at all"));
+    wait_status(
+        || intruder.status(),
+        "intruder refused",
+        |s| s.last_error.is_some(),
+    )
+    .await;
+    wait_status(
+        || master.status(),
+        "the attempt is recorded",
+        |s| s.last_error.is_some(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = master.status();
+    assert!(
+        s.connected && s.peer.as_deref() == Some("backup"),
+        "the real backup is still shown connected: {s:?}"
+    );
+    // And it still replicates.
+    write_mix(&m, "after the intruder");
+    converge(&m, &b).await;
+}

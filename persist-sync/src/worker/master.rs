@@ -172,11 +172,21 @@ async fn accept_loop<A: Acceptor>(mut acceptor: A, ctx: Arc<Ctx>) {
                 let ctx = ctx.clone();
                 tokio::spawn(async move {
                     let peer = link.peer();
-                    match session(link, &ctx).await {
+                    let mut generation = None;
+                    match session(link, &ctx, &mut generation).await {
                         Ok(()) | Err(SessionError::Shutdown) => {}
                         Err(e) => {
                             tracing::warn!(%peer, "sync session ended: {e}");
-                            ctx.status.disconnected(&e);
+                            // Only the session that serves the backup speaks for the
+                            // link: a client that never got that far (a wrong secret,
+                            // a refusal) or a session a newer one replaced leaves the
+                            // connection state alone and only records its error.
+                            let serving = generation.is_some_and(|g| g == *ctx.current.borrow());
+                            if serving {
+                                ctx.status.disconnected(&e);
+                            } else {
+                                ctx.status.update(|s| s.last_error = Some(e.to_string()));
+                            }
                         }
                     }
                 });
@@ -186,7 +196,11 @@ async fn accept_loop<A: Acceptor>(mut acceptor: A, ctx: Arc<Ctx>) {
     }
 }
 
-async fn session<L: Link>(link: L, ctx: &Arc<Ctx>) -> Result<(), SessionError> {
+async fn session<L: Link>(
+    link: L,
+    ctx: &Arc<Ctx>,
+    generation_out: &mut Option<u64>,
+) -> Result<(), SessionError> {
     let (mut sink, mut source) = link.split();
     let peer = authenticate(
         &mut sink,
@@ -276,6 +290,7 @@ async fn session<L: Link>(link: L, ctx: &Arc<Ctx>) -> Result<(), SessionError> {
         });
         g
     };
+    *generation_out = Some(generation);
     tracing::info!(peer = %peer.node_id, ?plan, "backup connected");
     send(&mut sink, &Message::SyncPlan(plan.clone())).await?;
     ctx.status.connected(&peer.node_id, None);
