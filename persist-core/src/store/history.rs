@@ -16,7 +16,7 @@ use crate::value::{SqlType, Value};
 
 use super::schema::HISTORY_TABLE;
 use super::write::WriteTx;
-use super::{meta_get, meta_set, now_micros, query_rows, Store};
+use super::{in_transaction, meta_get, meta_set, now_micros, query_i64, Store};
 
 /// One history item.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,20 +35,11 @@ impl Store {
     /// Appends an item to this node's history buffer; returns its sequence number.
     pub fn history_append(&self, kind: &str, payload: Vec<u8>) -> Result<u64> {
         let mut w = self.inner.writer.lock();
-        w.conn.begin_write()?;
-        let r = (|| {
-            let last = query_rows(
-                &mut *w.conn,
-                &Statement::new(format!("SELECT MAX(seq) FROM {HISTORY_TABLE}")),
-                &[],
-                &[SqlType::BigInt],
-            )?;
-            let last_seq = match last.into_iter().next().and_then(|r| r.into_iter().next()) {
-                Some(Value::I64(v)) => v as u64,
-                _ => 0,
-            };
+        in_transaction(&mut *w.conn, |conn| {
+            let max = Statement::new(format!("SELECT MAX(seq) FROM {HISTORY_TABLE}"));
+            let last_seq = query_i64(conn, &max, &[])?.unwrap_or(0) as u64;
             // Sequence numbers never go back, even after the buffer was emptied.
-            let floor = meta_get(&mut *w.conn, "history_seq")?
+            let floor = meta_get(conn, "history_seq")?
                 .and_then(|b| b.try_into().ok().map(u64::from_le_bytes))
                 .unwrap_or(0);
             let seq = last_seq.max(floor) + 1;
@@ -63,7 +54,7 @@ impl Store {
                 .sql(", ")
                 .bind(3, SqlType::Blob)
                 .sql(")");
-            w.conn.execute(
+            conn.execute(
                 &stmt,
                 &[
                     Value::I64(seq as i64),
@@ -72,16 +63,9 @@ impl Store {
                     Value::Blob(payload),
                 ],
             )?;
-            meta_set(&mut *w.conn, "history_seq", seq.to_le_bytes().to_vec())?;
+            meta_set(conn, "history_seq", seq.to_le_bytes().to_vec())?;
             Ok(seq)
-        })();
-        match r.and_then(|seq| w.conn.commit().map(|()| seq)) {
-            Ok(seq) => Ok(seq),
-            Err(e) => {
-                let _ = w.conn.rollback();
-                Err(e)
-            }
-        }
+        })
     }
 
     /// Up to `max` buffered items after `after`, in order.

@@ -239,6 +239,22 @@ pub(crate) fn query_rows(
     Ok(rows)
 }
 
+/// Runs `f` in a write transaction on `conn`: commits if it succeeds, rolls
+/// back if it (or the commit) fails.
+pub(crate) fn in_transaction<T>(
+    conn: &mut dyn Connection,
+    f: impl FnOnce(&mut dyn Connection) -> Result<T>,
+) -> Result<T> {
+    conn.begin_write()?;
+    match f(conn).and_then(|v| conn.commit().map(|()| v)) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let _ = conn.rollback();
+            Err(e)
+        }
+    }
+}
+
 /// The single integer a query returns (`COUNT`, `MIN`, `MAX`), if not NULL.
 pub(crate) fn query_i64(
     conn: &mut dyn Connection,
@@ -376,47 +392,27 @@ impl Store {
     pub fn open(config: StoreConfig) -> Result<Store> {
         let mut conn = config.connect()?;
         let dialect = conn.dialect();
-        conn.begin_write()?;
-        let prepared = (|| {
+        let (history, head, epoch, last_entry_epoch, claim) = in_transaction(&mut *conn, |conn| {
             for ddl in schema::internal_ddl(dialect) {
                 conn.batch(&ddl)?;
             }
-            let history = match meta_get(&mut *conn, "history")? {
+            let history = match meta_get(conn, "history")? {
                 Some(h) => String::from_utf8_lossy(&h).into_owned(),
                 None => {
                     let h = uuid::Uuid::new_v4().to_string();
-                    meta_set(&mut *conn, "history", h.clone().into_bytes())?;
+                    meta_set(conn, "history", h.clone().into_bytes())?;
                     h
                 }
             };
-            let head = load_head(&mut *conn)?;
-            let claim: Claim = meta_get(&mut *conn, "claim")?
+            let head = load_head(conn)?;
+            let claim: Claim = meta_get(conn, "claim")?
                 .and_then(|b| postcard::from_bytes(&b).ok())
                 .unwrap_or_default();
-            let log_epoch = query_rows(
-                &mut *conn,
-                &Statement::new(format!("SELECT MAX(epoch) FROM {LOG_TABLE}")),
-                &[],
-                &[SqlType::BigInt],
-            )?
-            .into_iter()
-            .next()
-            .and_then(|r| match r.into_iter().next() {
-                Some(Value::I64(e)) => Some(e as u64),
-                _ => None,
-            })
-            .unwrap_or(0);
+            let max_epoch = Statement::new(format!("SELECT MAX(epoch) FROM {LOG_TABLE}"));
+            let log_epoch = query_i64(conn, &max_epoch, &[])?.unwrap_or(0) as u64;
             let epoch = log_epoch.max(claim.epoch);
             Ok((history, head, epoch, log_epoch, claim))
-        })();
-        let (history, head, epoch, last_entry_epoch, claim) =
-            match prepared.and_then(|p| conn.commit().map(|()| p)) {
-                Ok(p) => p,
-                Err(e) => {
-                    let _ = conn.rollback();
-                    return Err(e);
-                }
-            };
+        })?;
         let checkpointer = match &config.backend {
             BackendConfig::Sqlite(o) => match o.background_checkpoint {
                 Some(every) => Some(Checkpointer::start(o, every)?),
@@ -821,12 +817,7 @@ impl Store {
         }
         let bytes = postcard::to_allocvec(claim)
             .map_err(|e| Error::Database(format!("encoding the claim: {e}")))?;
-        w.conn.begin_write()?;
-        let r = meta_set(&mut *w.conn, "claim", bytes).and_then(|()| w.conn.commit());
-        if let Err(e) = r {
-            let _ = w.conn.rollback();
-            return Err(e);
-        }
+        in_transaction(&mut *w.conn, |conn| meta_set(conn, "claim", bytes))?;
         w.epoch = claim.epoch;
         w.publish();
         *self.inner.claim.write() = claim.clone();
@@ -882,36 +873,24 @@ impl Store {
         if below == 0 {
             return Ok(0);
         }
-        w.conn.begin_write()?;
-        let result = (|| {
+        let removed = in_transaction(&mut *w.conn, |conn| {
             let mut sel = Statement::new(format!(
                 "SELECT position, epoch, committed_at, digest, body FROM {LOG_TABLE} WHERE position = "
             ));
             sel.bind(0, SqlType::BigInt);
-            let prev = query_rows(
-                &mut *w.conn,
-                &sel,
-                &[Value::I64(below as i64 - 1)],
-                &LOG_COLUMNS,
-            )?;
+            let prev = query_rows(conn, &sel, &[Value::I64(below as i64 - 1)], &LOG_COLUMNS)?;
             if let Some(row) = prev.into_iter().next() {
                 let e = entry_from_row(row)?;
-                let (anchor, _) = read_anchor(&mut *w.conn)?;
+                let (anchor, _) = read_anchor(conn)?;
                 if e.position > anchor {
-                    write_anchor(&mut *w.conn, e.position, e.digest)?;
+                    write_anchor(conn, e.position, e.digest)?;
                 }
             }
             let mut del = Statement::new(format!("DELETE FROM {LOG_TABLE} WHERE position < "));
             del.bind(0, SqlType::BigInt);
-            w.conn.execute(&del, &[Value::I64(below as i64)])
-        })();
-        match result.and_then(|n| w.conn.commit().map(|()| n)) {
-            Ok(n) => Ok(n as u64),
-            Err(e) => {
-                let _ = w.conn.rollback();
-                Err(e)
-            }
-        }
+            conn.execute(&del, &[Value::I64(below as i64)])
+        })?;
+        Ok(removed as u64)
     }
 
     /// Recomputes the digest from every row and compares it with the one
