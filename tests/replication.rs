@@ -206,6 +206,12 @@ async fn lagging_backup_past_retention_gets_a_snapshot() {
     let backup = backup_on_tcp(&b, &addr, cfg("backup", SECRET));
     converge(&m, &b).await;
     assert_identical(&m, &b);
+    wait_status(
+        || backup.status(),
+        "the resync is counted",
+        |s| s.resyncs >= 1,
+    )
+    .await;
     assert_eq!(backup.status().resyncs, 1);
     wait_status(
         || master.status(),
@@ -454,6 +460,13 @@ async fn link_cut_during_a_full_resync_keeps_old_data_and_recovers() {
         .first()
         .unwrap()
         .is_none());
+    // The count follows the restore's commit: wait for it, then require exactly one.
+    wait_status(
+        || backup.status(),
+        "the resync is counted",
+        |s| s.resyncs >= 1,
+    )
+    .await;
     assert_eq!(
         backup.status().resyncs,
         1,
