@@ -38,6 +38,6 @@ pub use backend::Dialect;
 pub use listen::{RecordEvent, Subscription};
 pub use log::LogEntry;
 pub use store::{
-    Applied, Claim, HistoryItem, LogHead, Query, ReplicatedOperation, Snapshot, SnapshotHeader,
-    SnapshotTableInfo, Store, StoreConfig, Verification, WriteTx,
+    Applied, Claim, HistoryItem, LogHead, Query, ReplicatedOperation, Restore, Snapshot,
+    SnapshotHeader, SnapshotTableInfo, Store, StoreConfig, Verification, WriteTx,
 };

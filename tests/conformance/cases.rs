@@ -1067,6 +1067,55 @@ pub fn interrupted_restore_keeps_old_data(fx: &Fixture) {
     assert_eq!(b.list::<Profile>().unwrap().len(), 30);
 }
 
+pub fn stepwise_restore_keeps_readers_on_old_data_until_it_commits(fx: &Fixture) {
+    let a = store_with_all(fx);
+    for i in 0..25 {
+        a.insert(&profile(&format!("p{i}"))).unwrap();
+    }
+    let fx_b = fx.sibling();
+    let b = store_with_all(&fx_b);
+    b.insert(&profile("old")).unwrap();
+    let before = (b.position(), b.digest(), b.history());
+    let mut snap = a.snapshot().unwrap();
+    let header = snap.header().clone();
+    // Dropped half way: rolled back, nothing changed.
+    let mut restore = b.begin_restore(&header).unwrap();
+    let (t, rows) = snap.next_chunk(10).unwrap().unwrap();
+    restore.push(t, &rows).unwrap();
+    assert_eq!(restore.rows(), 10);
+    // Readers, the gate and the head never wait for the restore's writer.
+    assert_eq!(b.list::<Profile>().unwrap().len(), 1);
+    assert_eq!(b.position(), before.0);
+    b.set_write_gate(Some("closed while restoring".into()));
+    assert!(b.write_gate().is_some());
+    b.set_write_gate(None);
+    drop(restore);
+    assert_eq!((b.position(), b.digest(), b.history()), before);
+    assert_eq!(b.list::<Profile>().unwrap().len(), 1);
+    // A push after a failed one fails too, and the data stays.
+    let mut restore = b.begin_restore(&header).unwrap();
+    assert!(matches!(
+        restore.push(99, &rows),
+        Err(Error::Inapplicable { .. })
+    ));
+    assert!(restore.push(t, &rows).is_err());
+    assert!(restore.finish().is_err());
+    assert_eq!(b.list::<Profile>().unwrap().len(), 1);
+    // Fed in steps to the end: the master's data, position and history.
+    let mut snap = a.snapshot().unwrap();
+    let mut restore = b.begin_restore(&header).unwrap();
+    while let Some((t, rows)) = snap.next_chunk(7).unwrap() {
+        restore.push(t, &rows).unwrap();
+    }
+    restore.finish().unwrap();
+    assert_eq!(b.list::<Profile>().unwrap(), a.list::<Profile>().unwrap());
+    assert_eq!(
+        (b.position(), b.digest(), b.history()),
+        (a.position(), a.digest(), a.history())
+    );
+    assert!(b.verify().unwrap().is_consistent());
+}
+
 pub fn apply_batch_is_all_or_nothing(fx: &Fixture) {
     let (a, b, _fx_b) = replicate(fx);
     let log = a.read_log(1, 100).unwrap();

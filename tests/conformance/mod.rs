@@ -157,6 +157,7 @@ macro_rules! conformance_suite {
                 snapshot_restore_replaces_diverged_data,
                 snapshot_is_consistent_while_writes_go_on,
                 interrupted_restore_keeps_old_data,
+                stepwise_restore_keeps_readers_on_old_data_until_it_commits,
                 apply_batch_is_all_or_nothing,
                 commit_feed_carries_entries,
                 write_gate_refuses_local_writes_only,

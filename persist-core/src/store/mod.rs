@@ -29,7 +29,7 @@ pub use apply::Applied;
 pub use history::HistoryItem;
 pub use operation::ReplicatedOperation;
 pub use query::Query;
-pub use snapshot::{Snapshot, SnapshotChunk, SnapshotHeader, SnapshotTableInfo};
+pub use snapshot::{Restore, Snapshot, SnapshotChunk, SnapshotHeader, SnapshotTableInfo};
 pub use write::WriteTx;
 
 use schema::{Migration, Table, LOG_TABLE, META_TABLE};
@@ -114,8 +114,6 @@ pub(crate) struct Writer {
     pub history: String,
     /// What readers see of the head, without taking the writer's lock.
     pub published: Arc<RwLock<Published>>,
-    /// Why local writes are refused, if they are (see [`Store::set_write_gate`]).
-    pub gate: Option<String>,
     /// Epoch of the newest entry in the log: entries must not go back in epoch.
     pub last_entry_epoch: u64,
 }
@@ -163,8 +161,12 @@ impl Writer {
 struct Inner {
     config: StoreConfig,
     dialect: Dialect,
-    writer: Mutex<Writer>,
+    /// Shared with a [`Restore`] in progress, which holds the lock across calls.
+    writer: Arc<Mutex<Writer>>,
     published: Arc<RwLock<Published>>,
+    /// Why local writes are refused, if they are (see [`Store::set_write_gate`]);
+    /// kept apart from the writer so reading or changing it never waits for a write.
+    gate: RwLock<Option<String>>,
     claim: RwLock<Claim>,
     readers: Mutex<Vec<Box<dyn Connection>>>,
     registry: RwLock<Arc<Registry>>,
@@ -431,9 +433,9 @@ impl Store {
                 dialect,
                 published: published.clone(),
                 claim: RwLock::new(claim),
-                writer: Mutex::new(Writer {
+                gate: RwLock::new(None),
+                writer: Arc::new(Mutex::new(Writer {
                     published,
-                    gate: None,
                     last_entry_epoch,
                     history,
                     conn,
@@ -442,7 +444,7 @@ impl Store {
                     epoch,
                     next_id: HashMap::new(),
                     listeners: Listeners::default(),
-                }),
+                })),
                 readers: Mutex::new(Vec::new()),
                 registry: RwLock::new(Arc::new(Registry::default())),
                 config,
@@ -618,6 +620,9 @@ impl Store {
         &self,
         f: impl FnOnce(&mut WriteTx<'_>) -> Result<T>,
     ) -> Result<(T, Option<u64>)> {
+        if let Some(reason) = self.write_gate() {
+            return Err(Error::NotMaster { reason });
+        }
         let mut w = self.inner.writer.lock();
         let reg = self.registry();
         write::run(&mut w, &reg, f)
@@ -826,13 +831,15 @@ impl Store {
 
     /// Refuses local writes with [`Error::NotMaster`] carrying `reason`
     /// (`None` accepts them again). Applying the master's log is unaffected.
+    /// Never waits for a write in progress: a write already running when the
+    /// gate closes may still commit.
     pub fn set_write_gate(&self, reason: Option<String>) {
-        self.inner.writer.lock().gate = reason;
+        *self.inner.gate.write() = reason;
     }
 
     /// Why local writes are refused, if they are.
     pub fn write_gate(&self) -> Option<String> {
-        self.inner.writer.lock().gate.clone()
+        self.inner.gate.read().clone()
     }
 
     /// Up to `max` log entries from `from` on, in order.

@@ -17,10 +17,13 @@ use crate::error::{Error, Result};
 use crate::log::encode_image;
 use crate::value::{SqlType, Value};
 
+use parking_lot::lock_api::ArcMutexGuard;
+use parking_lot::RawMutex;
+
 use super::schema::{column_list, Table, LOG_TABLE};
 use super::write::WriteTx;
 use super::{
-    check_image, load_head, meta_set, query_i64, query_rows, write_anchor, Registry, Store,
+    check_image, load_head, meta_set, query_i64, query_rows, write_anchor, Registry, Store, Writer,
 };
 
 /// Rows of one table in a snapshot: the table's index in
@@ -192,85 +195,200 @@ impl Store {
     /// [`Error::Inapplicable`]). On success the store holds the origin's data,
     /// history, position and digest, its log is empty (first retained position
     /// = position + 1), and every subscription gets [`RecordEvent::Reset`](crate::RecordEvent::Reset).
+    ///
+    /// The same in steps, for a caller fed chunk by chunk: [`Store::begin_restore`].
     pub fn restore(
         &self,
         header: &SnapshotHeader,
         chunks: impl IntoIterator<Item = Result<SnapshotChunk>>,
     ) -> Result<()> {
+        let mut restore = self.begin_restore(header)?;
+        for chunk in chunks {
+            let (table, rows) = chunk?;
+            restore.push(table, &rows)?;
+        }
+        restore.finish()
+    }
+
+    /// Starts replacing every registered table with a snapshot described by
+    /// `header` (see [`Store::restore`]), in one write transaction that the
+    /// returned [`Restore`] keeps open: feed it with [`Restore::push`], then
+    /// [`Restore::finish`]. Dropping it, or any error, rolls everything back.
+    ///
+    /// The restore holds the store's writer until it ends: other writes on
+    /// this store wait meanwhile (readers do not), so the caller must end it
+    /// (finish or drop) whatever the source of chunks does.
+    pub fn begin_restore(&self, header: &SnapshotHeader) -> Result<Restore> {
         let reg = self.registry();
         let refuse = |reason: String| Error::Inapplicable {
             position: header.position,
             reason,
         };
-        let mut tables: Vec<&Table> = Vec::with_capacity(header.tables.len());
+        let mut tables = Vec::with_capacity(header.tables.len());
         for info in &header.tables {
-            tables.push(reg.tables.get(info.name.as_str()).ok_or_else(|| {
+            let t = reg.tables.get(info.name.as_str()).ok_or_else(|| {
                 refuse(format!(
                     "snapshot table {} is not registered here",
                     info.name
                 ))
-            })?);
+            })?;
+            tables.push(t.name);
         }
-        let mut w = self.inner.writer.lock();
-        let mut tx = WriteTx::begin(&mut w, &reg)?;
-        tx.capture = false;
-        tx.logging = false;
+        let mut w = self.inner.writer.lock_arc();
+        w.conn.begin_write()?;
         let mut names: Vec<&'static str> = reg.tables.keys().copied().collect();
         names.sort_unstable();
         for name in &names {
-            tx.w.conn
-                .batch(&format!("DELETE FROM {}", quote_ident(name)))?;
-        }
-        tx.digest = Digest::EMPTY;
-        let mut counts = vec![0u64; tables.len()];
-        for chunk in chunks {
-            let (index, rows) = chunk?;
-            let t = *tables.get(index as usize).ok_or_else(|| {
-                refuse(format!(
-                    "row chunk for table index {index} of {}",
-                    tables.len()
-                ))
-            })?;
-            let mut flat = Vec::with_capacity(rows.len() * t.types.len());
-            for image in &rows {
-                flat.extend(check_image(t, image).map_err(refuse)?);
+            if let Err(e) = w.conn.batch(&format!("DELETE FROM {}", quote_ident(name))) {
+                let _ = w.conn.rollback();
+                return Err(e);
             }
-            counts[index as usize] += rows.len() as u64;
-            tx.insert_rows(t, flat).map_err(|e| match e {
-                e @ (Error::Locked(_) | Error::Unavailable(_) | Error::DiskFull(_)) => e,
-                other => refuse(format!("{}: {other}", t.name)),
-            })?;
         }
-        for (info, n) in header.tables.iter().zip(&counts) {
+        Ok(Restore {
+            w,
+            reg,
+            counts: vec![0; tables.len()],
+            tables,
+            header: header.clone(),
+            digest: Digest::EMPTY,
+            open: true,
+        })
+    }
+}
+
+/// A restore in progress (see [`Store::begin_restore`]). It holds the
+/// store's writer and an open write transaction; readers keep seeing the old
+/// data until [`Restore::finish`] commits.
+pub struct Restore {
+    w: ArcMutexGuard<RawMutex, Writer>,
+    reg: Arc<Registry>,
+    /// Table names by their index in the header.
+    tables: Vec<&'static str>,
+    counts: Vec<u64>,
+    header: SnapshotHeader,
+    digest: Digest,
+    /// The transaction is open (not committed, not rolled back).
+    open: bool,
+}
+
+impl std::fmt::Debug for Restore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Restore")
+            .field("header", &self.header)
+            .field("rows", &self.rows())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Restore {
+    /// What is being restored.
+    pub fn header(&self) -> &SnapshotHeader {
+        &self.header
+    }
+
+    /// Rows restored so far.
+    pub fn rows(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    fn refuse(&self, reason: String) -> Error {
+        Error::Inapplicable {
+            position: self.header.position,
+            reason,
+        }
+    }
+
+    fn rollback(&mut self) {
+        if std::mem::take(&mut self.open) {
+            if let Err(e) = self.w.conn.rollback() {
+                tracing::warn!("rolling back a restore failed: {e}");
+            }
+        }
+    }
+
+    /// Adds rows of the table at index `table` of the header. On an error
+    /// the restore is rolled back and every later call fails.
+    pub fn push(&mut self, table: u32, rows: &[Vec<u8>]) -> Result<()> {
+        let r = self.push_inner(table, rows);
+        if r.is_err() {
+            self.rollback();
+        }
+        r
+    }
+
+    fn push_inner(&mut self, table: u32, rows: &[Vec<u8>]) -> Result<()> {
+        if !self.open {
+            return Err(self.refuse("the restore already failed".into()));
+        }
+        let name = *self.tables.get(table as usize).ok_or_else(|| {
+            self.refuse(format!(
+                "row chunk for table index {table} of {}",
+                self.tables.len()
+            ))
+        })?;
+        let reg = self.reg.clone();
+        let t = &reg.tables[name];
+        let mut flat = Vec::with_capacity(rows.len() * t.types.len());
+        for image in rows {
+            flat.extend(check_image(t, image).map_err(|e| self.refuse(e))?);
+        }
+        let mut tx = WriteTx::attach(&mut self.w, &reg, self.digest);
+        tx.insert_rows(t, flat).map_err(|e| match e {
+            e @ (Error::Locked(_) | Error::Unavailable(_) | Error::DiskFull(_)) => e,
+            other => Error::Inapplicable {
+                position: self.header.position,
+                reason: format!("{}: {other}", t.name),
+            },
+        })?;
+        self.digest = tx.digest;
+        drop(tx);
+        self.counts[table as usize] += rows.len() as u64;
+        Ok(())
+    }
+
+    /// Checks row counts and digest against the header and commits: the
+    /// store then holds the origin's data, history, position and digest.
+    pub fn finish(mut self) -> Result<()> {
+        let r = self.finish_inner();
+        if r.is_err() {
+            self.rollback();
+        }
+        r
+    }
+
+    fn finish_inner(&mut self) -> Result<()> {
+        if !self.open {
+            return Err(self.refuse("the restore already failed".into()));
+        }
+        let header = self.header.clone();
+        for (info, n) in header.tables.iter().zip(&self.counts) {
             if info.rows != *n {
-                return Err(refuse(format!(
+                return Err(self.refuse(format!(
                     "{}: snapshot announced {} rows, {} arrived",
                     info.name, info.rows, n
                 )));
             }
         }
-        if tx.digest != header.digest {
+        if self.digest != header.digest {
             return Err(Error::Divergence {
                 position: header.position,
-                local: tx.digest,
+                local: self.digest,
                 remote: header.digest,
             });
         }
-        tx.w.conn.batch(&format!("DELETE FROM {LOG_TABLE}"))?;
-        write_anchor(&mut *tx.w.conn, header.position, header.digest)?;
-        meta_set(
-            &mut *tx.w.conn,
-            "history",
-            header.history.clone().into_bytes(),
-        )?;
-        tx.finish_without_entry()?;
+        let w = &mut *self.w;
+        w.conn.batch(&format!("DELETE FROM {LOG_TABLE}"))?;
+        write_anchor(&mut *w.conn, header.position, header.digest)?;
+        meta_set(&mut *w.conn, "history", header.history.clone().into_bytes())?;
+        w.conn.commit()?;
+        self.open = false;
         w.position = header.position;
         w.digest = header.digest;
         w.history = header.history.clone();
         w.epoch = w.epoch.max(header.epoch);
         w.last_entry_epoch = header.epoch;
         w.publish();
-        for t in reg.tables.values() {
+        for t in self.reg.tables.values() {
             if w.next_id.contains_key(t.name) {
                 let max = query_i64(&mut *w.conn, &t.max_key, &[])?.unwrap_or(0);
                 w.next_id.insert(t.name, max + 1);
@@ -278,5 +396,16 @@ impl Store {
         }
         w.listeners.reset();
         Ok(())
+    }
+
+    /// Gives up: rolls back, the old data stays as it was.
+    pub fn abort(mut self) {
+        self.rollback();
+    }
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        self.rollback();
     }
 }

@@ -68,11 +68,6 @@ pub(crate) fn run<T>(
     reg: &Registry,
     f: impl FnOnce(&mut WriteTx<'_>) -> Result<T>,
 ) -> Result<(T, Option<u64>)> {
-    if let Some(reason) = &w.gate {
-        return Err(Error::NotMaster {
-            reason: reason.clone(),
-        });
-    }
     let mut tx = WriteTx::begin(w, reg)?;
     let value = f(&mut tx)?;
     if let Some(why) = tx.spoiled.take() {
@@ -106,6 +101,28 @@ impl<'a> WriteTx<'a> {
             finished: false,
             deleting: Vec::new(),
         })
+    }
+
+    /// A view of a transaction the caller opened and will end itself (a
+    /// restore in progress): no BEGIN, and dropping it neither commits nor
+    /// rolls back. Nothing is logged or captured.
+    pub(crate) fn attach(w: &'a mut Writer, reg: &'a Registry, digest: Digest) -> WriteTx<'a> {
+        WriteTx {
+            digest,
+            capture: false,
+            logging: false,
+            w,
+            reg,
+            body: BodyWriter::new(),
+            captured: Vec::new(),
+            scratch: Vec::new(),
+            head: None,
+            entry_epoch: None,
+            in_operation: false,
+            spoiled: None,
+            finished: true,
+            deleting: Vec::new(),
+        }
     }
 
     /// Commits. `replay` carries the body of an entry being applied as-is.
@@ -181,13 +198,6 @@ impl<'a> WriteTx<'a> {
         for c in commits {
             self.w.listeners.dispatch(c);
         }
-        Ok(())
-    }
-
-    /// Commits without a log entry (a restore records its position as the anchor).
-    pub(crate) fn finish_without_entry(mut self) -> Result<()> {
-        self.w.conn.commit()?;
-        self.finished = true;
         Ok(())
     }
 
