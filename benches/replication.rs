@@ -81,7 +81,8 @@ async fn pair(m: &Store, b: &Store) -> (MasterHandle, BackupHandle, String) {
     let acceptor = TcpAcceptor::bind("127.0.0.1:0", None).await.unwrap();
     let addr = acceptor.local_socket_addr().to_string();
     let master = start_master(m.clone(), acceptor, cfg("master")).unwrap();
-    let backup = start_backup(b.clone(), TcpDialer::new(addr.clone(), None), cfg("backup"));
+    let backup =
+        start_backup(b.clone(), TcpDialer::new(addr.clone(), None), cfg("backup")).unwrap();
     (master, backup, addr)
 }
 
@@ -328,7 +329,7 @@ async fn catchup(dir: &Path) {
     .await
     .unwrap();
     let t = Instant::now();
-    let _backup = start_backup(b.clone(), TcpDialer::new(addr, None), cfg("backup"));
+    let _backup = start_backup(b.clone(), TcpDialer::new(addr, None), cfg("backup")).unwrap();
     wait_for(&b, m.position()).await;
     let secs = t.elapsed().as_secs_f64();
     assert_eq!(b.digest(), m.digest());

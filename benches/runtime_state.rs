@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use persist::sync::auth::{AuthConfig, Secret};
 use persist::sync::redundancy::{
-    start_backup_node, start_master_node, ActivityLevel, NodeHandle, NodeRole, RedundancySettings,
+    ActivityLevel, NodeBuilder, NodeHandle, NodeRole, RedundancySettings,
 };
 use persist::sync::runtime_state::{RuntimeStates, TypedStateProvider};
 use persist::sync::transport::tcp::{TcpAcceptor, TcpDialer};
@@ -71,7 +71,7 @@ impl TypedStateProvider for Book {
     }
 }
 
-fn sync(node: &str, rt: &Arc<RuntimeStates>) -> SyncConfig {
+fn sync(node: &str) -> SyncConfig {
     let mut c = SyncConfig::new(
         AuthConfig::new(
             "bench",
@@ -80,7 +80,6 @@ fn sync(node: &str, rt: &Arc<RuntimeStates>) -> SyncConfig {
         )
         .unwrap(),
     );
-    c.runtime = Some(rt.clone());
     c.reconnect_initial = Duration::from_millis(10);
     c
 }
@@ -125,11 +124,11 @@ fn main() {
         }
         let acceptor = TcpAcceptor::bind("127.0.0.1:0", None).await.unwrap();
         let addr = acceptor.local_socket_addr().to_string();
-        let m = start_master_node(m_store, settings(NodeRole::Master, "a"), acceptor, sync("a", &rt_m)).unwrap();
+        let m = NodeBuilder::new(m_store, settings(NodeRole::Master, "a"), sync("a")).runtime(rt_m.clone()).start_master(acceptor).unwrap();
         until(&m, ActivityLevel::Active).await;
         // Full transfer: the standby connects and receives all 10,000 alarms.
         let t = Instant::now();
-        let b = start_backup_node(b_store, settings(NodeRole::Backup, "b"), TcpDialer::new(addr, None), sync("b", &rt_b));
+        let b = NodeBuilder::new(b_store, settings(NodeRole::Backup, "b"), sync("b")).runtime(rt_b.clone()).start_backup(TcpDialer::new(addr, None)).unwrap();
         while book_b.0.lock().unwrap().len() < 10_000 {
             tokio::time::sleep(Duration::from_micros(200)).await;
         }

@@ -22,7 +22,7 @@ use module::{Device, JournalEntry, Module, NotificationProfile, Protocol, Tag};
 use persist::sync::auth::{AuthConfig, Secret};
 use persist::sync::history::{History, HistoryLevel};
 use persist::sync::redundancy::{
-    start_backup_node, start_master_node, ActivityLevel, NodeHandle, NodeRole, RedundancySettings,
+    ActivityLevel, NodeBuilder, NodeHandle, NodeRole, RedundancySettings,
 };
 use persist::sync::transport::tcp::{TcpAcceptor, TcpDialer};
 use persist::sync::worker::SyncConfig;
@@ -67,22 +67,20 @@ async fn start(
         id,
         Secret::new(SECRET.to_vec())?,
     )?);
-    sync.runtime = Some(module.runtime.clone());
-    sync.history = Some(history);
     sync.reconnect_initial = Duration::from_millis(50);
     sync.reconnect_max = Duration::from_millis(250);
+    let builder = NodeBuilder::new(store, settings(role, id), sync)
+        .runtime(module.runtime.clone())
+        .history(history);
     let (handle, addr) = match role {
         NodeRole::Backup => (
-            start_backup_node(store, settings(role, id), TcpDialer::new(addr, None), sync),
+            builder.start_backup(TcpDialer::new(addr, None))?,
             addr.to_owned(),
         ),
         _ => {
             let acceptor = TcpAcceptor::bind(addr, None).await?;
             let bound = acceptor.local_socket_addr().to_string();
-            (
-                start_master_node(store, settings(role, id), acceptor, sync)?,
-                bound,
-            )
+            (builder.start_master(acceptor)?, bound)
         }
     };
     // The module follows the node's activity.

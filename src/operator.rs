@@ -341,7 +341,7 @@ async fn failover(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response 
     }
     match s.node.request_switchover().await {
         Ok(()) => action(true, "switchover: the backup takes over"),
-        Err(e) => action(false, e),
+        Err(e) => action(false, e.to_string()),
     }
 }
 
@@ -351,7 +351,7 @@ async fn handback(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response 
     }
     match s.node.request_handback().await {
         Ok(()) => action(true, "handback: the master takes over again"),
-        Err(e) => action(false, e),
+        Err(e) => action(false, e.to_string()),
     }
 }
 

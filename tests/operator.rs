@@ -13,7 +13,7 @@ use pair::{settings, sync};
 use persist::sync::redundancy::{
     start_backup_node, start_master_node, ActivityLevel, NodeHandle, NodeRole,
 };
-use persist::sync::transport::memory::MemoryNetwork;
+use persist::sync::testing::memory::MemoryNetwork;
 
 const TOKEN: &str = "operator token of the pair";
 
@@ -78,12 +78,15 @@ async fn operator_surface_over_http() {
         )
         .unwrap(),
     );
-    let b = Arc::new(start_backup_node(
-        bs,
-        settings(NodeRole::Backup, "gw-b"),
-        net.dialer("gw-a"),
-        sync("gw-b"),
-    ));
+    let b = Arc::new(
+        start_backup_node(
+            bs,
+            settings(NodeRole::Backup, "gw-b"),
+            net.dialer("gw-a"),
+            sync("gw-b"),
+        )
+        .unwrap(),
+    );
     until("pair up", || {
         m.state().activity == ActivityLevel::Active && b.state().activity == ActivityLevel::Cold
     })

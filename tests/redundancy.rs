@@ -10,9 +10,10 @@ use conformance::records::*;
 use conformance::Fixture;
 use pair::{settings, sync};
 use persist::sync::redundancy::{
-    start_backup_node, start_master_node, ActivityLevel, NodeHandle, NodeRole, RedundancySettings,
+    start_backup_node, start_master_node, ActivityLevel, NodeBuilder, NodeHandle, NodeRole,
+    RedundancySettings,
 };
-use persist::sync::transport::memory::MemoryNetwork;
+use persist::sync::testing::memory::MemoryNetwork;
 use persist::{Error, Store};
 
 fn store(fx: &Fixture) -> Store {
@@ -48,7 +49,7 @@ async fn pair(
         sync("gw-a"),
     )
     .unwrap();
-    let b = start_backup_node(store(fb), backup, net.dialer("gw-a"), sync("gw-b"));
+    let b = start_backup_node(store(fb), backup, net.dialer("gw-a"), sync("gw-b")).unwrap();
     until("master active", &m, |a| a == ActivityLevel::Active).await;
     until("backup cold", &b, |a| a == ActivityLevel::Cold).await;
     (m, b)
@@ -268,25 +269,23 @@ async fn alarms_and_acks_survive_failover_and_nothing_is_notified_twice() {
     rt_b.register_typed("alarms", book_b.clone());
     rt_a.register_typed("broken", alarms::Broken);
     rt_b.register_typed("broken", alarms::Broken);
-    let mut sa = sync("gw-a");
-    sa.runtime = Some(rt_a.clone());
-    let mut sb = sync("gw-b");
-    sb.runtime = Some(rt_b.clone());
-    let m = start_master_node(
-        store(&fm),
-        settings(NodeRole::Master, "gw-a"),
-        net.acceptor("gw-a"),
-        sa,
-    )
-    .unwrap();
-    let b = start_backup_node(
-        store(&fb),
-        settings(NodeRole::Backup, "gw-b"),
-        net.dialer("gw-a"),
-        sb,
-    );
+    let m = NodeBuilder::new(store(&fm), settings(NodeRole::Master, "gw-a"), sync("gw-a"))
+        .runtime(rt_a.clone())
+        .start_master(net.acceptor("gw-a"))
+        .unwrap();
+    let b = NodeBuilder::new(store(&fb), settings(NodeRole::Backup, "gw-b"), sync("gw-b"))
+        .runtime(rt_b.clone())
+        .start_backup(net.dialer("gw-a"))
+        .unwrap();
     until("master active", &m, |a| a == ActivityLevel::Active).await;
     until("backup cold", &b, |a| a == ActivityLevel::Cold).await;
+    // Synced: the standby holds the initial full states, so what is posted
+    // now travels as updates (the broken provider's must reach its panic).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !(m.state().peer_connected && b.state().peer_connected) {
+        assert!(tokio::time::Instant::now() < deadline, "pair never synced");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert!(
         rt_b.post_typed("alarms", &alarms::Update::Ack(1)).is_err(),
         "a standby does not post"
@@ -360,24 +359,23 @@ async fn alarms_and_acks_survive_failover_and_nothing_is_notified_twice() {
 async fn two_masters_both_refuse_config_writes() {
     let net = MemoryNetwork::with_seed(4);
     let (fa, fb) = (Fixture::sqlite(), Fixture::sqlite());
-    let a = start_master_node(
-        store(&fa),
-        settings(NodeRole::Master, "gw-a"),
-        net.acceptor("gw-a"),
-        sync("gw-a"),
-    )
-    .unwrap();
-    let b = start_master_node(
-        store(&fb),
-        settings(NodeRole::Master, "gw-b"),
-        net.acceptor("gw-b"),
-        sync("gw-b"),
-    )
-    .unwrap();
+    let (sa, sb) = (store(&fa), store(&fb));
     // Both accept writes until they find each other.
-    a.store().insert(&profile("a alone")).unwrap();
-    a.probe_peer(net.dialer("gw-b"), sync("gw-a"), Duration::from_millis(50));
-    b.probe_peer(net.dialer("gw-a"), sync("gw-b"), Duration::from_millis(50));
+    sa.insert(&profile("a alone")).unwrap();
+    let a = NodeBuilder::new(sa, settings(NodeRole::Master, "gw-a"), sync("gw-a"))
+        .start_master_probing(
+            net.acceptor("gw-a"),
+            net.dialer("gw-b"),
+            Duration::from_millis(50),
+        )
+        .unwrap();
+    let b = NodeBuilder::new(sb, settings(NodeRole::Master, "gw-b"), sync("gw-b"))
+        .start_master_probing(
+            net.acceptor("gw-b"),
+            net.dialer("gw-a"),
+            Duration::from_millis(50),
+        )
+        .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let refused = |n: &NodeHandle| matches!(n.store().insert(&profile("x")), Err(Error::NotMaster { ref reason }) if reason.contains("also configured as master"));
@@ -438,7 +436,7 @@ impl persist::sync::history::HistorySink for Journal {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_written_on_an_active_backup_reaches_the_master_exactly_once() {
     use persist::sync::history::{History, HistoryLevel};
-    use persist::sync::transport::memory::{Direction, Verdict};
+    use persist::sync::testing::memory::{Direction, Verdict};
     use std::sync::atomic::{AtomicUsize, Ordering};
     let net = MemoryNetwork::with_seed(12);
     let (fm, fb) = (Fixture::sqlite(), Fixture::sqlite());
@@ -459,10 +457,7 @@ async fn history_written_on_an_active_backup_reaches_the_master_exactly_once() {
         HistoryLevel::Partial,
         Journal,
     );
-    let mut sa = sync("gw-a");
-    sa.history = Some(hm.clone());
-    let mut sb = sync("gw-b");
-    sb.history = Some(hb.clone());
+
     // The first history acknowledgement is lost on the wire: the batch is sent
     // again, and must not be delivered twice.
     let dropped = std::sync::Arc::new(AtomicUsize::new(0));
@@ -481,19 +476,14 @@ async fn history_written_on_an_active_backup_reaches_the_master_exactly_once() {
             Verdict::Pass
         });
     });
-    let m = start_master_node(
-        ms.clone(),
-        settings(NodeRole::Master, "gw-a"),
-        net.acceptor("gw-a"),
-        sa,
-    )
-    .unwrap();
-    let b = start_backup_node(
-        bs.clone(),
-        settings(NodeRole::Backup, "gw-b"),
-        net.dialer("gw-a"),
-        sb,
-    );
+    let m = NodeBuilder::new(ms.clone(), settings(NodeRole::Master, "gw-a"), sync("gw-a"))
+        .history(hm.clone())
+        .start_master(net.acceptor("gw-a"))
+        .unwrap();
+    let b = NodeBuilder::new(bs.clone(), settings(NodeRole::Backup, "gw-b"), sync("gw-b"))
+        .history(hb.clone())
+        .start_backup(net.dialer("gw-a"))
+        .unwrap();
     until("master active", &m, |a| a == ActivityLevel::Active).await;
     until("backup cold", &b, |a| a == ActivityLevel::Cold).await;
     for i in 0..3 {

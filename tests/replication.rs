@@ -12,7 +12,7 @@ use conformance::Fixture;
 use persist::sync::auth::{AuthConfig, Secret};
 use persist::sync::codec;
 use persist::sync::protocol::{Message, RefuseReason};
-use persist::sync::transport::memory::{Direction, MemoryNetwork, Verdict};
+use persist::sync::testing::memory::{Direction, MemoryNetwork, Verdict};
 use persist::sync::transport::tcp::{TcpAcceptor, TcpDialer};
 use persist::sync::worker::backup::{start_backup, BackupHandle};
 use persist::sync::worker::master::{start_master, MasterHandle};
@@ -55,7 +55,7 @@ async fn master_on_tcp(m: &Store, c: SyncConfig) -> (MasterHandle, String) {
 }
 
 fn backup_on_tcp(b: &Store, addr: &str, c: SyncConfig) -> BackupHandle {
-    start_backup(b.clone(), TcpDialer::new(addr.to_string(), None), c)
+    start_backup(b.clone(), TcpDialer::new(addr.to_string(), None), c).unwrap()
 }
 
 /// Waits until the backup holds the master's position and digest.
@@ -372,7 +372,7 @@ async fn synchronous_commit_waits_for_the_backup() {
 /// Memory network: a pair whose link can be faulted.
 async fn memory_pair(net: &MemoryNetwork, m: &Store, b: &Store) -> (MasterHandle, BackupHandle) {
     let master = start_master(m.clone(), net.acceptor("master"), cfg("master", SECRET)).unwrap();
-    let backup = start_backup(b.clone(), net.dialer("master"), cfg("backup", SECRET));
+    let backup = start_backup(b.clone(), net.dialer("master"), cfg("backup", SECRET)).unwrap();
     (master, backup)
 }
 
@@ -490,7 +490,8 @@ async fn silent_partition_is_detected_by_heartbeats() {
             auth: cfg("backup", SECRET).auth,
             ..c
         },
-    );
+    )
+    .unwrap();
     write_mix(&m, "before");
     converge(&m, &b).await;
     // Frames vanish, no connection reset: only silence tells.

@@ -179,6 +179,14 @@ pub enum AuthError {
     /// The peer sent something the handshake does not allow.
     #[error("handshake protocol violation: {0}")]
     Protocol(String),
+    /// The authenticated peer announces this node's own id: both nodes of
+    /// the pair are configured with the same id.
+    #[error("the peer uses this node's own id {0:?}: give each node of the pair its own id")]
+    SameNodeId(String),
+    /// The link leads back to this very node (its peer address points at
+    /// itself).
+    #[error("the link leads back to this node itself: its peer address points at this node")]
+    SelfConnection,
 }
 
 /// Authenticates the link whose halves are `sink` and `source`, as `role`.
@@ -187,7 +195,8 @@ pub enum AuthError {
 /// refusal) and the link must be dropped.
 ///
 /// Sets the source's maximum frame to the handshake limit; raise it after
-/// success.
+/// success. This drives a [`Handshake`] over the link; the sync sessions run
+/// the same machine inside their own state machines.
 pub async fn authenticate<S: FrameSink, R: FrameSource>(
     sink: &mut S,
     source: &mut R,
@@ -197,9 +206,39 @@ pub async fn authenticate<S: FrameSink, R: FrameSource>(
 ) -> Result<Peer, AuthError> {
     source.set_max_frame(Limits::handshake().max_frame);
     let exchange = async {
-        match role {
-            LinkRole::Dialer => dial_side(sink, source, cfg).await,
-            LinkRole::Acceptor => accept_side(sink, source, cfg).await,
+        let mut hs = Handshake::new(role, cfg, fresh_nonce()?);
+        let mut out = Vec::new();
+        hs.start(&mut out);
+        loop {
+            for msg in out.drain(..) {
+                sink.send(codec::encode(&msg)).await?;
+            }
+            let received = match source.recv().await {
+                Ok(Some(frame)) => Some(codec::decode(&frame, &Limits::handshake())?),
+                Ok(None) => None,
+                // A reset right after our proof is the peer rejecting it.
+                Err(e) if is_close(&e) && hs.awaiting_proof_as_dialer() => None,
+                Err(e) => return Err(AuthError::Io(e)),
+            };
+            match hs.on_message(received, &mut out, &|_| false) {
+                HandshakeStep::Continue => {}
+                HandshakeStep::Done(peer) => {
+                    for msg in out.drain(..) {
+                        sink.send(codec::encode(&msg)).await?;
+                    }
+                    return Ok(peer);
+                }
+                HandshakeStep::Failed(e) => {
+                    // The only things an unauthenticated peer may learn: a
+                    // refusal is best effort, the peer may be gone already.
+                    for msg in out.drain(..) {
+                        if sink.send(codec::encode(&msg)).await.is_err() {
+                            break;
+                        }
+                    }
+                    return Err(e);
+                }
+            }
         }
     };
     let result = tokio::time::timeout(timeout, exchange)
@@ -221,7 +260,19 @@ pub async fn authenticate<S: FrameSink, R: FrameSource>(
     result
 }
 
+/// A fresh random nonce from the operating system.
+pub fn fresh_nonce() -> Result<[u8; 32], AuthError> {
+    let mut nonce = [0u8; 32];
+    getrandom::fill(&mut nonce).map_err(|e| {
+        AuthError::Io(io::Error::other(format!(
+            "no randomness for the nonce: {e}"
+        )))
+    })?;
+    Ok(nonce)
+}
+
 /// A hello's fields.
+#[derive(Debug, Clone)]
 struct Hello {
     protocol: u16,
     cluster: String,
@@ -231,20 +282,14 @@ struct Hello {
 }
 
 impl Hello {
-    fn ours(cfg: &AuthConfig, role: LinkRole) -> Result<Hello, AuthError> {
-        let mut nonce = [0u8; 32];
-        getrandom::fill(&mut nonce).map_err(|e| {
-            AuthError::Io(io::Error::other(format!(
-                "no randomness for the nonce: {e}"
-            )))
-        })?;
-        Ok(Hello {
+    fn ours(cfg: &AuthConfig, role: LinkRole, nonce: [u8; 32]) -> Hello {
+        Hello {
             protocol: PROTOCOL_VERSION,
             cluster: cfg.cluster.clone(),
             node_id: cfg.node_id.clone(),
             role,
             nonce,
-        })
+        }
     }
 
     fn message(&self) -> Message {
@@ -299,30 +344,23 @@ fn verify(secret: &Secret, label: &[u8], transcript: &[u8], proof: &[u8; 32]) ->
     mac(secret, label, transcript).verify_slice(proof).is_ok()
 }
 
-async fn send<S: FrameSink>(sink: &mut S, msg: &Message) -> Result<(), AuthError> {
-    Ok(sink.send(codec::encode(msg)).await?)
-}
-
-/// The next handshake message; `None` if the peer closed cleanly.
-async fn recv<R: FrameSource>(source: &mut R) -> Result<Option<Message>, AuthError> {
-    match source.recv().await? {
-        None => Ok(None),
-        Some(frame) => Ok(Some(codec::decode(&frame, &Limits::handshake())?)),
-    }
-}
-
-fn closed(during: &str) -> AuthError {
-    AuthError::Io(io::Error::new(
-        io::ErrorKind::UnexpectedEof,
-        format!("peer closed the link {during}"),
-    ))
+/// An error that means the peer went away (TCP RST, TLS without
+/// close_notify) rather than a local fault.
+pub(crate) fn is_close(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+    )
 }
 
 fn unexpected(expected: &str, got: &Message) -> AuthError {
     AuthError::Protocol(format!("expected {expected}, got {}", got.kind()))
 }
 
-/// Checks the peer's hello against ours; the refusal to send if it fails.
+/// Checks the peer's hello against ours.
 fn check_hello(msg: Message, ours: &Hello, expected_role: LinkRole) -> Result<Hello, AuthError> {
     let Message::Hello {
         protocol,
@@ -360,101 +398,193 @@ fn check_hello(msg: Message, ours: &Hello, expected_role: LinkRole) -> Result<He
     })
 }
 
-async fn dial_side<S: FrameSink, R: FrameSource>(
-    sink: &mut S,
-    source: &mut R,
-    cfg: &AuthConfig,
-) -> Result<Peer, AuthError> {
-    let ours = Hello::ours(cfg, LinkRole::Dialer)?;
-    send(sink, &ours.message()).await?;
-    let theirs = match recv(source).await? {
-        None => return Err(closed("before its hello")),
-        Some(Message::Refused { reason }) => return Err(AuthError::Refused(reason)),
-        Some(msg) => check_hello(msg, &ours, LinkRole::Acceptor)?,
-    };
-    let t = transcript(&ours, &theirs);
-    send(
-        sink,
-        &Message::Proof {
-            mac: prove(&cfg.secret, DIALER_LABEL, &t),
-        },
-    )
-    .await?;
-    let mac = match source.recv().await {
-        Ok(None) => return Err(AuthError::PeerRejectedUs),
-        Err(e) if is_close(&e) => return Err(AuthError::PeerRejectedUs),
-        Err(e) => return Err(e.into()),
-        Ok(Some(frame)) => match codec::decode(&frame, &Limits::handshake())? {
-            Message::Proof { mac } => mac,
-            msg => return Err(unexpected("Proof", &msg)),
-        },
-    };
-    if !verify(&cfg.secret, ACCEPTOR_LABEL, &t, &mac) {
-        return Err(AuthError::BadProof);
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Waiting for the peer's hello.
+    Hello,
+    /// Waiting for the peer's proof.
+    Proof,
+    /// Authenticated or failed: no more input.
+    Over,
+}
+
+/// What the handshake did with an input.
+#[derive(Debug)]
+pub enum HandshakeStep {
+    /// Send what was queued and wait for the next message.
+    Continue,
+    /// The peer is authenticated (send what was queued: the acceptor's proof).
+    Done(Peer),
+    /// The handshake failed: send what was queued (at most a refusal), then
+    /// close the link.
+    Failed(AuthError),
+}
+
+/// The authentication exchange as a state machine without I/O: it is given
+/// the messages that arrive and queues the ones to send (see the module
+/// docs for the flow). Nonces come from the caller, so a simulation can
+/// replay a handshake from a seed.
+///
+/// After both proofs check out, a peer announcing this node's own id is
+/// refused ([`AuthError::SameNodeId`]), and so is a link to this very node
+/// ([`AuthError::SelfConnection`]: the other end's nonce is one this node
+/// sent itself, which the caller recognizes).
+pub struct Handshake {
+    role: LinkRole,
+    cluster: String,
+    node_id: String,
+    secret: Secret,
+    ours: Hello,
+    theirs: Option<Hello>,
+    stage: Stage,
+}
+
+impl std::fmt::Debug for Handshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handshake")
+            .field("role", &self.role)
+            .field("stage", &self.stage)
+            .finish_non_exhaustive()
     }
-    Ok(Peer {
-        node_id: theirs.node_id,
-        cluster: theirs.cluster,
-    })
 }
 
-/// An error that means the peer went away (TCP RST, TLS without
-/// close_notify) rather than a local fault.
-fn is_close(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::UnexpectedEof
-    )
-}
+impl Handshake {
+    /// A handshake as `role`, with this side's fresh `nonce`.
+    pub fn new(role: LinkRole, cfg: &AuthConfig, nonce: [u8; 32]) -> Handshake {
+        Handshake {
+            role,
+            cluster: cfg.cluster.clone(),
+            node_id: cfg.node_id.clone(),
+            secret: cfg.secret.clone(),
+            ours: Hello::ours(cfg, role, nonce),
+            theirs: None,
+            stage: Stage::Hello,
+        }
+    }
 
-async fn accept_side<S: FrameSink, R: FrameSource>(
-    sink: &mut S,
-    source: &mut R,
-    cfg: &AuthConfig,
-) -> Result<Peer, AuthError> {
-    let ours = Hello::ours(cfg, LinkRole::Acceptor)?;
-    let theirs = match recv(source).await? {
-        None => return Err(closed("before its hello")),
-        Some(msg) => match check_hello(msg, &ours, LinkRole::Dialer) {
-            Ok(hello) => hello,
-            Err(AuthError::Refused(reason)) => {
-                // The only things an unauthenticated peer may learn. The
-                // refusal is best effort: the peer may already be gone.
-                let refusal = Message::Refused {
-                    reason: reason.clone(),
-                };
-                if sink.send(codec::encode(&refusal)).await.is_ok() {
-                    let _ = sink.close().await;
-                }
-                return Err(AuthError::Refused(reason));
+    /// This side's nonce.
+    pub fn nonce(&self) -> [u8; 32] {
+        self.ours.nonce
+    }
+
+    /// Queues what this side sends before hearing anything (the dialer's hello).
+    pub fn start(&mut self, out: &mut Vec<Message>) {
+        if self.role == LinkRole::Dialer && self.stage == Stage::Hello {
+            out.push(self.ours.message());
+        }
+    }
+
+    /// Whether a close now means the peer rejected our proof.
+    pub fn awaiting_proof_as_dialer(&self) -> bool {
+        self.role == LinkRole::Dialer && self.stage == Stage::Proof
+    }
+
+    /// Feeds the next message (`None`: the peer closed the link). `is_own`
+    /// tells whether a nonce is one this node sent itself.
+    pub fn on_message(
+        &mut self,
+        msg: Option<Message>,
+        out: &mut Vec<Message>,
+        is_own: &dyn Fn(&[u8; 32]) -> bool,
+    ) -> HandshakeStep {
+        let r = self.advance(msg, out, is_own);
+        match r {
+            Ok(None) => HandshakeStep::Continue,
+            Ok(Some(peer)) => {
+                self.stage = Stage::Over;
+                HandshakeStep::Done(peer)
             }
-            Err(e) => return Err(e),
-        },
-    };
-    send(sink, &ours.message()).await?;
-    let t = transcript(&theirs, &ours);
-    let mac = match recv(source).await? {
-        None => return Err(closed("before its proof")),
-        Some(Message::Proof { mac }) => mac,
-        Some(msg) => return Err(unexpected("Proof", &msg)),
-    };
-    if !verify(&cfg.secret, DIALER_LABEL, &t, &mac) {
-        return Err(AuthError::BadProof);
+            Err(e) => {
+                self.stage = Stage::Over;
+                HandshakeStep::Failed(e)
+            }
+        }
     }
-    send(
-        sink,
-        &Message::Proof {
-            mac: prove(&cfg.secret, ACCEPTOR_LABEL, &t),
-        },
-    )
-    .await?;
-    Ok(Peer {
-        node_id: theirs.node_id,
-        cluster: theirs.cluster,
-    })
+
+    fn advance(
+        &mut self,
+        msg: Option<Message>,
+        out: &mut Vec<Message>,
+        is_own: &dyn Fn(&[u8; 32]) -> bool,
+    ) -> Result<Option<Peer>, AuthError> {
+        let closed = |during: &str| {
+            AuthError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("peer closed the link {during}"),
+            ))
+        };
+        match (self.stage, self.role) {
+            (Stage::Over, _) => Err(AuthError::Protocol(
+                "message after the handshake ended".into(),
+            )),
+            (Stage::Hello, role) => {
+                let expected = match role {
+                    LinkRole::Dialer => LinkRole::Acceptor,
+                    LinkRole::Acceptor => LinkRole::Dialer,
+                };
+                let theirs = match msg {
+                    None => return Err(closed("before its hello")),
+                    Some(Message::Refused { reason }) if role == LinkRole::Dialer => {
+                        return Err(AuthError::Refused(reason))
+                    }
+                    Some(msg) => match check_hello(msg, &self.ours, expected) {
+                        Ok(h) => h,
+                        Err(AuthError::Refused(reason)) if role == LinkRole::Acceptor => {
+                            out.push(Message::Refused {
+                                reason: reason.clone(),
+                            });
+                            return Err(AuthError::Refused(reason));
+                        }
+                        Err(e) => return Err(e),
+                    },
+                };
+                match role {
+                    LinkRole::Dialer => {
+                        let t = transcript(&self.ours, &theirs);
+                        out.push(Message::Proof {
+                            mac: prove(&self.secret, DIALER_LABEL, &t),
+                        });
+                    }
+                    LinkRole::Acceptor => out.push(self.ours.message()),
+                }
+                self.theirs = Some(theirs);
+                self.stage = Stage::Proof;
+                Ok(None)
+            }
+            (Stage::Proof, role) => {
+                let theirs = self.theirs.clone().expect("hello received before a proof");
+                let mac = match msg {
+                    None if role == LinkRole::Dialer => return Err(AuthError::PeerRejectedUs),
+                    None => return Err(closed("before its proof")),
+                    Some(Message::Proof { mac }) => mac,
+                    Some(msg) => return Err(unexpected("Proof", &msg)),
+                };
+                let (t, their_label) = match role {
+                    LinkRole::Dialer => (transcript(&self.ours, &theirs), ACCEPTOR_LABEL),
+                    LinkRole::Acceptor => (transcript(&theirs, &self.ours), DIALER_LABEL),
+                };
+                if !verify(&self.secret, their_label, &t, &mac) {
+                    return Err(AuthError::BadProof);
+                }
+                if role == LinkRole::Acceptor {
+                    // The dialer checks the same two things on its side.
+                    out.push(Message::Proof {
+                        mac: prove(&self.secret, ACCEPTOR_LABEL, &t),
+                    });
+                }
+                if is_own(&theirs.nonce) {
+                    return Err(AuthError::SelfConnection);
+                }
+                if theirs.node_id == self.node_id {
+                    return Err(AuthError::SameNodeId(theirs.node_id));
+                }
+                Ok(Some(Peer {
+                    node_id: theirs.node_id,
+                    cluster: self.cluster.clone(),
+                }))
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -318,6 +318,7 @@ fn check_message(msg: &Message, limits: &Limits) -> Result<(), CodecError> {
         | Message::Ack { .. }
         | Message::SnapshotEnd
         | Message::HistoryAck { .. }
+        | Message::SnapshotAck { .. }
         | Message::Heartbeat { .. } => {}
     }
     Ok(())

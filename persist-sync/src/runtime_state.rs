@@ -13,7 +13,6 @@
 //! providers carry on, and a full state repairs its copy at once.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -126,7 +125,7 @@ impl std::fmt::Debug for RuntimeStates {
 }
 
 fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    match crate::panic::catching(f) {
         Ok(r) => r,
         Err(panic) => {
             let msg = panic

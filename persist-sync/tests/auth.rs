@@ -10,7 +10,7 @@ use common::{cfg, Pki, SECRET};
 use persist_sync::auth::{authenticate, AuthConfig, AuthError, ConfigError, Peer, Secret};
 use persist_sync::codec::{decode, encode, CodecError, Limits};
 use persist_sync::protocol::{LinkRole, Message, RefuseReason, PROTOCOL_VERSION};
-use persist_sync::transport::memory::{Direction, MemoryNetwork, Verdict};
+use persist_sync::testing::memory::{Direction, MemoryNetwork, Verdict};
 use persist_sync::transport::tcp::{TcpAcceptor, TcpDialer};
 use persist_sync::transport::tls::{TlsClient, TlsServer};
 use persist_sync::transport::{Acceptor, Dialer, FrameSink, FrameSource, Link};
@@ -39,8 +39,8 @@ async fn handshake<D: Link, A: Link>(
 }
 
 async fn memory_link() -> (
-    persist_sync::transport::memory::MemoryLink,
-    persist_sync::transport::memory::MemoryLink,
+    persist_sync::testing::memory::MemoryLink,
+    persist_sync::testing::memory::MemoryLink,
 ) {
     let net = MemoryNetwork::new();
     let mut acceptor = net.acceptor("master");

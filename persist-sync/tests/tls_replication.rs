@@ -59,7 +59,8 @@ async fn replication_over_mutual_tls() {
         .unwrap();
     let addr = acceptor.local_socket_addr().to_string();
     let _master = start_master(m.clone(), acceptor, cfg("master")).unwrap();
-    let backup = start_backup(b.clone(), TcpDialer::new(addr, Some(client)), cfg("backup"));
+    let backup =
+        start_backup(b.clone(), TcpDialer::new(addr, Some(client)), cfg("backup")).unwrap();
     for i in 0..20 {
         m.insert(&Setting {
             name: format!("k{i}"),

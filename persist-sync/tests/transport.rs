@@ -6,7 +6,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use persist_sync::transport::memory::{Direction, MemoryNetwork, Verdict};
+use persist_sync::testing::memory::{Direction, MemoryNetwork, Verdict};
 use persist_sync::transport::tcp::{TcpAcceptor, TcpDialer};
 use persist_sync::transport::{Acceptor, Dialer, FrameSink, FrameSource, Link};
 use tokio::time::timeout;
@@ -111,8 +111,8 @@ async fn tcp_dial_to_nothing_fails() {
 async fn memory_pair(
     net: &MemoryNetwork,
 ) -> (
-    persist_sync::transport::memory::MemoryLink,
-    persist_sync::transport::memory::MemoryLink,
+    persist_sync::testing::memory::MemoryLink,
+    persist_sync::testing::memory::MemoryLink,
 ) {
     let mut acceptor = net.acceptor("master");
     let (d, a) = connect(&net.dialer("master"), &mut acceptor).await;

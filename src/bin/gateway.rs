@@ -20,10 +20,12 @@
 //!
 //! [redundancy]
 //! standby = "cold"                 # cold | warm
-//! failover_timeout_ms = 3000
-//! heartbeat_ms = 250
-//! startup_allowance_ms = 10000
+//! failover_timeout_ms = 3000       # at least two heartbeats
+//! heartbeat_ms = 250               # at least 1
+//! startup_allowance_ms = 10000     # at least one heartbeat
 //! recovery = "automatic"           # automatic | manual
+//! reconnect_max_ms = 10000         # backup: longest pause between dials (capped at half
+//!                                  # the failover timeout and half the startup allowance)
 //!
 //! [database]
 //! sqlite = "gw-a.db"               # or: postgres_url = "postgres://..."  postgres_schema = "gw_a"
@@ -43,8 +45,7 @@ use std::time::Duration;
 use persist::sync::auth::{AuthConfig, Secret};
 use persist::sync::history::{History, HistoryLevel};
 use persist::sync::redundancy::{
-    start_backup_node, start_master_node, ActivityLevel, NodeRole, RecoveryMode,
-    RedundancySettings, StandbyLevel,
+    ActivityLevel, NodeBuilder, NodeRole, RecoveryMode, RedundancySettings, StandbyLevel,
 };
 use persist::sync::transport::tcp::{TcpAcceptor, TcpDialer};
 use persist::sync::transport::tls::{TlsClient, TlsServer};
@@ -97,6 +98,7 @@ struct RedundancySection {
     heartbeat_ms: u64,
     startup_allowance_ms: u64,
     recovery: RecoveryName,
+    reconnect_max_ms: u64,
 }
 
 impl Default for RedundancySection {
@@ -107,6 +109,7 @@ impl Default for RedundancySection {
             heartbeat_ms: 250,
             startup_allowance_ms: 10_000,
             recovery: RecoveryName::Automatic,
+            reconnect_max_ms: 10_000,
         }
     }
 }
@@ -170,6 +173,19 @@ async fn run(config_path: PathBuf) -> Result<()> {
         RoleName::Master => NodeRole::Master,
         RoleName::Backup => NodeRole::Backup,
     };
+    let mut settings = RedundancySettings::new(role, cfg.node.id.clone());
+    settings.standby = match cfg.redundancy.standby {
+        StandbyName::Cold => StandbyLevel::Cold,
+        StandbyName::Warm => StandbyLevel::Warm,
+    };
+    settings.failover_timeout = Duration::from_millis(cfg.redundancy.failover_timeout_ms);
+    settings.heartbeat_interval = Duration::from_millis(cfg.redundancy.heartbeat_ms);
+    settings.startup_allowance = Duration::from_millis(cfg.redundancy.startup_allowance_ms);
+    settings.recovery = match cfg.redundancy.recovery {
+        RecoveryName::Automatic => RecoveryMode::Automatic,
+        RecoveryName::Manual => RecoveryMode::Manual,
+    };
+    validate(&config_path, &cfg, &settings)?;
     let store = match (&cfg.database.sqlite, &cfg.database.postgres_url) {
         (Some(p), None) => Store::open_sqlite(if p.is_absolute() {
             p.clone()
@@ -209,20 +225,11 @@ async fn run(config_path: PathBuf) -> Result<()> {
         cfg.node.id.clone(),
         secret,
     )?);
-    sync.runtime = Some(module.runtime.clone());
-    sync.history = Some(history);
-    let mut settings = RedundancySettings::new(role, cfg.node.id.clone());
-    settings.standby = match cfg.redundancy.standby {
-        StandbyName::Cold => StandbyLevel::Cold,
-        StandbyName::Warm => StandbyLevel::Warm,
-    };
-    settings.failover_timeout = Duration::from_millis(cfg.redundancy.failover_timeout_ms);
-    settings.heartbeat_interval = Duration::from_millis(cfg.redundancy.heartbeat_ms);
-    settings.startup_allowance = Duration::from_millis(cfg.redundancy.startup_allowance_ms);
-    settings.recovery = match cfg.redundancy.recovery {
-        RecoveryName::Automatic => RecoveryMode::Automatic,
-        RecoveryName::Manual => RecoveryMode::Manual,
-    };
+    sync.reconnect_max = Duration::from_millis(cfg.redundancy.reconnect_max_ms);
+    sync.reconnect_initial = sync.reconnect_initial.min(sync.reconnect_max);
+    let builder = NodeBuilder::new(store.clone(), settings, sync)
+        .runtime(module.runtime.clone())
+        .history(history);
     let abs = |p: &PathBuf| {
         if p.is_absolute() {
             p.clone()
@@ -252,15 +259,26 @@ async fn run(config_path: PathBuf) -> Result<()> {
                 cfg.node.id,
                 acceptor.local_socket_addr()
             );
-            let node = start_master_node(store.clone(), settings, acceptor, sync.clone())?;
-            if let Some(peer) = &cfg.link.peer {
-                node.probe_peer(
-                    TcpDialer::new(peer.clone(), None),
-                    sync,
-                    Duration::from_secs(5),
-                );
+            match &cfg.link.peer {
+                // The probe speaks the link's own protocol, TLS included:
+                // a second master with TLS on drops a plain dial.
+                Some(peer) => {
+                    let client = match (&cfg.link.tls_ca, &cfg.link.tls_cert, &cfg.link.tls_key) {
+                        (Some(ca), Some(c), Some(k)) => Some(TlsClient::from_pem_files(
+                            &abs(ca),
+                            Some((abs(c).as_path(), abs(k).as_path())),
+                        )?),
+                        (Some(ca), _, _) => Some(TlsClient::from_pem_files(&abs(ca), None)?),
+                        _ => None,
+                    };
+                    builder.start_master_probing(
+                        acceptor,
+                        TcpDialer::new(peer.clone(), client),
+                        Duration::from_secs(5),
+                    )?
+                }
+                None => builder.start_master(acceptor)?,
             }
-            node
         }
         _ => {
             let peer = cfg
@@ -282,7 +300,7 @@ async fn run(config_path: PathBuf) -> Result<()> {
                 None => None,
             };
             println!("{}: backup of {peer}", cfg.node.id);
-            start_backup_node(store.clone(), settings, TcpDialer::new(peer, tls), sync)
+            builder.start_backup(TcpDialer::new(peer, tls))?
         }
     };
     let node = Arc::new(node);
@@ -324,7 +342,42 @@ async fn run(config_path: PathBuf) -> Result<()> {
     }
 }
 
+/// Checks the timers as the node will (every duration has a rule), naming
+/// the config key, and settings that contradict each other.
+fn validate(path: &Path, cfg: &Config, settings: &RedundancySettings) -> Result<()> {
+    let key = |setting: &str| match setting {
+        "heartbeat_interval" => "[redundancy] heartbeat_ms",
+        "failover_timeout" => "[redundancy] failover_timeout_ms",
+        "startup_allowance" => "[redundancy] startup_allowance_ms",
+        "node_id" => "[node] id",
+        _ => "[redundancy]",
+    };
+    if let Err(e) = settings.validate() {
+        return Err(format!("{}: {}: {}", path.display(), key(e.setting), e.problem).into());
+    }
+    if cfg.redundancy.reconnect_max_ms == 0 {
+        return Err(format!(
+            "{}: [redundancy] reconnect_max_ms: must be at least 1",
+            path.display()
+        )
+        .into());
+    }
+    if let (Some(listen), Some(peer)) = (&cfg.link.listen, &cfg.link.peer) {
+        if listen == peer {
+            return Err(format!(
+                "{}: [link] peer: {peer} is this node's own listen address; \
+                 give the other node's link address",
+                path.display()
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
 fn main() {
+    // A panic in any task stops the gateway with a non-zero status.
+    persist::sync::panic::exit_on_panic();
     let Some(path) = std::env::args().nth(1) else {
         eprintln!("usage: gateway <config.toml>");
         std::process::exit(2);

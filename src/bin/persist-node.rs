@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 use persist::prelude::*;
 use persist::sync::auth::{AuthConfig, Secret};
 use persist::sync::redundancy::{
-    start_backup_node, start_master_node, NodeHandle, NodeRole, RecoveryMode, RedundancySettings,
+    NodeBuilder, NodeHandle, NodeRole, RecoveryMode, RedundancySettings,
 };
 use persist::sync::transport::tcp::{TcpAcceptor, TcpDialer};
 use persist::sync::worker::{SyncConfig, SyncError};
@@ -183,15 +183,19 @@ fn narrate(rt: &tokio::runtime::Runtime, node: &Arc<NodeHandle>) {
     std::thread::spawn(move || {
         for cmd in std::io::stdin().lines().map_while(Result::ok) {
             let r = match cmd.trim() {
-                "SWITCHOVER" => handle.block_on(n.request_switchover()),
-                "HANDBACK" => handle.block_on(n.request_handback()),
+                "SWITCHOVER" => handle
+                    .block_on(n.request_switchover())
+                    .map_err(|e| e.to_string()),
+                "HANDBACK" => handle
+                    .block_on(n.request_handback())
+                    .map_err(|e| e.to_string()),
                 "" => continue,
                 other => Err(format!("unknown command {other}")),
             };
             line(format_args!(
                 "COMMAND {} {}",
                 cmd.trim(),
-                r.map_or_else(|e| format!("refused: {e}"), |()| "ok".into())
+                r.map_or_else(|e| format!("refused: {e}"), |()| "ok".to_string())
             ));
         }
     });
@@ -219,6 +223,7 @@ fn open(
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    persist::sync::panic::exit_on_panic();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -235,21 +240,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         } => {
             let (store, cfg) = open(&common, "master")?;
             let red = settings(&common, NodeRole::Master, &cfg.auth.node_id)?;
-            let probe_cfg = cfg.clone();
             let node = Arc::new(rt.block_on(async {
                 let acceptor = TcpAcceptor::bind(listen.as_str(), None).await?;
                 line(format_args!("LISTENING {}", acceptor.local_socket_addr()));
-                start_master_node(store.clone(), red, acceptor, cfg)
+                let builder = NodeBuilder::new(store.clone(), red, cfg);
+                let node = match probe_peer {
+                    Some(peer) => builder.start_master_probing(
+                        acceptor,
+                        TcpDialer::new(peer, None),
+                        Duration::from_secs(2),
+                    )?,
+                    None => builder.start_master(acceptor)?,
+                };
+                Ok::<_, Box<dyn std::error::Error>>(node)
             })?);
             narrate(&rt, &node);
-            if let Some(peer) = probe_peer {
-                let _guard = rt.enter();
-                node.probe_peer(
-                    TcpDialer::new(peer, None),
-                    probe_cfg,
-                    Duration::from_secs(2),
-                );
-            }
             let master = node.master().expect("a master node");
             let timeout = Duration::from_millis(sync_timeout_ms);
             for tx in first_tx..first_tx + write_txs as i64 {
@@ -283,8 +288,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let (store, cfg) = open(&common, "backup")?;
             let red = settings(&common, NodeRole::Backup, &cfg.auth.node_id)?;
             let node = Arc::new(rt.block_on(async {
-                start_backup_node(store.clone(), red, TcpDialer::new(peer, None), cfg)
-            }));
+                NodeBuilder::new(store.clone(), red, cfg).start_backup(TcpDialer::new(peer, None))
+            })?);
             narrate(&rt, &node);
             let mut last = u64::MAX;
             loop {

@@ -47,12 +47,32 @@ impl Node {
     /// Waits for a line starting with `prefix`; returns the rest.
     pub fn expect(&self, prefix: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(l) if l.starts_with(prefix) => return l[prefix.len()..].trim().to_string(),
-                Ok(_) => {}
-                Err(e) => panic!("persist-node never printed {prefix}: {e}"),
+                Ok(l) => {
+                    if !l.starts_with("POSITION") {
+                        seen.push(l);
+                    }
+                }
+                Err(e) => panic!(
+                    "persist-node never printed {prefix}: {e}; it printed meanwhile: {seen:?}"
+                ),
+            }
+        }
+    }
+
+    /// Waits for a line starting with each of `prefixes`, in any order.
+    pub fn expect_all(&self, prefixes: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut missing: Vec<&str> = prefixes.to_vec();
+        while !missing.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => missing.retain(|p| !l.starts_with(p)),
+                Err(e) => panic!("persist-node never printed {missing:?}: {e}"),
             }
         }
     }

@@ -6,10 +6,15 @@
 //! 2. **Authentication**: each side proves knowledge of the shared secret with
 //!    an HMAC over the whole hello transcript ([`Message::Proof`]); the dialer
 //!    proves first. A wrong proof closes the connection without a word.
-//! 3. **Sync** (authenticated): the backup states where it stands
-//!    ([`Message::SyncRequest`]), the master answers with a [`Plan`], then
-//!    streams [`Message::Entries`] (or a snapshot) and the backup acknowledges
-//!    durably applied positions ([`Message::Ack`]).
+//! 3. **Sync** (authenticated): both sides announce themselves at once with a
+//!    [`Message::Heartbeat`] (their claim of who is active), and keep doing so
+//!    every heartbeat interval whatever else is going on (a long verify, a
+//!    snapshot). The backup states where it stands ([`Message::SyncRequest`]),
+//!    the master answers with a [`Plan`], then streams [`Message::Entries`]
+//!    (or a snapshot, paced by [`Message::SnapshotAck`]) and the backup
+//!    acknowledges durably applied positions ([`Message::Ack`]). The backup
+//!    may send a new `SyncRequest` at any time (a failed apply, an operator's
+//!    resync): the master drops what it was sending and plans again.
 //!
 //! Every message travels as one frame: a version byte, then the postcard
 //! encoding of [`Message`]. The variant order is part of the wire format:
@@ -19,7 +24,7 @@ use persist_core::{Digest, LogEntry};
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// A node's configured role in the pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -242,6 +247,14 @@ pub enum Message {
         /// Last delivered sequence number.
         seq: u64,
     },
+    /// From the backup during a snapshot: this many `SnapshotRows` frames
+    /// are restored. The master sends only a few frames ahead of it, so the
+    /// backup never has to stop reading the link (and hearing the master)
+    /// because its store is slower than the network.
+    SnapshotAck {
+        /// Chunks restored so far in this snapshot.
+        chunks: u64,
+    },
 }
 
 impl Message {
@@ -264,6 +277,7 @@ impl Message {
             Message::RuntimeResend { .. } => "RuntimeResend",
             Message::HistoryBatch { .. } => "HistoryBatch",
             Message::HistoryAck { .. } => "HistoryAck",
+            Message::SnapshotAck { .. } => "SnapshotAck",
         }
     }
 }

@@ -22,11 +22,28 @@
 //! link returns, the higher claim wins at once: the master adopts the backup's
 //! takeover and steps down, and automatic recovery then hands back, so exactly
 //! one node is active once things settle.
+//!
+//! # What counts
+//! - A node is *undecided* until it has heard its peer's current claim (a
+//!   heartbeat on a live link) or its startup allowance has run out: a node
+//!   that restarts never acts on the claim it stored before it learns
+//!   whether the pair moved on meanwhile.
+//! - The backup's failover timer runs from the last sign of life of the
+//!   master: any frame, including a hello or a refusal (wrong secret, wrong
+//!   cluster, schema mismatch). A master that answers is alive, even if the
+//!   pair cannot sync; taking over next to it would split the pair.
+//! - A planned switchover is accepted only while the backup is connected
+//!   and has acknowledged the master's head, and it is undone if the backup
+//!   has not announced the new claim within the failover timeout.
+//! - Two nodes both configured as master (found by the master's probe):
+//!   both refuse config writes, and only the one whose id sorts first stays
+//!   active, until an operator fixes the configuration.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use persist_core::Claim;
 
+use crate::clock::Time;
 use crate::protocol::NodeRole;
 
 /// A node's activity, ordered from least to most active.
@@ -81,6 +98,16 @@ pub struct RedundancySettings {
     pub recovery: RecoveryMode,
 }
 
+/// A redundancy setting that cannot work, with the rule it breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {problem}")]
+pub struct SettingsError {
+    /// The setting (its field name).
+    pub setting: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
 impl RedundancySettings {
     /// Defaults for a plant (see `ARCHITECTURE.md` for the comparison with
     /// the real system's: 10 s failover timeout, 1 s ping, 30 s allowance).
@@ -95,9 +122,49 @@ impl RedundancySettings {
             recovery: RecoveryMode::Automatic,
         }
     }
+
+    /// Checks that the timers can work together: a heartbeat of at least
+    /// 1 ms, a failover timeout of at least two heartbeats (one lost
+    /// heartbeat is no failover), a startup allowance of at least one
+    /// heartbeat, and a node id.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let err = |setting, problem: String| Err(SettingsError { setting, problem });
+        if self.node_id.is_empty() {
+            return err("node_id", "must not be empty".into());
+        }
+        if self.heartbeat_interval < Duration::from_millis(1) {
+            return err(
+                "heartbeat_interval",
+                format!(
+                    "must be at least 1 ms (it is {:?})",
+                    self.heartbeat_interval
+                ),
+            );
+        }
+        if self.failover_timeout < self.heartbeat_interval * 2 {
+            return err(
+                "failover_timeout",
+                format!(
+                    "must be at least two heartbeat intervals ({:?}); it is {:?}",
+                    self.heartbeat_interval * 2,
+                    self.failover_timeout
+                ),
+            );
+        }
+        if self.startup_allowance < self.heartbeat_interval {
+            return err(
+                "startup_allowance",
+                format!(
+                    "must be at least one heartbeat interval ({:?}); it is {:?}",
+                    self.heartbeat_interval, self.startup_allowance
+                ),
+            );
+        }
+        Ok(())
+    }
 }
 
-/// What the peer last announced.
+/// What the peer announced on the current link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerView {
     /// Its node id.
@@ -109,16 +176,52 @@ pub struct PeerView {
     /// Whether this node has caught up with the peer's log (a backup's view
     /// of its master: its position reached the master's announced position).
     pub caught_up: bool,
-    /// Whether the peer announced itself (a heartbeat) on the current link;
-    /// until then only the fact that it is alive counts, not its claim.
-    pub announced: bool,
 }
 
 /// What the driver must do after an input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    /// Record this claim durably and announce it from now on.
+    /// A new claim: act on it at once, record it durably, announce it.
     Claim(Claim),
+}
+
+/// Why an operator request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// A switchover is asked of the active master only.
+    #[error("a switchover is requested on the active master")]
+    NotActiveMaster,
+    /// A handback is asked of the active backup only.
+    #[error("a handback is requested on the active backup")]
+    NotActiveBackup,
+    /// The backup is not connected: nobody would take over.
+    #[error("the backup is not connected: nobody would take over")]
+    BackupNotConnected,
+    /// The backup has not confirmed everything the master holds.
+    #[error("the backup is behind: it confirmed position {acked} of {head}")]
+    BackupBehind {
+        /// What the backup acknowledged.
+        acked: u64,
+        /// The master's head.
+        head: u64,
+    },
+    /// The master has not been heard on the current link.
+    #[error("the master has not been heard")]
+    MasterNotHeard,
+    /// Two masters: fix the configuration first.
+    #[error("node {0} is also configured as master; fix the configuration first")]
+    DualMaster(String),
+}
+
+/// The backup as the master sees it when a switchover is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupProgress {
+    /// Whether the backup is connected and syncing.
+    pub connected: bool,
+    /// What it acknowledged.
+    pub acked: u64,
+    /// The master's head.
+    pub head: u64,
 }
 
 /// The redundancy state machine of one node.
@@ -126,9 +229,19 @@ pub enum Effect {
 pub struct Machine {
     settings: RedundancySettings,
     claim: Claim,
-    started: Instant,
-    last_heard: Option<Instant>,
+    started: Time,
+    /// The last sign of life of the peer (see the module docs).
+    last_heard: Option<Time>,
+    /// Whether the peer's claim was heard since this node started.
+    heard_claim: bool,
+    /// Whether the startup allowance has run out (seen by a tick).
+    allowance_over: bool,
     peer: Option<PeerView>,
+    /// A switchover this master made: its epoch and when it is undone if
+    /// the backup has not announced it.
+    switchover: Option<(u64, Time)>,
+    /// Another node configured as master.
+    conflict: Option<String>,
 }
 
 fn rank(c: &Claim, master_id: Option<&str>) -> (u64, bool) {
@@ -140,13 +253,17 @@ fn rank(c: &Claim, master_id: Option<&str>) -> (u64, bool) {
 
 impl Machine {
     /// A machine starting at `now` with the claim the store recorded.
-    pub fn new(settings: RedundancySettings, stored: Claim, now: Instant) -> Self {
+    pub fn new(settings: RedundancySettings, stored: Claim, now: Time) -> Self {
         Machine {
             settings,
             claim: stored,
             started: now,
             last_heard: None,
+            heard_claim: false,
+            allowance_over: false,
             peer: None,
+            switchover: None,
+            conflict: None,
         }
     }
 
@@ -160,35 +277,59 @@ impl Machine {
         &self.settings
     }
 
-    /// What the peer last announced.
+    /// What the peer announced on the current link.
     pub fn peer(&self) -> Option<&PeerView> {
         self.peer.as_ref()
     }
 
-    /// When the peer was last heard.
-    pub fn last_heard(&self) -> Option<Instant> {
+    /// When the peer last showed a sign of life.
+    pub fn last_heard(&self) -> Option<Time> {
         self.last_heard
     }
 
-    /// This node's activity.
-    pub fn activity(&self, now: Instant) -> ActivityLevel {
-        if self.settings.role == NodeRole::Independent {
-            return ActivityLevel::Active;
-        }
-        match &self.claim.active {
-            Some(id) if *id == self.settings.node_id && self.decided(now) => ActivityLevel::Active,
-            Some(_) if self.decided(now) => match self.settings.standby {
-                StandbyLevel::Cold => ActivityLevel::Cold,
-                StandbyLevel::Warm => ActivityLevel::Warm,
-            },
-            _ => ActivityLevel::Undecided,
+    /// Another master found by the probe, if any.
+    pub fn conflict(&self) -> Option<&str> {
+        self.conflict.as_deref()
+    }
+
+    fn me(&self) -> &str {
+        &self.settings.node_id
+    }
+
+    fn holds_me(&self) -> bool {
+        self.claim.active.as_deref() == Some(self.me())
+    }
+
+    fn standby(&self) -> ActivityLevel {
+        match self.settings.standby {
+            StandbyLevel::Cold => ActivityLevel::Cold,
+            StandbyLevel::Warm => ActivityLevel::Warm,
         }
     }
 
-    /// A node decides once it heard its peer or its startup allowance passed.
-    fn decided(&self, now: Instant) -> bool {
-        self.last_heard.is_some()
-            || now.duration_since(self.started) >= self.settings.startup_allowance
+    /// This node's activity.
+    pub fn activity(&self, now: Time) -> ActivityLevel {
+        if self.settings.role == NodeRole::Independent {
+            return ActivityLevel::Active;
+        }
+        if !self.decided(now) {
+            return ActivityLevel::Undecided;
+        }
+        match &self.claim.active {
+            Some(id) if id == self.me() => match &self.conflict {
+                // Two masters: only the one whose id sorts first acts.
+                Some(other) if other.as_str() < self.me() => self.standby(),
+                _ => ActivityLevel::Active,
+            },
+            Some(_) => self.standby(),
+            None => ActivityLevel::Undecided,
+        }
+    }
+
+    /// A node decides once it heard its peer's claim or its startup
+    /// allowance passed.
+    fn decided(&self, now: Time) -> bool {
+        self.heard_claim || now.since(self.started) >= self.settings.startup_allowance
     }
 
     fn master_id(&self) -> Option<String> {
@@ -211,12 +352,21 @@ impl Machine {
         vec![Effect::Claim(self.claim.clone())]
     }
 
-    /// The peer was heard (any frame; `view` is its latest announcement).
-    pub fn heard(&mut self, now: Instant, view: PeerView) -> Vec<Effect> {
+    /// A sign of life of the peer without a claim (a frame before
+    /// authentication, a refusal): it feeds the failover timer only.
+    pub fn alive(&mut self, now: Time) {
         self.last_heard = Some(now);
-        if !view.announced {
-            return Vec::new();
-        }
+    }
+
+    /// The peer's link went away: what it announced no longer counts.
+    pub fn link_down(&mut self) {
+        self.peer = None;
+    }
+
+    /// The peer announced its claim on the current link (a heartbeat).
+    pub fn announced(&mut self, now: Time, view: PeerView) -> Vec<Effect> {
+        self.last_heard = Some(now);
+        self.heard_claim = true;
         let master = self
             .master_id()
             .or_else(|| (view.role == NodeRole::Master).then(|| view.node_id.clone()));
@@ -228,8 +378,13 @@ impl Machine {
             };
             effects.push(Effect::Claim(self.claim.clone()));
         }
+        if let Some((epoch, _)) = self.switchover {
+            if view.claim.epoch >= epoch {
+                self.switchover = None;
+            }
+        }
         let me = self.settings.node_id.clone();
-        let i_am_active = self.claim.active.as_deref() == Some(&me);
+        let i_am_active = self.holds_me();
         match self.settings.role {
             NodeRole::Backup => {
                 // Automatic recovery: after a takeover this backup made itself
@@ -257,84 +412,109 @@ impl Machine {
         effects
     }
 
+    /// Another node is configured as master too (see the module docs).
+    pub fn dual_master(&mut self, other: &str) {
+        self.conflict = Some(other.to_owned());
+    }
+
     /// Time passed; the driver calls this at [`Machine::deadline`] at least.
-    pub fn tick(&mut self, now: Instant) -> Vec<Effect> {
+    pub fn tick(&mut self, now: Time) -> Vec<Effect> {
         let me = self.settings.node_id.clone();
-        let i_am_active = self.claim.active.as_deref() == Some(&me);
-        match self.settings.role {
-            NodeRole::Independent if !i_am_active => self.make(me),
-            NodeRole::Backup if !i_am_active => {
-                let silent_since = self.last_heard.unwrap_or(self.started);
-                let limit = if self.last_heard.is_some() {
-                    self.settings.failover_timeout
-                } else {
-                    self.settings
-                        .startup_allowance
-                        .max(self.settings.failover_timeout)
-                };
-                if now.duration_since(silent_since) >= limit {
-                    self.make(me)
-                } else {
-                    Vec::new()
+        if now.since(self.started) >= self.settings.startup_allowance {
+            self.allowance_over = true;
+        }
+        if let Some((_, undo_at)) = self.switchover {
+            if now >= undo_at {
+                // The backup never announced the switchover: take the pair back.
+                self.switchover = None;
+                if self.settings.role == NodeRole::Master && !self.holds_me() {
+                    return self.make(me);
                 }
             }
-            NodeRole::Master if !i_am_active && self.last_heard.is_none() => {
-                if now.duration_since(self.started) >= self.settings.startup_allowance {
-                    self.make(me)
-                } else {
-                    Vec::new()
-                }
+        }
+        let i_am_active = self.holds_me();
+        match self.settings.role {
+            NodeRole::Independent if !i_am_active => self.make(me),
+            NodeRole::Backup if !i_am_active && now >= self.failover_at() => self.make(me),
+            NodeRole::Master
+                if !i_am_active
+                    && !self.heard_claim
+                    && now.since(self.started) >= self.settings.startup_allowance =>
+            {
+                self.make(me)
             }
             _ => Vec::new(),
         }
     }
 
-    /// When [`Machine::tick`] should run next (`None`: only inputs matter).
-    pub fn deadline(&self) -> Option<Instant> {
-        let me = self.settings.node_id.as_str();
-        if self.claim.active.as_deref() == Some(me) {
-            return None;
-        }
-        match self.settings.role {
-            NodeRole::Backup => Some(match self.last_heard {
-                Some(t) => t + self.settings.failover_timeout,
-                None => {
-                    self.started
-                        + self
-                            .settings
-                            .startup_allowance
-                            .max(self.settings.failover_timeout)
-                }
-            }),
-            NodeRole::Master if self.last_heard.is_none() => {
-                Some(self.started + self.settings.startup_allowance)
+    /// When a backup that is not active takes over, if it hears nothing more.
+    fn failover_at(&self) -> Time {
+        match self.last_heard {
+            Some(t) => t + self.settings.failover_timeout,
+            None => {
+                self.started
+                    + self
+                        .settings
+                        .startup_allowance
+                        .max(self.settings.failover_timeout)
             }
-            NodeRole::Independent => Some(self.started),
-            _ => None,
         }
+    }
+
+    /// When [`Machine::tick`] or [`Machine::activity`] may change next
+    /// (`None`: only inputs matter).
+    pub fn deadline(&self) -> Option<Time> {
+        let undo = self.switchover.map(|(_, t)| t);
+        let undecided = (!self.heard_claim && !self.allowance_over)
+            .then(|| self.started + self.settings.startup_allowance);
+        let own = if self.holds_me() {
+            None
+        } else {
+            match self.settings.role {
+                NodeRole::Backup => Some(self.failover_at()),
+                NodeRole::Independent => Some(self.started),
+                NodeRole::Master => undecided,
+            }
+        };
+        [undo, undecided, own].into_iter().flatten().min()
     }
 
     /// Planned switchover (on the active master): the backup takes over.
-    pub fn request_switchover(&mut self) -> Result<Vec<Effect>, String> {
-        let me = self.settings.node_id.clone();
-        if self.settings.role != NodeRole::Master || self.claim.active.as_deref() != Some(&me) {
-            return Err("a switchover is requested on the active master".into());
+    /// Refused unless the backup is connected and has confirmed the
+    /// master's head; undone if the backup has not announced it within the
+    /// failover timeout.
+    pub fn request_switchover(
+        &mut self,
+        now: Time,
+        backup: BackupProgress,
+    ) -> Result<Vec<Effect>, RequestError> {
+        if self.settings.role != NodeRole::Master || !self.holds_me() {
+            return Err(RequestError::NotActiveMaster);
         }
-        let peer = self
-            .peer
-            .as_ref()
-            .map(|p| p.node_id.clone())
-            .ok_or("no backup has been heard")?;
-        Ok(self.make(peer))
+        if let Some(other) = &self.conflict {
+            return Err(RequestError::DualMaster(other.clone()));
+        }
+        let peer = match &self.peer {
+            Some(p) if backup.connected => p.node_id.clone(),
+            _ => return Err(RequestError::BackupNotConnected),
+        };
+        if backup.acked < backup.head {
+            return Err(RequestError::BackupBehind {
+                acked: backup.acked,
+                head: backup.head,
+            });
+        }
+        let effects = self.make(peer);
+        self.switchover = Some((self.claim.epoch, now + self.settings.failover_timeout));
+        Ok(effects)
     }
 
     /// Manual handback (on the active backup): the master takes over again.
-    pub fn request_handback(&mut self) -> Result<Vec<Effect>, String> {
-        let me = self.settings.node_id.clone();
-        if self.settings.role != NodeRole::Backup || self.claim.active.as_deref() != Some(&me) {
-            return Err("a handback is requested on the active backup".into());
+    pub fn request_handback(&mut self) -> Result<Vec<Effect>, RequestError> {
+        if self.settings.role != NodeRole::Backup || !self.holds_me() {
+            return Err(RequestError::NotActiveBackup);
         }
-        let master = self.master_id().ok_or("the master has not been heard")?;
+        let master = self.master_id().ok_or(RequestError::MasterNotHeard)?;
         Ok(self.make(master))
     }
 }

@@ -11,5 +11,8 @@ pub mod node;
 mod tests;
 
 pub use crate::protocol::NodeRole;
-pub use machine::{ActivityLevel, Machine, RecoveryMode, RedundancySettings, StandbyLevel};
-pub use node::{start_backup_node, start_master_node, NodeHandle, RedundancyState};
+pub use machine::{
+    ActivityLevel, Machine, RecoveryMode, RedundancySettings, RequestError, SettingsError,
+    StandbyLevel,
+};
+pub use node::{start_backup_node, start_master_node, NodeBuilder, NodeHandle, RedundancyState};

@@ -1,23 +1,32 @@
-//! The redundancy runtime of one node: drives the [`Machine`] from the sync
-//! link's heartbeats and its own timers, records claims durably, gates config
-//! writes by role, and publishes the node's [`RedundancyState`].
+//! The redundancy runtime of one node: its sync side (master or backup) and
+//! the [`Machine`](super::Machine) in one node task, with durable claims, a
+//! write gate by role, and the node's [`RedundancyState`].
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use parking_lot::{Condvar, Mutex};
 use persist_core::Store;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::machine::{ActivityLevel, Effect, Machine, PeerView, RedundancySettings};
+use super::machine::{ActivityLevel, RedundancySettings};
+use crate::engine::{Command, CommandError, NodeReport, RedundancyReport, Role};
+use crate::history::History;
 use crate::protocol::NodeRole;
+use crate::runtime_state::RuntimeStates;
 use crate::transport::{Acceptor, Dialer};
-use crate::worker::backup::{start_backup, BackupHandle};
-use crate::worker::master::{start_master, MasterHandle};
-use crate::worker::{Heard, LinkStatus, SyncConfig};
+use crate::worker::driver::{self, Nowhere, Request, Start, StartError};
+use crate::worker::{BackupHandle, MasterHandle, SyncConfig};
 
 /// What module code sees of redundancy, at any time.
+///
+/// [`NodeHandle::watch`] always holds the latest state; a subscriber that
+/// falls behind sees the newest one, not every step between. `transitions`
+/// counts every change of activity, epoch or active node since the node
+/// started, so a subscriber that sees it grow by more than one since the
+/// state it last handled knows it missed steps (a step down and back up,
+/// say) and should treat the jump as a step down followed by the new state.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RedundancyState {
     /// This node's configured role.
@@ -37,11 +46,8 @@ pub struct RedundancyState {
     pub pending_updates: u64,
     /// The last error (sync link, refusal, or a claim that could not be stored).
     pub last_error: Option<String>,
-}
-
-enum Command {
-    Switchover(oneshot::Sender<Result<(), String>>),
-    Handback(oneshot::Sender<Result<(), String>>),
+    /// Changes of activity, epoch or active node since the node started.
+    pub transitions: u64,
 }
 
 #[derive(Default)]
@@ -50,17 +56,51 @@ struct Blocking {
     changed: Condvar,
 }
 
+/// Where the node task publishes its redundancy state.
+pub(crate) struct StatePublisher {
+    tx: watch::Sender<RedundancyState>,
+    blocking: Arc<Blocking>,
+}
+
+impl StatePublisher {
+    pub fn publish(
+        &self,
+        report: &NodeReport,
+        r: &RedundancyReport,
+        last_sync: Option<SystemTime>,
+    ) {
+        let next = RedundancyState {
+            role: r.role,
+            activity: r.activity,
+            epoch: r.epoch,
+            active_node: r.active_node.clone(),
+            peer_connected: report.connected,
+            last_sync,
+            pending_updates: report.pending_updates,
+            last_error: r.error.clone().or_else(|| report.last_error.clone()),
+            transitions: r.transitions,
+        };
+        if *self.tx.borrow() == next {
+            return;
+        }
+        self.tx.send_replace(next.clone());
+        let mut b = self.blocking.state.lock();
+        let version = b.as_ref().map_or(0, |(v, _)| v + 1);
+        *b = Some((version, next));
+        self.blocking.changed.notify_all();
+    }
+}
+
 /// A running node.
 pub struct NodeHandle {
-    probes: Mutex<Vec<JoinHandle<()>>>,
-    runtime: Option<Arc<crate::runtime_state::RuntimeStates>>,
+    runtime: Option<Arc<RuntimeStates>>,
     store: Store,
     state: watch::Receiver<RedundancyState>,
     blocking: Arc<Blocking>,
-    commands: mpsc::Sender<Command>,
-    master: Option<Arc<MasterHandle>>,
+    requests: tokio::sync::mpsc::Sender<Request>,
+    master: Option<MasterHandle>,
     backup: Option<BackupHandle>,
-    driver: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for NodeHandle {
@@ -71,24 +111,177 @@ impl std::fmt::Debug for NodeHandle {
     }
 }
 
-/// Starts the master node of a pair on the current tokio runtime.
+/// How a node is put together: its store, settings, and what its module
+/// carries over the link (runtime state, history).
+#[derive(Debug)]
+pub struct NodeBuilder {
+    store: Store,
+    settings: RedundancySettings,
+    sync: SyncConfig,
+    runtime: Option<Arc<RuntimeStates>>,
+    history: Option<Arc<History>>,
+}
+
+impl NodeBuilder {
+    /// A node on `store` with these settings.
+    pub fn new(store: Store, settings: RedundancySettings, sync: SyncConfig) -> NodeBuilder {
+        NodeBuilder {
+            store,
+            settings,
+            sync,
+            runtime: None,
+            history: None,
+        }
+    }
+
+    /// Runtime state carried to the standby (see [`crate::runtime_state`]).
+    pub fn runtime(mut self, runtime: Arc<RuntimeStates>) -> NodeBuilder {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// History forwarded from an active backup (see [`crate::history`]).
+    pub fn history(mut self, history: Arc<History>) -> NodeBuilder {
+        self.history = Some(history);
+        self
+    }
+
+    /// Starts the master node on the current tokio runtime.
+    pub fn start_master<A: Acceptor>(self, acceptor: A) -> Result<NodeHandle, StartError> {
+        self.start::<A, Nowhere, Nowhere>(Some(acceptor), None, None)
+    }
+
+    /// Starts the master node, dialing `probe` (the other node's link
+    /// address) every `every` to make sure it is not configured as master
+    /// too. If it is, both nodes refuse config writes (`Error::NotMaster`
+    /// naming the other node) and report it, and only the one whose id
+    /// sorts first stays active, until an operator fixes the configuration
+    /// and restarts them. A probe address that leads back to this node is
+    /// reported as a configuration mistake.
+    pub fn start_master_probing<A: Acceptor, P: Dialer>(
+        self,
+        acceptor: A,
+        probe: P,
+        every: Duration,
+    ) -> Result<NodeHandle, StartError> {
+        self.start::<A, Nowhere, P>(Some(acceptor), None, Some((probe, every)))
+    }
+
+    /// Starts the backup node on the current tokio runtime.
+    pub fn start_backup<D: Dialer>(self, dialer: D) -> Result<NodeHandle, StartError> {
+        self.start::<Nowhere, D, Nowhere>(None, Some(dialer), None)
+    }
+
+    fn start<A: Acceptor, D: Dialer, P: Dialer>(
+        mut self,
+        acceptor: Option<A>,
+        dialer: Option<D>,
+        probe: Option<(P, Duration)>,
+    ) -> Result<NodeHandle, StartError> {
+        let role = match (acceptor.is_some(), self.settings.role) {
+            (true, NodeRole::Master) => Role::Master,
+            (false, NodeRole::Backup) => Role::Backup,
+            (_, r) => {
+                return Err(StartError::Mismatch(format!(
+                    "a node configured as {r:?} is started as {}",
+                    if acceptor.is_some() {
+                        "master"
+                    } else {
+                        "backup"
+                    }
+                )))
+            }
+        };
+        self.settings.validate()?;
+        // Config writes only on the master, whatever the activity.
+        self.store.set_write_gate(match role {
+            Role::Backup => Some("this node is the backup; write to the master".into()),
+            Role::Master => None,
+        });
+        self.sync.heartbeat_interval = self.settings.heartbeat_interval;
+        // A link silent for the failover timeout is dead for sync too.
+        self.sync.peer_timeout = self
+            .settings
+            .failover_timeout
+            .max(self.settings.heartbeat_interval * 2);
+        let initial = RedundancyState {
+            role: self.settings.role,
+            activity: ActivityLevel::Undecided,
+            epoch: self.store.claim().epoch,
+            active_node: self.store.claim().active,
+            peer_connected: false,
+            last_sync: None,
+            pending_updates: 0,
+            last_error: None,
+            transitions: 0,
+        };
+        let (tx, state) = watch::channel(initial.clone());
+        let blocking = Arc::new(Blocking::default());
+        *blocking.state.lock() = Some((0, initial));
+        let (probe, probe_every) = match probe {
+            Some((p, every)) => (Some(p), Some(every)),
+            None => (None, None),
+        };
+        let started = driver::spawn(
+            Start {
+                store: self.store.clone(),
+                role,
+                sync: self.sync,
+                redundancy: Some(self.settings),
+                runtime: self.runtime.clone(),
+                history: self.history,
+                probe_every,
+                state: Some(StatePublisher {
+                    tx,
+                    blocking: blocking.clone(),
+                }),
+            },
+            acceptor,
+            dialer,
+            probe,
+        )?;
+        let (master, backup) = match role {
+            Role::Master => (
+                Some(MasterHandle {
+                    published: started.published.clone(),
+                    requests: started.requests.clone(),
+                    store: self.store.clone(),
+                    task: None,
+                }),
+                None,
+            ),
+            Role::Backup => (
+                None,
+                Some(BackupHandle {
+                    published: started.published.clone(),
+                    requests: started.requests.clone(),
+                    store: self.store.clone(),
+                    task: None,
+                }),
+            ),
+        };
+        Ok(NodeHandle {
+            runtime: self.runtime,
+            store: self.store,
+            state,
+            blocking,
+            requests: started.requests,
+            master,
+            backup,
+            task: Some(started.task),
+        })
+    }
+}
+
+/// Starts the master node of a pair on the current tokio runtime (see
+/// [`NodeBuilder`] for runtime state, history and the dual-master probe).
 pub fn start_master_node<A: Acceptor>(
     store: Store,
     settings: RedundancySettings,
     acceptor: A,
     sync: SyncConfig,
-) -> std::io::Result<NodeHandle> {
-    let (sync, heard) = prepare(&store, &settings, sync);
-    let runtime = sync.runtime.clone();
-    let master = Arc::new(start_master(store.clone(), acceptor, sync)?);
-    Ok(spawn_driver(
-        store,
-        settings,
-        heard,
-        Some(master),
-        None,
-        runtime,
-    ))
+) -> Result<NodeHandle, StartError> {
+    NodeBuilder::new(store, settings, sync).start_master(acceptor)
 }
 
 /// Starts the backup node of a pair on the current tokio runtime.
@@ -97,230 +290,8 @@ pub fn start_backup_node<D: Dialer>(
     settings: RedundancySettings,
     dialer: D,
     sync: SyncConfig,
-) -> NodeHandle {
-    let (sync, heard) = prepare(&store, &settings, sync);
-    let runtime = sync.runtime.clone();
-    let backup = start_backup(store.clone(), dialer, sync);
-    spawn_driver(store, settings, heard, None, Some(backup), runtime)
-}
-
-fn prepare(
-    store: &Store,
-    settings: &RedundancySettings,
-    mut sync: SyncConfig,
-) -> (SyncConfig, watch::Receiver<Option<Heard>>) {
-    // Config writes only on the master, whatever the activity.
-    store.set_write_gate(match settings.role {
-        NodeRole::Backup => Some("this node is the backup; write to the master".into()),
-        NodeRole::Master | NodeRole::Independent => None,
-    });
-    let (tx, rx) = watch::channel(None);
-    sync.heard = Some(tx);
-    sync.heartbeat_interval = settings.heartbeat_interval;
-    // A link silent for the failover timeout is dead for sync too.
-    sync.peer_timeout = settings
-        .failover_timeout
-        .max(settings.heartbeat_interval * 2);
-    (sync, rx)
-}
-
-fn spawn_driver(
-    store: Store,
-    settings: RedundancySettings,
-    heard: watch::Receiver<Option<Heard>>,
-    master: Option<Arc<MasterHandle>>,
-    backup: Option<BackupHandle>,
-    runtime: Option<Arc<crate::runtime_state::RuntimeStates>>,
-) -> NodeHandle {
-    let machine = Machine::new(settings, store.claim(), Instant::now());
-    let link = match (&master, &backup) {
-        (Some(m), _) => LinkSource::Master(m.clone()),
-        (_, Some(b)) => LinkSource::Backup(b.watch_status()),
-        _ => LinkSource::None,
-    };
-    let initial = describe(&machine, &store, &link, None);
-    let (state_tx, state) = watch::channel(initial.clone());
-    let blocking = Arc::new(Blocking::default());
-    *blocking.state.lock() = Some((0, initial));
-    let (commands, rx) = mpsc::channel(8);
-    let driver = tokio::spawn(drive(Driver {
-        machine,
-        store: store.clone(),
-        heard,
-        commands: rx,
-        state: state_tx,
-        blocking: blocking.clone(),
-        link,
-        runtime: runtime.clone(),
-    }));
-    NodeHandle {
-        probes: Mutex::new(Vec::new()),
-        runtime,
-        store,
-        state,
-        blocking,
-        commands,
-        master,
-        backup,
-        driver,
-    }
-}
-
-enum LinkSource {
-    Master(Arc<MasterHandle>),
-    Backup(watch::Receiver<LinkStatus>),
-    None,
-}
-
-impl LinkSource {
-    fn status(&self) -> Option<LinkStatus> {
-        match self {
-            LinkSource::Master(m) => Some(m.status()),
-            LinkSource::Backup(b) => Some(b.borrow().clone()),
-            LinkSource::None => None,
-        }
-    }
-}
-
-fn describe(
-    m: &Machine,
-    store: &Store,
-    link: &LinkSource,
-    error: Option<String>,
-) -> RedundancyState {
-    let status = link.status().unwrap_or_default();
-    let pending = match m.settings().role {
-        NodeRole::Master => store.position().saturating_sub(status.peer_acked),
-        NodeRole::Backup => 0,
-        NodeRole::Independent => 0,
-    };
-    RedundancyState {
-        role: m.settings().role,
-        activity: m.activity(Instant::now()),
-        epoch: m.claim().epoch,
-        active_node: m.claim().active.clone(),
-        peer_connected: status.connected,
-        last_sync: status.last_sync,
-        pending_updates: pending,
-        last_error: error
-            .or_else(|| {
-                (m.settings().role == NodeRole::Master)
-                    .then(|| store.write_gate())
-                    .flatten()
-            })
-            .or(status.last_error),
-    }
-}
-
-/// Everything the driver task owns.
-struct Driver {
-    machine: Machine,
-    store: Store,
-    heard: watch::Receiver<Option<Heard>>,
-    commands: mpsc::Receiver<Command>,
-    state: watch::Sender<RedundancyState>,
-    blocking: Arc<Blocking>,
-    link: LinkSource,
-    runtime: Option<Arc<crate::runtime_state::RuntimeStates>>,
-}
-
-async fn drive(d: Driver) {
-    let Driver {
-        mut machine,
-        store,
-        mut heard,
-        mut commands,
-        state,
-        blocking,
-        link,
-        runtime,
-    } = d;
-    if let Some(rt) = &runtime {
-        let s = state.borrow().clone();
-        rt.set_active(s.activity == ActivityLevel::Active, s.epoch);
-    }
-    let mut error: Option<String> = None;
-    let mut pending_position = 0u64;
-    let mut refresh = tokio::time::interval(machine.settings().heartbeat_interval);
-    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let deadline = machine.deadline().map(tokio::time::Instant::from_std);
-        let effects = tokio::select! {
-            changed = heard.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                let h = heard.borrow_and_update().clone();
-                match h {
-                    Some(h) => {
-                        pending_position = h.position;
-                        let view = PeerView {
-                            node_id: h.node_id,
-                            role: h.role,
-                            claim: h.claim,
-                            caught_up: store.position() >= h.position,
-                            announced: h.announced,
-                        };
-                        machine.heard(h.at, view)
-                    }
-                    None => Vec::new(),
-                }
-            }
-            _ = sleep_until_opt(deadline) => machine.tick(Instant::now()),
-            cmd = commands.recv() => match cmd {
-                Some(Command::Switchover(reply)) => {
-                    let r = machine.request_switchover();
-                    let effects = r.clone().unwrap_or_default();
-                    let _ = reply.send(r.map(|_| ()));
-                    effects
-                }
-                Some(Command::Handback(reply)) => {
-                    let r = machine.request_handback();
-                    let effects = r.clone().unwrap_or_default();
-                    let _ = reply.send(r.map(|_| ()));
-                    effects
-                }
-                None => return,
-            },
-            _ = refresh.tick() => Vec::new(),
-        };
-        for effect in effects {
-            match effect {
-                Effect::Claim(claim) => {
-                    // Durable before it is acted on or announced.
-                    if let Err(e) = store.set_claim(&claim) {
-                        tracing::error!("cannot record claim {claim:?}: {e}");
-                        error = Some(format!("cannot record claim: {e}"));
-                    } else {
-                        tracing::info!(epoch = claim.epoch, active = ?claim.active, "redundancy claim");
-                    }
-                }
-            }
-        }
-        let mut next = describe(&machine, &store, &link, error.clone());
-        if let Some(rt) = &runtime {
-            if state.borrow().activity != next.activity || state.borrow().epoch != next.epoch {
-                rt.set_active(next.activity == ActivityLevel::Active, next.epoch);
-            }
-        }
-        if next.role == NodeRole::Backup {
-            next.pending_updates = pending_position.saturating_sub(store.position());
-        }
-        if *state.borrow() != next {
-            state.send_replace(next.clone());
-            let mut b = blocking.state.lock();
-            let version = b.as_ref().map_or(0, |(v, _)| v + 1);
-            *b = Some((version, next));
-            blocking.changed.notify_all();
-        }
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
+) -> Result<NodeHandle, StartError> {
+    NodeBuilder::new(store, settings, sync).start_backup(dialer)
 }
 
 impl NodeHandle {
@@ -329,7 +300,8 @@ impl NodeHandle {
         self.state.borrow().clone()
     }
 
-    /// State changes, for async module code.
+    /// State changes, for async module code (see [`RedundancyState`] for
+    /// what a subscriber is guaranteed to see).
     pub fn watch(&self) -> watch::Receiver<RedundancyState> {
         self.state.clone()
     }
@@ -337,28 +309,17 @@ impl NodeHandle {
     /// For blocking module code: waits until the state differs from
     /// `version` (pass 0 first, then the returned version), at most `timeout`.
     pub fn wait_state_blocking(&self, version: u64, timeout: Duration) -> (u64, RedundancyState) {
-        let deadline = Instant::now() + timeout;
         let mut b = self.blocking.state.lock();
-        loop {
-            if let Some((v, s)) = b.as_ref() {
-                if *v != version {
-                    return (*v, s.clone());
-                }
-            }
-            if self
-                .blocking
-                .changed
-                .wait_until(&mut b, deadline)
-                .timed_out()
-            {
-                let (v, s) = b.clone().expect("initialized at start");
-                return (v, s);
-            }
-        }
+        let _ = self.blocking.changed.wait_while_for(
+            &mut b,
+            |b| b.as_ref().is_some_and(|(v, _)| *v == version),
+            timeout,
+        );
+        b.clone().expect("initialized at start")
     }
 
-    /// The runtime state registry given in the sync settings, if any.
-    pub fn runtime(&self) -> Option<&Arc<crate::runtime_state::RuntimeStates>> {
+    /// The runtime state registry given to the node, if any.
+    pub fn runtime(&self) -> Option<&Arc<RuntimeStates>> {
         self.runtime.as_ref()
     }
 
@@ -369,7 +330,7 @@ impl NodeHandle {
 
     /// The master side of the sync link (master nodes).
     pub fn master(&self) -> Option<&MasterHandle> {
-        self.master.as_deref()
+        self.master.as_ref()
     }
 
     /// The backup side of the sync link (backup nodes).
@@ -377,68 +338,45 @@ impl NodeHandle {
         self.backup.as_ref()
     }
 
-    /// Planned switchover, on the active master: the backup takes over
-    /// (e.g. before upgrading the master). Nothing is lost: the backup holds
-    /// everything it acknowledged, and the master keeps serving its log.
-    pub async fn request_switchover(&self) -> Result<(), String> {
+    async fn request(&self, command: Command) -> Result<(), CommandError> {
         let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Switchover(tx))
+        self.requests
+            .send((command, tx))
             .await
-            .map_err(|_| "node stopped".to_string())?;
-        rx.await.map_err(|_| "node stopped".to_string())?
+            .map_err(|_| CommandError::Stopped)?;
+        rx.await.map_err(|_| CommandError::Stopped)?
+    }
+
+    /// Planned switchover, on the active master: the backup takes over
+    /// (e.g. before upgrading the master). Refused unless the backup is
+    /// connected and has confirmed everything the master holds; undone if
+    /// the backup does not take over within the failover timeout. Nothing
+    /// is lost: the backup holds everything it acknowledged, and the master
+    /// keeps serving its log.
+    pub async fn request_switchover(&self) -> Result<(), CommandError> {
+        self.request(Command::Switchover).await
     }
 
     /// Handback, on the active backup (manual recovery): the master takes over again.
-    pub async fn request_handback(&self) -> Result<(), String> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Handback(tx))
-            .await
-            .map_err(|_| "node stopped".to_string())?;
-        rx.await.map_err(|_| "node stopped".to_string())?
+    pub async fn request_handback(&self) -> Result<(), CommandError> {
+        self.request(Command::Handback).await
     }
 
-    /// On a master: dials the configured peer every `every` to make sure it
-    /// is not a master too. If it is, both nodes close their write gates
-    /// (config writes fail with `Error::NotMaster` naming the other node) and
-    /// report it in `last_error`, until an operator fixes the configuration
-    /// and restarts them: two masters must never both accept config writes.
-    pub fn probe_peer<D: Dialer>(&self, dialer: D, sync: SyncConfig, every: Duration) {
-        let store = self.store.clone();
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                match crate::worker::master::probe_peer(&dialer, &store, &sync).await {
-                    Ok(true) => return,
-                    Ok(false) => {}
-                    Err(e) => tracing::debug!("peer probe: {e}"),
-                }
-            }
-        });
-        self.probes.lock().push(task);
-    }
-
-    /// Stops the node.
+    /// Stops the node and waits until its task, links and store work have
+    /// ended.
     pub async fn shutdown(mut self) {
-        self.driver.abort();
-        if let Some(b) = self.backup.take() {
-            b.shutdown().await;
-        }
-        if let Some(m) = self.master.take() {
-            if let Ok(m) = Arc::try_unwrap(m) {
-                m.shutdown().await;
-            }
+        let _ = self.request(Command::Shutdown).await;
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
         }
     }
 }
 
 impl Drop for NodeHandle {
     fn drop(&mut self) {
-        self.driver.abort();
-        for p in self.probes.lock().drain(..) {
-            p.abort();
+        if self.task.is_some() {
+            let (tx, _) = oneshot::channel();
+            let _ = self.requests.try_send((Command::Shutdown, tx));
         }
     }
 }

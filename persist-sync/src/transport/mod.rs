@@ -9,12 +9,12 @@
 //!
 //! Implementations:
 //! - [`tcp`]: TCP, length-delimited frames, optional TLS ([`tls`]).
-//! - [`memory`]: an in-process network with fault injection for tests.
+//! - `testing::memory` (feature `testing`): an in-process network with
+//!   fault injection for tests.
 
 use std::future::Future;
 use std::io;
 
-pub mod memory;
 pub mod tcp;
 pub mod tls;
 

@@ -11,9 +11,9 @@ use persist_core::listen::{CommitEvent, HookId};
 use persist_core::{LogEntry, Store};
 use tokio::sync::watch;
 
-/// Recent entries, contiguous by position.
+/// Recent entries of a master, contiguous by position (filled by its commit hook).
 #[derive(Debug, Default)]
-pub(crate) struct Recent {
+pub struct Recent {
     entries: VecDeque<Arc<LogEntry>>,
     bytes: usize,
 }
@@ -79,7 +79,7 @@ pub(crate) struct Bridge {
 }
 
 impl Bridge {
-    pub fn start(store: Store) -> std::io::Result<Bridge> {
+    pub fn start(store: Store) -> Bridge {
         let (tx, head) = watch::channel(store.position());
         let recent = Arc::new(Mutex::new(Recent::default()));
         let r = recent.clone();
@@ -97,12 +97,12 @@ impl Bridge {
         });
         // A commit between reading the position and adding the hook is
         // covered: sessions also read the store's published position.
-        Ok(Bridge {
+        Bridge {
             head,
             recent,
             store,
             hook,
-        })
+        }
     }
 }
 

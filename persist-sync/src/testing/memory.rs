@@ -33,7 +33,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::{frame_too_large, Acceptor, Dialer, FrameSink, FrameSource, Link, INITIAL_MAX_FRAME};
+use crate::transport::{
+    frame_too_large, Acceptor, Dialer, FrameSink, FrameSource, Link, INITIAL_MAX_FRAME,
+};
 
 /// Frames buffered per hop (sender to stage, stage to receiver); a full
 /// buffer makes `send` wait, as a full socket buffer does.

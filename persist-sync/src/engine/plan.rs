@@ -1,6 +1,4 @@
-//! The sync protocol's decisions, free of I/O: plain functions and small
-//! state types, driven by the tokio tasks in `worker` and tested here
-//! without sockets or clocks (time is passed in).
+//! The small decisions the sessions take: plain functions and state types.
 //!
 //! - [`plan_sync`]: what the master answers a backup that connects.
 //! - [`SendWindow`]: how far the master may run ahead of the backup's acks.
@@ -13,6 +11,7 @@ use persist_core::Digest;
 use crate::protocol::{Plan, RefuseReason, ResyncReason};
 
 #[cfg(test)]
+#[path = "plan_tests.rs"]
 mod tests;
 
 /// The master's side of a sync decision.

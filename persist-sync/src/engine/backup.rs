@@ -1,0 +1,935 @@
+//! The backup's side: one link to the master at a time. Dials with
+//! backoff; authenticates; verifies its rows; asks for a plan; restores a
+//! snapshot or applies entries; forwards buffered history.
+//!
+//! A failure of this node's own store never drops the link: the link keeps
+//! carrying heartbeats both ways (the master stays heard, so no takeover
+//! next to a live master), and the sync round starts again after a pause.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use persist_core::{Error as StoreError, LogEntry, SnapshotHeader, SnapshotTableInfo};
+
+use super::node::{auth_end, Ctx, Owner, PeerEvent};
+use super::{
+    ConnId, Input, LinkEnd, NodeReport, Output, StoreOp, StoreResult, StoreValue, APPLY_BATCH,
+};
+use crate::auth::{Handshake, HandshakeStep};
+use crate::clock::Time;
+use crate::protocol::{LinkRole, Message, NodeRole, Plan, RefuseReason, ResyncReason};
+use crate::redundancy::machine::PeerView;
+use crate::runtime_state::Cursor;
+use crate::worker::SyncConfig;
+
+/// The first pause before a failed sync round starts again.
+const ROUND_RETRY_MIN: Duration = Duration::from_millis(200);
+/// The longest pause between sync rounds that keep failing.
+const ROUND_RETRY_MAX: Duration = Duration::from_secs(10);
+/// How long an unknown operation waits before it is tried again (the
+/// module may register it meanwhile).
+const STUCK_RETRY: Duration = Duration::from_secs(5);
+
+/// How to recover from a failed apply or restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Recovery {
+    /// The data cannot be made right incrementally: ask for a snapshot.
+    Resync(ResyncReason),
+    /// The store failed (locked, full, unavailable) or the link misbehaved:
+    /// ask again from where the data stands.
+    Retry,
+    /// An operation this node does not know: wait for the module.
+    Stuck(String),
+}
+
+fn recovery(e: &StoreError) -> Recovery {
+    match e {
+        StoreError::UnknownOperation { .. } => Recovery::Stuck(e.to_string()),
+        StoreError::Inapplicable { .. }
+        | StoreError::Divergence { .. }
+        | StoreError::Decode { .. } => Recovery::Resync(ResyncReason::ApplyFailed(e.to_string())),
+        _ => Recovery::Retry,
+    }
+}
+
+struct Restoring {
+    header: Option<SnapshotHeader>,
+    rows: u64,
+    total: u64,
+    chunks_done: u64,
+    /// `SnapshotEnd` arrived; the restore is being committed. Entries that
+    /// follow wait in `queue`.
+    finishing: bool,
+    queue: VecDeque<LogEntry>,
+}
+
+enum Step {
+    Handshake(Box<Handshake>),
+    /// Verifying the rows (`pending`), or waiting until `at` to do so.
+    Verifying {
+        force: Option<ResyncReason>,
+        at: Option<Time>,
+    },
+    /// The sync request is out; the plan has not come.
+    Requested,
+    Restoring(Restoring),
+    Streaming {
+        queue: VecDeque<LogEntry>,
+        applying: bool,
+    },
+}
+
+struct Link {
+    conn: ConnId,
+    since: Time,
+    last_heard: Time,
+    next_beat: Option<Time>,
+    peer: Option<String>,
+    step: Step,
+    /// Sync rounds on this link; results of older rounds are dropped.
+    round: u64,
+    /// A restart of the round asked for while a request was out (at most
+    /// one request is out at a time, so the plan that comes is unambiguous).
+    restart: Option<Option<ResyncReason>>,
+    /// The plan of a round was accepted: the link synced.
+    synced: bool,
+    /// A restore was begun and not yet finished or aborted.
+    restore_open: bool,
+    runtime: Cursor,
+    history_in_flight: Option<(u64, Time)>,
+    history_reading: bool,
+}
+
+enum State {
+    Waiting { until: Time },
+    Dialing { conn: ConnId, since: Time },
+    Up(Box<Link>),
+}
+
+pub(crate) struct BackupSide {
+    state: State,
+    delay: Duration,
+    initial_delay: Duration,
+    redial_max: Duration,
+    round_delay: Duration,
+    handshake_timeout: Duration,
+    peer_timeout: Duration,
+    heartbeat: Duration,
+    history: bool,
+    /// The store's position as this node last learned it.
+    position: u64,
+    /// What the master announced last.
+    master_position: u64,
+    resync_next: Option<ResyncReason>,
+    stuck: Option<String>,
+    connected: bool,
+    peer: Option<String>,
+    last_sync: Option<Time>,
+    last_error: Option<String>,
+    refused: Option<RefuseReason>,
+    resyncs: u64,
+    snapshot_progress: Option<(u64, u64)>,
+    history_acked: u64,
+}
+
+impl BackupSide {
+    pub fn new(
+        cfg: &SyncConfig,
+        now: Time,
+        position: u64,
+        history: bool,
+        redial_max: Duration,
+    ) -> BackupSide {
+        BackupSide {
+            state: State::Waiting { until: now },
+            delay: cfg.reconnect_initial,
+            initial_delay: cfg.reconnect_initial,
+            redial_max,
+            round_delay: ROUND_RETRY_MIN,
+            handshake_timeout: cfg.handshake_timeout,
+            peer_timeout: cfg.peer_timeout,
+            heartbeat: cfg.heartbeat_interval,
+            history,
+            position,
+            master_position: 0,
+            resync_next: None,
+            stuck: None,
+            connected: false,
+            peer: None,
+            last_sync: None,
+            last_error: None,
+            refused: None,
+            resyncs: 0,
+            snapshot_progress: None,
+            history_acked: 0,
+        }
+    }
+
+    fn link(&mut self, conn: ConnId) -> Option<&mut Link> {
+        match &mut self.state {
+            State::Up(l) if l.conn == conn => Some(l),
+            _ => None,
+        }
+    }
+
+    pub fn authenticated(&self, conn: ConnId) -> bool {
+        matches!(&self.state, State::Up(l) if l.conn == conn && !matches!(l.step, Step::Handshake(_)))
+    }
+
+    pub fn input(&mut self, ctx: &mut Ctx<'_>, input: Input) {
+        match input {
+            Input::Dialed { conn } => {
+                if !matches!(self.state, State::Dialing { conn: c, .. } if c == conn) {
+                    ctx.close(conn);
+                    return;
+                }
+                let mut hs = Handshake::new(LinkRole::Dialer, &ctx.cfg.auth, ctx.nonce());
+                let mut send = Vec::new();
+                hs.start(&mut send);
+                for m in send {
+                    ctx.send(conn, m);
+                }
+                self.state = State::Up(Box::new(Link {
+                    conn,
+                    since: ctx.now,
+                    last_heard: ctx.now,
+                    next_beat: None,
+                    peer: None,
+                    step: Step::Handshake(Box::new(hs)),
+                    round: 0,
+                    restart: None,
+                    synced: false,
+                    restore_open: false,
+                    runtime: Cursor::default(),
+                    history_in_flight: None,
+                    history_reading: false,
+                }));
+            }
+            Input::DialFailed { conn, error } => {
+                if matches!(self.state, State::Dialing { conn: c, .. } if c == conn) {
+                    self.down(ctx, LinkEnd::Dial(error));
+                }
+            }
+            Input::Frame { conn, msg } => {
+                if self.link(conn).is_some() {
+                    self.frame(ctx, msg);
+                }
+            }
+            Input::Malformed { conn, error } => {
+                if self.link(conn).is_some() {
+                    self.down(ctx, LinkEnd::Malformed(error));
+                }
+            }
+            Input::Closed { conn, error } => {
+                if let Some(link) = self.link(conn) {
+                    // A close during the handshake says something of its own
+                    // (after our proof: the master rejected our secret).
+                    if let Step::Handshake(hs) = &mut link.step {
+                        let mut unused = Vec::new();
+                        if let HandshakeStep::Failed(e) =
+                            hs.on_message(None, &mut unused, &|_| false)
+                        {
+                            self.down(ctx, auth_end(e));
+                            return;
+                        }
+                    }
+                    self.down(ctx, error.map_or(LinkEnd::Closed, LinkEnd::Io));
+                } else if matches!(self.state, State::Dialing { conn: c, .. } if c == conn) {
+                    self.down(ctx, error.map_or(LinkEnd::Closed, LinkEnd::Io));
+                }
+            }
+            Input::Sent { .. } | Input::Accepted { .. } | Input::Head(_) | Input::Store { .. } => {}
+            Input::RuntimeChanged => self.flush_runtime(ctx),
+            Input::HistoryChanged => self.pump_history(ctx),
+            Input::Tick => self.tick(ctx),
+        }
+    }
+
+    fn tick(&mut self, ctx: &mut Ctx<'_>) {
+        let now = ctx.now;
+        match &mut self.state {
+            State::Waiting { until } if now >= *until => {
+                let conn = ctx.new_conn();
+                self.state = State::Dialing { conn, since: now };
+                ctx.out.push(Output::Dial { conn, probe: false });
+            }
+            State::Waiting { .. } => {}
+            State::Dialing { since, .. } => {
+                if now >= *since + self.handshake_timeout {
+                    let t = self.handshake_timeout;
+                    self.down(ctx, LinkEnd::Dial(format!("no connection within {t:?}")));
+                }
+            }
+            State::Up(link) => {
+                if let Step::Handshake(_) = link.step {
+                    if now >= link.since + self.handshake_timeout {
+                        let t = self.handshake_timeout;
+                        self.down(
+                            ctx,
+                            LinkEnd::Auth(format!("authentication timed out after {t:?}")),
+                        );
+                        return;
+                    }
+                } else if now >= link.last_heard + self.peer_timeout {
+                    // The master is silent: whatever the store is doing (a
+                    // restore waiting for chunks), the link is dead.
+                    self.down(ctx, LinkEnd::Timeout(self.peer_timeout));
+                    return;
+                }
+                if link.next_beat.is_some_and(|t| now >= t) {
+                    link.next_beat = Some(now + self.heartbeat);
+                    let hb = ctx.heartbeat(NodeRole::Backup, self.position);
+                    ctx.send(link.conn, hb);
+                    // An acknowledgement of forwarded history may have been lost.
+                    if link
+                        .history_in_flight
+                        .is_some_and(|(_, at)| now >= at + self.heartbeat * 2)
+                    {
+                        link.history_in_flight = None;
+                    }
+                    self.pump_history(ctx);
+                }
+                let due = matches!(
+                    self.link_mut().map(|l| &l.step),
+                    Some(Step::Verifying { at: Some(at), .. }) if now >= *at
+                );
+                if due {
+                    self.verify(ctx);
+                }
+            }
+        }
+    }
+
+    fn link_mut(&mut self) -> Option<&mut Link> {
+        match &mut self.state {
+            State::Up(l) => Some(l),
+            _ => None,
+        }
+    }
+
+    pub fn deadline(&self) -> Option<Time> {
+        match &self.state {
+            State::Waiting { until } => Some(*until),
+            State::Dialing { since, .. } => Some(*since + self.handshake_timeout),
+            State::Up(l) => {
+                let timeout = match l.step {
+                    Step::Handshake(_) => l.since + self.handshake_timeout,
+                    _ => l.last_heard + self.peer_timeout,
+                };
+                let retry = match &l.step {
+                    Step::Verifying { at, .. } => *at,
+                    _ => None,
+                };
+                [Some(timeout), l.next_beat, retry]
+                    .into_iter()
+                    .flatten()
+                    .min()
+            }
+        }
+    }
+
+    fn frame(&mut self, ctx: &mut Ctx<'_>, msg: Message) {
+        let now = ctx.now;
+        let State::Up(link) = &mut self.state else {
+            return;
+        };
+        let conn = link.conn;
+        link.last_heard = now;
+        // Any frame from the master is a sign of life, even a hello before a
+        // refusal: a master that answers must not be taken over from.
+        ctx.events.push(PeerEvent::Alive);
+        if let Step::Handshake(hs) = &mut link.step {
+            let mut send = Vec::new();
+            let nonces = &*ctx.nonces;
+            let step = hs.on_message(Some(msg), &mut send, &|n| nonces.is_own(n));
+            for m in send {
+                ctx.send(conn, m);
+            }
+            match step {
+                HandshakeStep::Continue => {}
+                HandshakeStep::Done(peer) => {
+                    link.peer = Some(peer.node_id);
+                    link.next_beat = Some(now + self.heartbeat);
+                    ctx.out.push(Output::Authenticated { conn });
+                    let hb = ctx.heartbeat(NodeRole::Backup, self.position);
+                    ctx.send(conn, hb);
+                    // An active backup hands its runtime state over before it
+                    // hears the master (and, in automatic recovery, hands back).
+                    self.flush_runtime(ctx);
+                    let force = self.resync_next.take();
+                    self.start_round(ctx, force, None);
+                }
+                HandshakeStep::Failed(e) => {
+                    let why = auth_end(e);
+                    if let LinkEnd::Refused(r) = &why {
+                        self.refused = Some(r.clone());
+                    }
+                    self.down(ctx, why);
+                }
+            }
+            return;
+        }
+        match msg {
+            Message::Heartbeat {
+                epoch,
+                position,
+                role,
+                active,
+            } => {
+                self.master_position = position;
+                let view = PeerView {
+                    node_id: link.peer.clone().unwrap_or_default(),
+                    role,
+                    claim: persist_core::Claim {
+                        epoch,
+                        active,
+                        by: None,
+                    },
+                    caught_up: self.position >= position,
+                };
+                ctx.events.push(PeerEvent::Announced(view));
+            }
+            Message::Refused { reason } => {
+                self.refused = Some(reason.clone());
+                self.down(ctx, LinkEnd::Refused(reason));
+            }
+            Message::HistoryAck { seq } => {
+                if link.history_in_flight.is_some_and(|(s, _)| seq >= s) {
+                    link.history_in_flight = None;
+                }
+                if seq > self.history_acked {
+                    self.history_acked = seq;
+                    ctx.store(Owner::Nobody, StoreOp::HistoryDelivered { seq });
+                }
+                self.pump_history(ctx);
+            }
+            m @ (Message::RuntimeFull { .. }
+            | Message::RuntimeUpdate { .. }
+            | Message::RuntimeResend { .. }) => {
+                if let Some(rt) = ctx.runtime {
+                    match &m {
+                        Message::RuntimeResend { provider } => {
+                            rt.resend(&mut link.runtime, provider);
+                            self.flush_runtime(ctx);
+                        }
+                        _ => {
+                            if let Some(reply) = rt.incoming(&m) {
+                                ctx.send(conn, reply);
+                            }
+                        }
+                    }
+                }
+            }
+            other => self.sync_frame(ctx, other),
+        }
+    }
+
+    /// A frame of the sync round itself.
+    fn sync_frame(&mut self, ctx: &mut Ctx<'_>, msg: Message) {
+        let State::Up(link) = &mut self.state else {
+            return;
+        };
+        let conn = link.conn;
+        let round = link.round;
+        let protocol = |what: String| LinkEnd::Protocol(what);
+        match (&mut link.step, msg) {
+            (Step::Requested, Message::SyncPlan(plan)) => {
+                tracing::info!(peer = ?link.peer, ?plan, "connected to the master");
+                link.synced = true;
+                self.connected = true;
+                self.peer = link.peer.clone();
+                self.refused = None;
+                self.last_error = self.stuck.clone();
+                self.delay = self.initial_delay;
+                match plan {
+                    Plan::Incremental { from, history } => {
+                        if from != self.position + 1 {
+                            let p = self.position;
+                            self.down(
+                                ctx,
+                                protocol(format!(
+                                    "master plans from {from}, this backup is at {p}"
+                                )),
+                            );
+                            return;
+                        }
+                        if from == 1 {
+                            ctx.store(Owner::Link { conn, round }, StoreOp::AdoptHistory(history));
+                        }
+                        link.step = Step::Streaming {
+                            queue: VecDeque::new(),
+                            applying: false,
+                        };
+                        if let Some(force) = link.restart.take() {
+                            self.start_round(ctx, force, None);
+                            return;
+                        }
+                        self.flush_runtime(ctx);
+                        self.pump_history(ctx);
+                    }
+                    Plan::Snapshot { reason } => {
+                        tracing::info!(?reason, "master sends a full snapshot");
+                        link.step = Step::Restoring(Restoring {
+                            header: None,
+                            rows: 0,
+                            total: 0,
+                            chunks_done: 0,
+                            finishing: false,
+                            queue: VecDeque::new(),
+                        });
+                        if let Some(force) = link.restart.take() {
+                            self.start_round(ctx, force, None);
+                        }
+                    }
+                }
+            }
+            // What the master sent for an earlier round, before it read our
+            // new request.
+            (
+                Step::Requested | Step::Verifying { .. },
+                Message::Entries(_)
+                | Message::SnapshotBegin { .. }
+                | Message::SnapshotRows { .. }
+                | Message::SnapshotEnd
+                | Message::SyncPlan(_),
+            ) => {}
+            (Step::Restoring(r), Message::SyncPlan(Plan::Snapshot { reason })) => {
+                // The master starts its snapshot again.
+                tracing::info!(?reason, "master restarts the snapshot");
+                if std::mem::take(&mut link.restore_open) {
+                    ctx.store(Owner::Nobody, StoreOp::RestoreAbort);
+                }
+                link.round += 1;
+                *r = Restoring {
+                    header: None,
+                    rows: 0,
+                    total: 0,
+                    chunks_done: 0,
+                    finishing: false,
+                    queue: VecDeque::new(),
+                };
+                self.snapshot_progress = None;
+            }
+            (
+                Step::Restoring(r),
+                Message::SnapshotBegin {
+                    history,
+                    position,
+                    digest,
+                    epoch,
+                    tables,
+                },
+            ) if r.header.is_none() => {
+                let header = SnapshotHeader {
+                    history,
+                    position,
+                    digest,
+                    epoch,
+                    tables: tables
+                        .into_iter()
+                        .map(|t| SnapshotTableInfo {
+                            name: t.name,
+                            rows: t.rows,
+                        })
+                        .collect(),
+                };
+                r.total = header.tables.iter().map(|t| t.rows).sum();
+                tracing::info!(rows = r.total, position, "receiving a full snapshot");
+                self.snapshot_progress = Some((0, r.total));
+                r.header = Some(header.clone());
+                link.restore_open = true;
+                ctx.store(Owner::Link { conn, round }, StoreOp::RestoreBegin(header));
+            }
+            (Step::Restoring(r), Message::SnapshotRows { table, rows })
+                if r.header.is_some() && !r.finishing =>
+            {
+                r.rows += rows.len() as u64;
+                self.snapshot_progress = Some((r.rows, r.total));
+                ctx.store(
+                    Owner::Link { conn, round },
+                    StoreOp::RestoreChunk { table, rows },
+                );
+            }
+            (Step::Restoring(r), Message::SnapshotEnd) if r.header.is_some() && !r.finishing => {
+                r.finishing = true;
+                ctx.store(Owner::Link { conn, round }, StoreOp::RestoreFinish);
+            }
+            (Step::Restoring(r), Message::Entries(entries)) if r.finishing => {
+                extend(&mut r.queue, self.position, entries);
+            }
+            (Step::Streaming { queue, .. }, Message::Entries(entries)) => {
+                extend(queue, self.position, entries);
+                self.pump_apply(ctx);
+            }
+            (Step::Streaming { .. }, Message::SyncPlan(Plan::Snapshot { reason })) => {
+                tracing::info!(?reason, "master sends a full snapshot");
+                link.round += 1;
+                link.step = Step::Restoring(Restoring {
+                    header: None,
+                    rows: 0,
+                    total: 0,
+                    chunks_done: 0,
+                    finishing: false,
+                    queue: VecDeque::new(),
+                });
+            }
+            (_, other) => {
+                let kind = other.kind();
+                self.down(
+                    ctx,
+                    protocol(format!("unexpected message from the master: {kind}")),
+                );
+            }
+        }
+    }
+
+    /// Starts a sync round on the link: verify the rows, then ask.
+    fn start_round(&mut self, ctx: &mut Ctx<'_>, force: Option<ResyncReason>, at: Option<Time>) {
+        let Some(link) = self.link_mut() else {
+            return;
+        };
+        if let Step::Requested = link.step {
+            // One request out at a time: restart once its plan has come.
+            let merged = match link.restart.take() {
+                Some(prev) => prev.or(force),
+                None => force,
+            };
+            link.restart = Some(merged);
+            return;
+        }
+        if std::mem::take(&mut link.restore_open) {
+            ctx.store(Owner::Nobody, StoreOp::RestoreAbort);
+        }
+        link.round += 1;
+        link.history_in_flight = None;
+        let force = match &link.step {
+            Step::Verifying { force: prev, .. } => force.or(prev.clone()),
+            _ => force,
+        };
+        link.step = Step::Verifying { force, at };
+        self.snapshot_progress = None;
+        if at.is_none() {
+            self.verify(ctx);
+        }
+    }
+
+    fn verify(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(link) = self.link_mut() else {
+            return;
+        };
+        if let Step::Verifying { at, .. } = &mut link.step {
+            *at = None;
+            let (conn, round) = (link.conn, link.round);
+            ctx.store(Owner::Link { conn, round }, StoreOp::Verify);
+        }
+    }
+
+    /// Restarts the round after a failure, with a growing pause.
+    fn retry_round(&mut self, ctx: &mut Ctx<'_>, force: Option<ResyncReason>, pause: Duration) {
+        let at = ctx.now + pause;
+        self.start_round(ctx, force, Some(at));
+    }
+
+    pub fn store_result(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        conn: ConnId,
+        round: u64,
+        result: StoreResult,
+    ) {
+        // Facts about the store hold whatever link or round asked.
+        match &result {
+            Ok(StoreValue::Applied { position }) | Ok(StoreValue::Restored { position }) => {
+                self.position = *position;
+            }
+            Ok(StoreValue::Verified { verification, .. }) => {
+                self.position = verification.position;
+            }
+            _ => {}
+        }
+        let current = matches!(&self.state, State::Up(l) if l.conn == conn);
+        if !current {
+            return;
+        }
+        let State::Up(link) = &mut self.state else {
+            return;
+        };
+        let stale = round != link.round;
+        match result {
+            Ok(StoreValue::Applied { position }) => {
+                // Valid in any round: the master has not read a newer request
+                // before this acknowledgement (it is sent before it).
+                ctx.send(conn, Message::Ack { position });
+                if let Step::Streaming { applying, .. } = &mut link.step {
+                    if !stale {
+                        *applying = false;
+                    }
+                }
+                self.synced(ctx.now);
+                self.pump_apply(ctx);
+            }
+            _ if stale => {}
+            Ok(StoreValue::Verified {
+                verification,
+                schema,
+                history,
+                epoch,
+            }) => {
+                let Step::Verifying { force, .. } = &mut link.step else {
+                    return;
+                };
+                let mut force = force.take();
+                if force.is_none() && !verification.is_consistent() {
+                    tracing::warn!(
+                        position = verification.position,
+                        "local data does not match its recorded digest: asking for a full resync"
+                    );
+                    force = Some(ResyncReason::DigestMismatch);
+                }
+                ctx.send(
+                    conn,
+                    Message::SyncRequest {
+                        schema,
+                        history,
+                        position: verification.position,
+                        digest: verification.computed,
+                        epoch,
+                        force_snapshot: force,
+                        role: NodeRole::Backup,
+                    },
+                );
+                link.step = Step::Requested;
+            }
+            Ok(StoreValue::Restored { position }) => {
+                link.restore_open = false;
+                self.resyncs += 1;
+                self.snapshot_progress = None;
+                tracing::info!(position, "snapshot restored");
+                ctx.send(conn, Message::Ack { position });
+                let queue = match std::mem::replace(&mut link.step, Step::Requested) {
+                    Step::Restoring(r) => r.queue,
+                    _ => VecDeque::new(),
+                };
+                link.step = Step::Streaming {
+                    queue,
+                    applying: false,
+                };
+                self.synced(ctx.now);
+                self.flush_runtime(ctx);
+                self.pump_history(ctx);
+                self.pump_apply(ctx);
+            }
+            Ok(StoreValue::ChunkRestored) => {
+                if let Step::Restoring(r) = &mut link.step {
+                    // Let the master send further.
+                    r.chunks_done += 1;
+                    ctx.send(
+                        conn,
+                        Message::SnapshotAck {
+                            chunks: r.chunks_done,
+                        },
+                    );
+                }
+            }
+            Ok(StoreValue::HistoryItems(items)) => {
+                link.history_reading = false;
+                if let Some(last) = items.last().map(|i| i.seq) {
+                    if link.history_in_flight.is_none() {
+                        link.history_in_flight = Some((last, ctx.now));
+                        ctx.send(
+                            conn,
+                            Message::HistoryBatch {
+                                origin: ctx.cfg.auth.node_id.clone(),
+                                items,
+                            },
+                        );
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => self.store_failed(ctx, e),
+        }
+    }
+
+    fn store_failed(&mut self, ctx: &mut Ctx<'_>, e: StoreError) {
+        let Some(link) = self.link_mut() else {
+            return;
+        };
+        match &link.step {
+            Step::Verifying { .. } | Step::Requested => {
+                tracing::warn!("verifying the backup's rows failed: {e}");
+            }
+            _ => tracing::warn!("applying what the master sent failed: {e}"),
+        }
+        link.history_reading = false;
+        if let Step::Restoring(_) = link.step {
+            // The restore rolled itself back.
+            link.restore_open = false;
+        }
+        self.last_error = Some(format!("store: {e}"));
+        let pause = self.round_delay;
+        self.round_delay = (self.round_delay * 2).min(ROUND_RETRY_MAX);
+        match recovery(&e) {
+            Recovery::Resync(reason) => self.retry_round(ctx, Some(reason), pause),
+            Recovery::Retry => self.retry_round(ctx, None, pause),
+            Recovery::Stuck(why) => {
+                self.stuck = Some(why.clone());
+                self.last_error = Some(why);
+                self.retry_round(ctx, None, STUCK_RETRY);
+            }
+        }
+    }
+
+    /// An apply or restore went through.
+    fn synced(&mut self, now: Time) {
+        self.last_sync = Some(now);
+        self.round_delay = ROUND_RETRY_MIN;
+        if self.stuck.take().is_some() {
+            self.last_error = None;
+        }
+    }
+
+    fn pump_apply(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(link) = self.link_mut() else {
+            return;
+        };
+        let (conn, round) = (link.conn, link.round);
+        if let Step::Streaming { queue, applying } = &mut link.step {
+            if *applying || queue.is_empty() {
+                return;
+            }
+            let n = queue.len().min(APPLY_BATCH);
+            let batch: Vec<LogEntry> = queue.drain(..n).collect();
+            *applying = true;
+            ctx.store(Owner::Link { conn, round }, StoreOp::Apply(batch));
+        }
+    }
+
+    fn pump_history(&mut self, ctx: &mut Ctx<'_>) {
+        if !self.history {
+            return;
+        }
+        let after = self.history_acked;
+        let Some(link) = self.link_mut() else {
+            return;
+        };
+        if !matches!(link.step, Step::Streaming { .. })
+            || link.history_reading
+            || link.history_in_flight.is_some()
+        {
+            return;
+        }
+        link.history_reading = true;
+        let (conn, round) = (link.conn, link.round);
+        ctx.store(
+            Owner::Link { conn, round },
+            StoreOp::HistoryPending { after },
+        );
+    }
+
+    pub fn flush_runtime(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(rt) = ctx.runtime else {
+            return;
+        };
+        let State::Up(link) = &mut self.state else {
+            return;
+        };
+        if link.peer.is_none() {
+            // Not authenticated yet.
+            return;
+        }
+        // An active backup (after a failover) hands its state to the master.
+        for m in rt.outgoing(&mut link.runtime) {
+            ctx.send(link.conn, m);
+        }
+    }
+
+    pub fn announce(&mut self, ctx: &mut Ctx<'_>) {
+        let position = self.position;
+        if let State::Up(link) = &mut self.state {
+            if !matches!(link.step, Step::Handshake(_)) {
+                link.next_beat = Some(ctx.now + self.heartbeat);
+                let hb = ctx.heartbeat(NodeRole::Backup, position);
+                ctx.send(link.conn, hb);
+            }
+        }
+    }
+
+    /// The link is gone: close it, give up a restore, wait, dial again.
+    fn down(&mut self, ctx: &mut Ctx<'_>, why: LinkEnd) {
+        let state = std::mem::replace(&mut self.state, State::Waiting { until: ctx.now });
+        let mut synced = false;
+        match state {
+            State::Up(link) => {
+                ctx.close(link.conn);
+                if link.restore_open {
+                    ctx.store(Owner::Nobody, StoreOp::RestoreAbort);
+                }
+                if !matches!(link.step, Step::Handshake(_)) {
+                    ctx.events.push(PeerEvent::LinkDown);
+                }
+                synced = link.synced;
+            }
+            State::Dialing { conn, .. } => ctx.close(conn),
+            State::Waiting { .. } => {}
+        }
+        if !matches!(why, LinkEnd::Shutdown) {
+            tracing::warn!("sync with the master failed: {why}");
+            self.last_error = Some(why.to_string());
+        }
+        self.connected = false;
+        self.peer = None;
+        self.snapshot_progress = None;
+        if synced {
+            self.delay = self.initial_delay;
+        }
+        let wait = self.delay;
+        self.delay = (self.delay * 2).min(self.redial_max);
+        self.state = State::Waiting {
+            until: ctx.now + wait,
+        };
+    }
+
+    pub fn resync(&mut self, ctx: &mut Ctx<'_>) {
+        match &self.state {
+            State::Up(l) if !matches!(l.step, Step::Handshake(_)) => {
+                self.start_round(ctx, Some(ResyncReason::Requested), None);
+            }
+            _ => self.resync_next = Some(ResyncReason::Requested),
+        }
+    }
+
+    pub fn shutdown(&mut self, ctx: &mut Ctx<'_>) {
+        self.down(ctx, LinkEnd::Shutdown);
+        self.state = State::Waiting {
+            until: Time::from_offset(Duration::MAX),
+        };
+    }
+
+    pub fn report(&self) -> NodeReport {
+        NodeReport {
+            connected: self.connected,
+            peer: self.peer.clone(),
+            peer_acked: 0,
+            last_sync: self.last_sync,
+            last_error: self.last_error.clone(),
+            refused: self.refused.clone(),
+            resyncs: self.resyncs,
+            snapshot_progress: self.snapshot_progress,
+            pending_updates: self.master_position.saturating_sub(self.position),
+            redundancy: None,
+        }
+    }
+}
+
+/// Queues entries after those already queued (or applied), dropping
+/// duplicates a faulty link delivered twice.
+fn extend(queue: &mut VecDeque<LogEntry>, applied: u64, entries: Vec<LogEntry>) {
+    let mut last = queue.back().map_or(applied, |e| e.position);
+    for e in entries {
+        if e.position > last {
+            last = e.position;
+            queue.push_back(e);
+        }
+    }
+}

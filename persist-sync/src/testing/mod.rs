@@ -1,0 +1,6 @@
+//! Test tools, behind the `testing` cargo feature (not in a production build).
+//!
+//! - [`memory`]: an in-process network that cuts, partitions, drops, delays
+//!   and duplicates frames.
+
+pub mod memory;

@@ -1,0 +1,449 @@
+//! The node task: feeds a [`NodeCore`] with what happens (frames, closed
+//! links, finished store operations, commits, timers, commands) and carries
+//! out what it answers. It never waits for the store: store work goes to
+//! the node's [`StoreExecutor`], whose results come back as inputs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::config::{ConfigError, SyncConfig};
+use super::executor::{StoreExecutor, StoreWorker};
+use super::link::{self, AbortOnDrop, LinkHandle};
+use super::status::{AckTracker, LinkStatus};
+use crate::clock::{Clock, TokioClock};
+use crate::codec::{self, Limits};
+use crate::engine::{
+    Command, CommandError, ConnId, Input, NodeCore, NodeParams, NodeReport, Output, Role,
+};
+use crate::history::History;
+use crate::redundancy::machine::{RedundancySettings, SettingsError};
+use crate::redundancy::node::StatePublisher;
+use crate::runtime_state::RuntimeStates;
+use crate::transport::{Acceptor, Dialer};
+use tokio::task::JoinHandle;
+
+/// Accepted links are numbered from here (the core numbers its dials from 1).
+pub(crate) const FIRST_ACCEPTED: ConnId = 1 << 48;
+
+/// A command and where its answer goes.
+pub(crate) type Request = (Command, oneshot::Sender<Result<(), CommandError>>);
+
+/// What the node task publishes, shared with the handles.
+pub(crate) struct Published {
+    pub status: watch::Sender<LinkStatus>,
+    pub acks: Arc<AckTracker>,
+    pub state: Option<StatePublisher>,
+}
+
+/// What the node task works with.
+pub(crate) struct Driver<A, D, P> {
+    pub core: NodeCore,
+    pub store: persist_core::Store,
+    pub clock: TokioClock,
+    pub limits: Limits,
+    pub handshake_timeout: std::time::Duration,
+    pub acceptor: Option<A>,
+    pub dialer: Option<Arc<D>>,
+    pub probe: Option<Arc<P>>,
+    pub executor: StoreExecutor,
+    pub store_done: mpsc::UnboundedReceiver<(u64, crate::engine::StoreResult)>,
+    pub requests: mpsc::Receiver<Request>,
+    pub head: Option<watch::Receiver<u64>>,
+    pub runtime_changed: Option<watch::Receiver<u64>>,
+    pub history_changed: Option<watch::Receiver<u64>>,
+    pub published: Arc<Published>,
+    /// Keeps the master's commit hook in place while the node runs.
+    pub _bridge: Option<super::bridge::Bridge>,
+}
+
+async fn changed(rx: &mut Option<watch::Receiver<u64>>) -> Option<u64> {
+    match rx {
+        Some(r) => match r.changed().await {
+            Ok(()) => Some(*r.borrow_and_update()),
+            Err(_) => {
+                *rx = None;
+                None
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+impl<A: Acceptor, D: Dialer, P: Dialer> Driver<A, D, P> {
+    /// Runs the node until it is shut down.
+    pub async fn run(mut self) {
+        let (events_tx, mut events) = mpsc::channel::<Input>(1024);
+        let (accepted_tx, mut accepted) = mpsc::channel::<(ConnId, LinkHandle)>(16);
+        let (dialed_tx, mut dialed) = mpsc::channel::<(ConnId, Result<LinkHandle, String>)>(16);
+        let _accept_task = self.acceptor.take().map(|mut acceptor| {
+            let events = events_tx.clone();
+            let limits = self.limits;
+            AbortOnDrop(tokio::spawn(async move {
+                let mut next = FIRST_ACCEPTED;
+                loop {
+                    match acceptor.accept().await {
+                        Ok(l) => {
+                            let handle = link::start(l, next, limits, events.clone());
+                            if accepted_tx.send((next, handle)).await.is_err() {
+                                return;
+                            }
+                            next += 1;
+                        }
+                        Err(e) => tracing::warn!("accepting a backup failed: {e}"),
+                    }
+                }
+            }))
+        });
+        let mut links: HashMap<ConnId, LinkHandle> = HashMap::new();
+        let mut dials: HashMap<ConnId, AbortOnDrop<()>> = HashMap::new();
+        let mut replies: HashMap<u64, oneshot::Sender<Result<(), CommandError>>> = HashMap::new();
+        let mut next_command = 0u64;
+        let mut last_report = None;
+        let mut outputs = self.core.step(self.clock.now(), Input::Tick);
+        let mut answers = Vec::new();
+        loop {
+            let mut stopped = false;
+            for o in outputs.drain(..) {
+                match o {
+                    Output::Dial { conn, probe } => {
+                        let timeout = self.handshake_timeout;
+                        let (events, dialed) = (events_tx.clone(), dialed_tx.clone());
+                        let limits = self.limits;
+                        let task = match (probe, &self.probe, &self.dialer) {
+                            (true, Some(p), _) => {
+                                let p = p.clone();
+                                tokio::spawn(async move {
+                                    let r = dial(&*p, timeout)
+                                        .await
+                                        .map(|l| link::start(l, conn, limits, events));
+                                    let _ = dialed.send((conn, r)).await;
+                                })
+                            }
+                            (false, _, Some(d)) => {
+                                let d = d.clone();
+                                tokio::spawn(async move {
+                                    let r = dial(&*d, timeout)
+                                        .await
+                                        .map(|l| link::start(l, conn, limits, events));
+                                    let _ = dialed.send((conn, r)).await;
+                                })
+                            }
+                            _ => {
+                                let _ = dialed
+                                    .send((conn, Err("no dialer for this link".into())))
+                                    .await;
+                                continue;
+                            }
+                        };
+                        dials.insert(conn, AbortOnDrop(task));
+                    }
+                    Output::Send { conn, msg } => {
+                        if let Some(l) = links.get(&conn) {
+                            l.send(codec::encode(&msg));
+                        }
+                    }
+                    Output::Authenticated { conn } => {
+                        if let Some(l) = links.get(&conn) {
+                            l.authenticated();
+                        }
+                    }
+                    Output::Close { conn } => {
+                        dials.remove(&conn);
+                        if let Some(l) = links.remove(&conn) {
+                            l.close();
+                        }
+                    }
+                    Output::Store { id, op } => self.executor.submit(id, op),
+                    Output::Acked { position, reset } => {
+                        self.published.acks.set(position, reset);
+                    }
+                    Output::Gate(reason) => self.store.set_write_gate(reason),
+                    Output::Reply { id, result } => answers.push((id, result)),
+                    Output::Stopped => stopped = true,
+                }
+            }
+            let now = self.clock.now();
+            let report = self.core.report(now);
+            if last_report.as_ref() != Some(&report) {
+                self.publish(&report);
+                last_report = Some(report);
+            }
+            // Answered once the state shows the command's effect.
+            for (id, result) in answers.drain(..) {
+                if let Some(tx) = replies.remove(&id) {
+                    let _ = tx.send(result);
+                }
+            }
+            if stopped {
+                break;
+            }
+            let deadline = self.core.deadline();
+            let sleep = async {
+                match deadline {
+                    Some(t) => tokio::time::sleep_until(self.clock.instant(t)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            outputs = tokio::select! {
+                Some(input) = events.recv() => self.core.step(self.clock.now(), input),
+                Some((id, result)) = self.store_done.recv() => {
+                    self.core.step(self.clock.now(), Input::Store { id, result })
+                }
+                Some((conn, handle)) = accepted.recv() => {
+                    links.insert(conn, handle);
+                    self.core.step(self.clock.now(), Input::Accepted { conn })
+                }
+                Some((conn, r)) = dialed.recv() => {
+                    dials.remove(&conn);
+                    match r {
+                        Ok(handle) => {
+                            links.insert(conn, handle);
+                            self.core.step(self.clock.now(), Input::Dialed { conn })
+                        }
+                        Err(error) => self.core.step(self.clock.now(), Input::DialFailed { conn, error }),
+                    }
+                }
+                Some(p) = changed(&mut self.head) => self.core.step(self.clock.now(), Input::Head(p)),
+                Some(_) = changed(&mut self.runtime_changed) => {
+                    self.core.step(self.clock.now(), Input::RuntimeChanged)
+                }
+                Some(_) = changed(&mut self.history_changed) => {
+                    self.core.step(self.clock.now(), Input::HistoryChanged)
+                }
+                request = self.requests.recv() => match request {
+                    Some((command, reply)) => {
+                        next_command += 1;
+                        replies.insert(next_command, reply);
+                        self.core.command(self.clock.now(), next_command, command)
+                    }
+                    // Every handle is gone: stop as if asked to.
+                    None => self.core.command(self.clock.now(), 0, Command::Shutdown),
+                },
+                _ = sleep => self.core.step(self.clock.now(), Input::Tick),
+            };
+        }
+        for (_, l) in links.drain() {
+            l.close();
+        }
+        dials.clear();
+        // What the core handed the store last (a restore given up, a claim)
+        // runs before the node is gone.
+        self.executor.finish().await;
+    }
+
+    fn publish(&self, report: &NodeReport) {
+        let position = self.store.position();
+        let status = LinkStatus {
+            connected: report.connected,
+            peer: report.peer.clone(),
+            position,
+            peer_acked: report.peer_acked,
+            last_sync: report.last_sync.map(|t| self.clock.wall(t)),
+            last_error: report.last_error.clone(),
+            refused: report.refused.clone(),
+            resyncs: report.resyncs,
+            snapshot_progress: report.snapshot_progress,
+        };
+        self.published.status.send_if_modified(|s| {
+            if *s != status {
+                *s = status.clone();
+                true
+            } else {
+                false
+            }
+        });
+        if let (Some(p), Some(r)) = (&self.published.state, &report.redundancy) {
+            let last_sync = report.last_sync.map(|t| self.clock.wall(t));
+            p.publish(report, r, last_sync);
+        }
+    }
+}
+
+async fn dial<D: Dialer>(dialer: &D, timeout: std::time::Duration) -> Result<D::Link, String> {
+    match tokio::time::timeout(timeout, dialer.dial()).await {
+        Ok(Ok(l)) => Ok(l),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no connection within {timeout:?}")),
+    }
+}
+
+/// What starting a node needs besides its links.
+pub(crate) struct Start {
+    pub store: persist_core::Store,
+    pub role: Role,
+    pub sync: SyncConfig,
+    pub redundancy: Option<RedundancySettings>,
+    pub runtime: Option<Arc<RuntimeStates>>,
+    pub history: Option<Arc<History>>,
+    pub probe_every: Option<std::time::Duration>,
+    pub state: Option<StatePublisher>,
+}
+
+/// A started node: what its handles share.
+pub(crate) struct Started {
+    pub published: Arc<Published>,
+    pub requests: mpsc::Sender<Request>,
+    pub task: JoinHandle<()>,
+}
+
+/// Why a node or sync worker did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A sync setting cannot work.
+    #[error("sync settings: {0}")]
+    Sync(#[from] ConfigError),
+    /// A redundancy setting cannot work.
+    #[error("redundancy settings: {0}")]
+    Redundancy(#[from] SettingsError),
+    /// The settings contradict each other.
+    #[error("{0}")]
+    Mismatch(String),
+    /// A thread could not be started.
+    #[error("starting the node: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Starts a node's task on the current tokio runtime.
+pub(crate) fn spawn<A: Acceptor, D: Dialer, P: Dialer>(
+    s: Start,
+    acceptor: Option<A>,
+    dialer: Option<D>,
+    probe: Option<P>,
+) -> Result<Started, StartError> {
+    s.sync.validate()?;
+    if let Some(r) = &s.redundancy {
+        r.validate()?;
+        if r.node_id != s.sync.auth.node_id {
+            return Err(StartError::Mismatch(format!(
+                "the redundancy settings name node {:?}, the link authenticates as {:?}",
+                r.node_id, s.sync.auth.node_id
+            )));
+        }
+    }
+    let clock = TokioClock::new();
+    let store = s.store;
+    let bridge = match s.role {
+        Role::Master => Some(super::bridge::Bridge::start(store.clone())),
+        Role::Backup => None,
+    };
+    let recent = bridge.as_ref().map(|b| b.recent.clone());
+    let make = {
+        let (store, history, recent, clock) = (
+            store.clone(),
+            s.history.clone(),
+            recent.clone(),
+            clock.clone(),
+        );
+        move || StoreWorker::new(store, history, recent, Arc::new(clock))
+    };
+    let (done_tx, store_done) = mpsc::unbounded_channel();
+    let executor = StoreExecutor::start(&s.sync.auth.node_id, make, recent, done_tx)?;
+    let core = NodeCore::new(
+        NodeParams {
+            role: s.role,
+            redundancy: s.redundancy,
+            claim: store.claim(),
+            position: store.position(),
+            schema: store.schema_fingerprint(),
+            history_id: store.history(),
+            runtime: s.runtime.clone(),
+            history: s.history.is_some(),
+            probe_every: s.probe_every.filter(|_| probe.is_some()),
+            nonces: Box::new(|| {
+                crate::auth::fresh_nonce().unwrap_or_else(|e| {
+                    // Without randomness the handshake cannot be made safe.
+                    panic!("{e}")
+                })
+            }),
+            sync: s.sync.clone(),
+        },
+        clock.now(),
+    );
+    let published = Arc::new(Published {
+        status: watch::Sender::new(LinkStatus {
+            position: store.position(),
+            ..LinkStatus::default()
+        }),
+        acks: AckTracker::new(0),
+        state: s.state,
+    });
+    let (requests, requests_rx) = mpsc::channel(16);
+    let driver = Driver {
+        core,
+        store,
+        clock,
+        limits: s.sync.limits,
+        handshake_timeout: s.sync.handshake_timeout,
+        acceptor,
+        dialer: dialer.map(Arc::new),
+        probe: probe.map(Arc::new),
+        executor,
+        store_done,
+        requests: requests_rx,
+        head: bridge.as_ref().map(|b| b.head.clone()),
+        runtime_changed: s.runtime.as_ref().map(|r| r.subscribe()),
+        history_changed: s.history.as_ref().map(|h| h.subscribe()),
+        published: published.clone(),
+        _bridge: bridge,
+    };
+    let task = tokio::spawn(driver.run());
+    Ok(Started {
+        published,
+        requests,
+        task,
+    })
+}
+
+/// A link type for a node that has no acceptor or dialer of some kind.
+pub(crate) enum Nowhere {}
+
+impl crate::transport::FrameSink for Nowhere {
+    async fn send(&mut self, _frame: Vec<u8>) -> std::io::Result<()> {
+        match *self {}
+    }
+    async fn close(&mut self) -> std::io::Result<()> {
+        match *self {}
+    }
+}
+
+impl crate::transport::FrameSource for Nowhere {
+    async fn recv(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        match *self {}
+    }
+    fn set_max_frame(&mut self, _max: usize) {
+        match *self {}
+    }
+    fn peer(&self) -> String {
+        match *self {}
+    }
+}
+
+impl crate::transport::Link for Nowhere {
+    type Sink = Nowhere;
+    type Source = Nowhere;
+    fn split(self) -> (Nowhere, Nowhere) {
+        match self {}
+    }
+    fn peer(&self) -> String {
+        match *self {}
+    }
+}
+
+impl Dialer for Nowhere {
+    type Link = Nowhere;
+    async fn dial(&self) -> std::io::Result<Nowhere> {
+        match *self {}
+    }
+}
+
+impl Acceptor for Nowhere {
+    type Link = Nowhere;
+    async fn accept(&mut self) -> std::io::Result<Nowhere> {
+        match *self {}
+    }
+    fn local_addr(&self) -> String {
+        match *self {}
+    }
+}

@@ -1,0 +1,161 @@
+//! Frame I/O of one link: a reader task that decodes frames within limits
+//! and a writer task that sends what the node hands it. They only move
+//! bytes; every decision is the node's.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::codec::{self, Limits};
+use crate::engine::{ConnId, Input};
+use crate::transport::{FrameSink, FrameSource, Link};
+
+/// How long a closing link may take to send what it was given.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Frames the peer may send before it is authenticated (its hello and its
+/// proof): the reader reads no further until the node has decided.
+const PRE_AUTH_FRAMES: usize = 2;
+
+/// Aborts a task when dropped (a link's tasks die with the link).
+pub(crate) struct AbortOnDrop<T>(pub JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The node's end of a link.
+pub(crate) struct LinkHandle {
+    frames: mpsc::UnboundedSender<Vec<u8>>,
+    authenticated: watch::Sender<bool>,
+    reader: AbortOnDrop<()>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl LinkHandle {
+    /// Queues a frame.
+    pub fn send(&self, frame: Vec<u8>) {
+        let _ = self.frames.send(frame);
+    }
+
+    /// The peer authenticated: full frame limits from now on.
+    pub fn authenticated(&self) {
+        self.authenticated.send_replace(true);
+    }
+
+    /// Closes the link: the reader stops now, the writer sends what it was
+    /// given and closes, within a grace period.
+    pub fn close(mut self) {
+        self.reader.0.abort();
+        if let Some(writer) = self.writer.take() {
+            tokio::spawn(async move {
+                let abort = writer.abort_handle();
+                if tokio::time::timeout(CLOSE_GRACE, writer).await.is_err() {
+                    abort.abort();
+                }
+            });
+        }
+    }
+}
+
+impl Drop for LinkHandle {
+    fn drop(&mut self) {
+        if let Some(w) = &self.writer {
+            w.abort();
+        }
+    }
+}
+
+/// Starts the reader and writer of `link`; what they see goes to `events`.
+pub(crate) fn start<L: Link>(
+    link: L,
+    conn: ConnId,
+    limits: Limits,
+    events: mpsc::Sender<Input>,
+) -> LinkHandle {
+    let (mut sink, mut source) = link.split();
+    let (frames, mut queue) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (authenticated, mut auth) = watch::channel(false);
+    let to_node = events.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = queue.recv().await {
+            if let Err(e) = sink.send(frame).await {
+                let _ = to_node
+                    .send(Input::Closed {
+                        conn,
+                        error: Some(e.to_string()),
+                    })
+                    .await;
+                return;
+            }
+            let mut frames = 1;
+            // Report what left in one go when more was queued.
+            while let Ok(frame) = queue.try_recv() {
+                if let Err(e) = sink.send(frame).await {
+                    let _ = to_node
+                        .send(Input::Closed {
+                            conn,
+                            error: Some(e.to_string()),
+                        })
+                        .await;
+                    return;
+                }
+                frames += 1;
+            }
+            if to_node.send(Input::Sent { conn, frames }).await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let reader = tokio::spawn(async move {
+        let mut read = 0usize;
+        loop {
+            if read >= PRE_AUTH_FRAMES && !*auth.borrow() {
+                // The peer's hello and proof are in: wait for the verdict
+                // before reading anything larger from it.
+                if auth.wait_for(|a| *a).await.is_err() {
+                    return;
+                }
+            }
+            let lim = if *auth.borrow() {
+                limits
+            } else {
+                Limits::handshake()
+            };
+            source.set_max_frame(lim.max_frame);
+            let input = match source.recv().await {
+                Ok(Some(frame)) => match codec::decode(&frame, &lim) {
+                    Ok(msg) => Input::Frame { conn, msg },
+                    Err(e) => Input::Malformed {
+                        conn,
+                        error: e.to_string(),
+                    },
+                },
+                Ok(None) => Input::Closed { conn, error: None },
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Input::Malformed {
+                    conn,
+                    error: e.to_string(),
+                },
+                Err(e) => Input::Closed {
+                    conn,
+                    error: Some(e.to_string()),
+                },
+            };
+            read += 1;
+            let more = matches!(input, Input::Frame { .. });
+            if events.send(input).await.is_err() || !more {
+                return;
+            }
+        }
+    });
+    LinkHandle {
+        frames,
+        authenticated,
+        reader: AbortOnDrop(reader),
+        writer: Some(writer),
+    }
+}
