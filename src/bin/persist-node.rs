@@ -92,6 +92,10 @@ struct Common {
     /// Master recovery: `automatic` or `manual` (the backup's setting decides).
     #[arg(long, default_value = "automatic")]
     recovery: String,
+    /// For tests: a task panics after this many milliseconds (the process
+    /// must then exit with a non-zero status).
+    #[arg(long, hide = true)]
+    panic_in_task_after_ms: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -228,7 +232,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    match Cli::parse().role {
+    let cli = Cli::parse();
+    let common = match &cli.role {
+        Role::Master { common, .. } | Role::Backup { common, .. } => common,
+    };
+    if let Some(ms) = common.panic_in_task_after_ms {
+        rt.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            panic!("a task panicked on purpose (--panic-in-task-after-ms)");
+        });
+    }
+    match cli.role {
         Role::Master {
             common,
             listen,

@@ -130,6 +130,8 @@ pub(crate) struct BackupSide {
     resyncs: u64,
     snapshot_progress: Option<(u64, u64)>,
     history_acked: u64,
+    /// This node is the active one: it redials every heartbeat.
+    active: bool,
 }
 
 impl BackupSide {
@@ -162,6 +164,20 @@ impl BackupSide {
             resyncs: 0,
             snapshot_progress: None,
             history_acked: 0,
+            active: false,
+        }
+    }
+
+    /// Follows the node's activity. An active backup (it took over) redials
+    /// every heartbeat: the master it took over from may be restarting, and
+    /// must hear this node's claim before its own startup allowance runs out,
+    /// whatever the master's allowance is set to.
+    pub fn set_active(&mut self, active: bool, now: Time) {
+        self.active = active;
+        if let State::Waiting { until } = &mut self.state {
+            if active {
+                *until = (*until).min(now + self.heartbeat);
+            }
         }
     }
 
@@ -883,7 +899,11 @@ impl BackupSide {
         if synced {
             self.delay = self.initial_delay;
         }
-        let wait = self.delay;
+        let wait = if self.active {
+            self.delay.min(self.heartbeat)
+        } else {
+            self.delay
+        };
         self.delay = (self.delay * 2).min(self.redial_max);
         self.state = State::Waiting {
             until: ctx.now + wait,

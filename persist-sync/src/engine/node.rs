@@ -519,6 +519,9 @@ impl NodeCore {
         if self.last_state.as_ref() != Some(&key) {
             let was = self.last_state.replace(key.clone());
             self.transitions += 1;
+            if let Side::Backup(b) = &mut self.side {
+                b.set_active(key.0 == ActivityLevel::Active, now);
+            }
             if let Some(rt) = &self.runtime {
                 if was.as_ref().map(|w| (w.0, w.1)) != Some((key.0, key.1)) {
                     rt.set_active(key.0 == ActivityLevel::Active, key.1);

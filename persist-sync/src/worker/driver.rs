@@ -186,7 +186,11 @@ impl<A: Acceptor, D: Dialer, P: Dialer> Driver<A, D, P> {
                     None => std::future::pending().await,
                 }
             };
+            // Inputs first: a frame that arrived before an overdue deadline is
+            // heard before the deadline is acted on (a busy machine must not
+            // fail over from a master whose heartbeat is waiting in the queue).
             outputs = tokio::select! {
+                biased;
                 Some(input) = events.recv() => self.core.step(self.clock.now(), input),
                 Some((id, result)) = self.store_done.recv() => {
                     self.core.step(self.clock.now(), Input::Store { id, result })
@@ -223,6 +227,11 @@ impl<A: Acceptor, D: Dialer, P: Dialer> Driver<A, D, P> {
                 },
                 _ = sleep => self.core.step(self.clock.now(), Input::Tick),
             };
+            // Timers are not starved by a steady stream of inputs.
+            let now = self.clock.now();
+            if self.core.deadline().is_some_and(|d| d <= now) {
+                outputs.extend(self.core.step(now, Input::Tick));
+            }
         }
         for (_, l) in links.drain() {
             l.close();
