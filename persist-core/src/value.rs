@@ -155,10 +155,59 @@ macro_rules! scalar_field {
 
 scalar_field!(i64, BigInt, I64);
 scalar_field!(i32, Integer, I32);
-scalar_field!(f64, Double, F64);
 scalar_field!(bool, Bool, Bool);
 scalar_field!(String, Text, Text);
 scalar_field!(Vec<u8>, Blob, Blob);
+
+/// A `DOUBLE PRECISION` column, on both backends.
+///
+/// Every `f64` but NaN round-trips bit for bit (infinities, subnormals,
+/// `MIN_POSITIVE`, `MAX`, `0.1 + 0.2`, ...), with one exception, the same on
+/// SQLite and PostgreSQL:
+///
+/// - **-0.0 is stored as +0.0.** SQLite keeps an integral value of a REAL
+///   column as an integer on disk, so it reads -0.0 back as +0.0. Only a
+///   column without REAL affinity (declared `BLOB`, or with no type) would
+///   keep the sign, and an existing table cannot change a column's type in
+///   place. So the sign of zero is dropped where values enter the store: in
+///   this conversion, which every record field, filter operand and column
+///   default goes through (and again on every row written, for a custom
+///   [`FieldType`]). The row image, the bind, the digest and what reads back
+///   agree, and a SQLite node and a PostgreSQL node holding the same rows have
+///   the same digest. Both backends compare -0.0 equal to +0.0 anyway (a
+///   unique column cannot hold both).
+impl FieldType for f64 {
+    const SQL_TYPE: SqlType = SqlType::Double;
+    fn to_value(&self) -> Value {
+        Value::F64(canonical_f64(*self))
+    }
+    fn from_value(value: Value) -> Result<Self, DecodeError> {
+        match value {
+            Value::F64(v) => Ok(v),
+            other => Err(mismatch(SqlType::Double, &other)),
+        }
+    }
+}
+
+/// The form in which the store keeps an `f64`: -0.0 becomes +0.0, every other
+/// value is unchanged (see [`FieldType`] for `f64`).
+pub(crate) fn canonical_f64(x: f64) -> f64 {
+    if x == 0.0 {
+        0.0
+    } else {
+        x
+    }
+}
+
+/// Turns every -0.0 of a row into +0.0 (values from a custom [`FieldType`]
+/// included).
+pub(crate) fn canonical_row(values: &mut [Value]) {
+    for v in values {
+        if let Value::F64(x) = v {
+            *x = canonical_f64(*x);
+        }
+    }
+}
 
 impl FieldType for DateTime<Utc> {
     const SQL_TYPE: SqlType = SqlType::Timestamp;
@@ -223,5 +272,32 @@ pub fn enum_from_value<E: PersistentEnum>(value: Value) -> Result<E, DecodeError
             }),
         },
         other => Err(mismatch(SqlType::Text, &other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negative_zero_is_stored_as_positive_zero() {
+        assert_eq!((-0.0f64).to_value(), Value::F64(0.0));
+        let Value::F64(x) = (-0.0f64).to_value() else {
+            unreachable!()
+        };
+        assert_eq!(x.to_bits(), 0);
+        assert_eq!(Some(-0.0f64).to_value(), Value::F64(0.0));
+        for x in [
+            f64::INFINITY,
+            f64::from_bits(1),
+            -f64::MIN_POSITIVE,
+            0.1 + 0.2,
+        ] {
+            assert_eq!(canonical_f64(x).to_bits(), x.to_bits());
+        }
+        // A value that did not come through `to_value` (a custom FieldType).
+        let mut row = vec![Value::I64(1), Value::F64(-0.0)];
+        canonical_row(&mut row);
+        assert!(matches!(row[1], Value::F64(x) if x.to_bits() == 0));
     }
 }

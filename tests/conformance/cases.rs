@@ -1355,3 +1355,303 @@ pub fn replicated_operation_runs_once_on_each_node(fx: &Fixture) {
         Err(Error::NotRegistered { .. })
     ));
 }
+
+// ---- f64: every value round-trips bit for bit, NaN is refused ----
+
+fn store_with_readings(fx: &Fixture) -> Store {
+    let s = fx.open();
+    s.register::<Reading>().unwrap();
+    s
+}
+
+fn bits(x: f64) -> String {
+    format!("{x:e} ({:#018x})", x.to_bits())
+}
+
+/// `got` holds exactly the bits the store keeps for `wrote`.
+fn assert_stored(got: f64, wrote: f64, what: &str) {
+    assert_eq!(
+        bits(got),
+        bits(stored(wrote)),
+        "{what}: wrote {}, read back {}",
+        bits(wrote),
+        bits(got)
+    );
+}
+
+fn assert_reading(r: &Reading, value: f64, spare: Option<f64>, what: &str) {
+    assert_stored(r.value, value, &format!("{what} (value)"));
+    match (r.spare, spare) {
+        (Some(got), Some(wrote)) => assert_stored(got, wrote, &format!("{what} (spare)")),
+        (None, None) => {}
+        (got, wrote) => panic!("{what} (spare): wrote {wrote:?}, read back {got:?}"),
+    }
+}
+
+fn reading(label: &str, value: f64, spare: Option<f64>) -> Reading {
+    Reading {
+        id: 0,
+        label: label.into(),
+        value,
+        spare,
+    }
+}
+
+fn assert_consistent(s: &Store, what: &str) {
+    let v = s.verify().unwrap();
+    assert!(
+        v.is_consistent(),
+        "{what}: verify() recorded {} but computed {} from the rows",
+        v.recorded,
+        v.computed
+    );
+}
+
+/// Writes one reading per edge value (value and spare both hold it), plus
+/// one with no spare; returns (key, written value) in key order.
+fn write_edge_readings(s: &Store) -> Vec<(i64, f64)> {
+    let mut keys = Vec::new();
+    for (name, x) in edge_floats() {
+        let id = s.insert(&reading(name, x, Some(x))).unwrap();
+        keys.push((id, x));
+    }
+    let id = s.insert(&reading("no spare", 1.5, None)).unwrap();
+    keys.push((id, 1.5));
+    keys
+}
+
+pub fn f64_values_round_trip_bit_for_bit(fx: &Fixture) {
+    let s = store_with_readings(fx);
+    let written = write_edge_readings(&s);
+    for &(id, x) in &written {
+        let r = s.get::<Reading>(id).unwrap().unwrap();
+        let spare = (r.label != "no spare").then_some(x);
+        assert_reading(&r, x, spare, &r.label);
+    }
+    assert_consistent(&s, "after inserting every edge value");
+    // The log holds the stored form too: what a backup hashes is what it keeps.
+    let entry = &s.read_log(2, 1).unwrap()[0];
+    let image = entry.changes().unwrap()[0].image().unwrap();
+    assert_eq!(image[1], Value::Text("-0.0".into()));
+    match (&image[2], &image[3]) {
+        (Value::F64(v), Value::F64(sp)) => {
+            assert_stored(*v, -0.0, "-0.0 in the log image (value)");
+            assert_stored(*sp, -0.0, "-0.0 in the log image (spare)");
+        }
+        other => panic!("unexpected image {other:?}"),
+    }
+    // SQL comparison and ordering on the column are numeric, -0.0 = +0.0.
+    let c = Reading::columns();
+    let labels = |v: Vec<Reading>| v.into_iter().map(|r| r.label).collect::<Vec<_>>();
+    assert_eq!(
+        labels(
+            s.query::<Reading>()
+                .filter(c.value.eq(-0.0))
+                .load()
+                .unwrap()
+        ),
+        ["+0.0", "-0.0"]
+    );
+    assert_eq!(
+        labels(
+            s.query::<Reading>()
+                .filter(c.spare.eq(Some(f64::INFINITY)))
+                .load()
+                .unwrap()
+        ),
+        ["+inf"]
+    );
+    let mut expected: Vec<(f64, i64, String)> = s
+        .list::<Reading>()
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.value, r.id, r.label))
+        .collect();
+    expected.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap().then(a.1.cmp(&b.1)));
+    assert_eq!(
+        labels(s.query::<Reading>().order_by(c.value.asc()).load().unwrap()),
+        expected.into_iter().map(|e| e.2).collect::<Vec<_>>()
+    );
+    // Updates: every row takes another edge value, in both columns.
+    let values: Vec<f64> = written.iter().map(|w| w.1).collect();
+    for (i, &(id, _)) in written.iter().enumerate() {
+        let x = values[values.len() - 1 - i];
+        let mut r = s.get::<Reading>(id).unwrap().unwrap();
+        r.value = x;
+        r.spare = Some(-x);
+        s.update(&r).unwrap();
+        let back = s.get::<Reading>(id).unwrap().unwrap();
+        assert_reading(&back, x, Some(-x), &format!("{} updated", r.label));
+    }
+    assert_consistent(&s, "after updating every row");
+    // Writing -0.0 over a stored +0.0 changes nothing: no entry, no event.
+    let zero = written[0].0;
+    let mut r = s.get::<Reading>(zero).unwrap().unwrap();
+    r.value = 0.0;
+    r.spare = Some(0.0);
+    s.update(&r).unwrap();
+    let position = s.position();
+    r.value = -0.0;
+    r.spare = Some(-0.0);
+    s.update(&r).unwrap();
+    assert_eq!(s.position(), position, "-0.0 over +0.0 is no change");
+    // A restart reads the same bits and the same digest.
+    let before: Vec<Reading> = s.list::<Reading>().unwrap();
+    let digest = s.digest();
+    drop(s);
+    let s = store_with_readings(fx);
+    assert_eq!(s.digest(), digest);
+    assert_consistent(&s, "after a restart");
+    for (a, b) in s.list::<Reading>().unwrap().iter().zip(&before) {
+        assert_reading(a, b.value, b.spare, &a.label);
+    }
+    // A backup of the same backend replays the log to the same bits and digest.
+    let fx_b = fx.sibling();
+    let b = store_with_readings(&fx_b);
+    for e in s.read_log(1, 1000).unwrap() {
+        b.apply(&e).unwrap();
+    }
+    assert_eq!((b.position(), b.digest()), (s.position(), s.digest()));
+    assert_consistent(&b, "the backup after applying the log");
+    for (a, b) in b.list::<Reading>().unwrap().iter().zip(&before) {
+        assert_reading(a, b.value, b.spare, &format!("{} on the backup", a.label));
+    }
+}
+
+pub fn f64_digests_agree_across_backends(fx: &Fixture) {
+    let a = store_with_readings(fx);
+    let written = write_edge_readings(&a);
+    a.write(|tx| {
+        for &(id, x) in &written {
+            let mut r = tx.get::<Reading>(id)?.unwrap();
+            r.spare = Some(-x);
+            tx.update(&r)?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_consistent(&a, "the master");
+    let rows = a.list::<Reading>().unwrap();
+    // The other backend replays the log ...
+    let fx_b = fx.other_backend();
+    let b = store_with_readings(&fx_b);
+    for e in a.read_log(1, 1000).unwrap() {
+        b.apply(&e).unwrap();
+    }
+    assert_eq!((b.position(), b.digest()), (a.position(), a.digest()));
+    assert_consistent(&b, "the other backend after applying the log");
+    for (got, want) in b.list::<Reading>().unwrap().iter().zip(&rows) {
+        assert_reading(got, want.value, want.spare, &got.label);
+    }
+    // ... or restores a snapshot: the same digest either way.
+    let fx_c = fx.other_backend();
+    let c = store_with_readings(&fx_c);
+    let mut snap = a.snapshot().unwrap();
+    let header = snap.header().clone();
+    let mut chunks = Vec::new();
+    while let Some(chunk) = snap.next_chunk(7).unwrap() {
+        chunks.push(Ok(chunk));
+    }
+    c.restore(&header, chunks).unwrap();
+    assert_eq!(c.digest(), a.digest());
+    assert_consistent(&c, "the other backend after a restore");
+    for (got, want) in c.list::<Reading>().unwrap().iter().zip(&rows) {
+        assert_reading(got, want.value, want.spare, &got.label);
+    }
+}
+
+pub fn f64_default_is_stored_canonically(fx: &Fixture) {
+    let mut digests = Vec::new();
+    for f in [fx.sibling(), fx.other_backend()] {
+        let s = f.open();
+        s.register::<gauge_v1::Gauge>().unwrap();
+        for name in ["a", "b"] {
+            s.insert(&gauge_v1::Gauge {
+                id: 0,
+                name: name.into(),
+            })
+            .unwrap();
+        }
+        drop(s);
+        let s = f.open();
+        s.register::<gauge_v2::Gauge>().unwrap();
+        for g in s.list::<gauge_v2::Gauge>().unwrap() {
+            assert_stored(g.level, -0.0, "the default of an added f64 column");
+            assert_stored(
+                g.offset.expect("the default fills the nullable column too"),
+                -0.0,
+                "the default of an added Option<f64> column",
+            );
+        }
+        assert_consistent(&s, "after adding the float columns");
+        digests.push(s.digest());
+    }
+    assert_eq!(
+        digests[0], digests[1],
+        "a SQLite and a PostgreSQL store holding the same rows have the same digest"
+    );
+}
+
+/// A log entry as a master before the NaN/-0.0 fix wrote it: one insert
+/// (`old` is `None`) or update of a reading, its digest the previous one with
+/// the change folded in.
+fn legacy_entry(
+    position: u64,
+    previous: persist::Digest,
+    old: Option<&[Value]>,
+    values: &[Value],
+) -> (LogEntry, persist::Digest) {
+    let seed = persist::digest::table_seed("reading");
+    let mut image = Vec::new();
+    let mut digest = previous;
+    if let Some(old) = old {
+        persist::log::encode_image(old, &mut image);
+        digest.toggle(seed, &image);
+    }
+    persist::log::encode_image(values, &mut image);
+    digest.toggle(seed, &image);
+    let op = if old.is_some() {
+        Op::Update
+    } else {
+        Op::Insert
+    };
+    let entry = LogEntry {
+        position,
+        epoch: 0,
+        committed_at: 1_764_000_000_000_000,
+        digest,
+        body: persist::log::encode_body(&[("reading", op, &image)]),
+    };
+    (entry, digest)
+}
+
+fn legacy_row(id: i64, label: &str, value: f64, spare: Option<f64>) -> Vec<Value> {
+    vec![
+        Value::I64(id),
+        Value::Text(label.into()),
+        Value::F64(value),
+        spare.map_or(Value::Null, Value::F64),
+    ]
+}
+
+/// An older master logged -0.0 as written. The backup hashes the image as it
+/// came (its digest must be the master's), so the entry applies and
+/// replication goes on; what it stores is +0.0 on SQLite (which cannot keep
+/// the sign) and -0.0 on PostgreSQL, equal in every comparison.
+pub fn legacy_negative_zero_image_applies(fx: &Fixture) {
+    let b = store_with_readings(fx);
+    let (e1, d1) = legacy_entry(
+        1,
+        persist::Digest::EMPTY,
+        None,
+        &legacy_row(1, "legacy", -0.0, Some(-0.0)),
+    );
+    assert!(matches!(b.apply(&e1), Ok(Applied::Applied { changes: 1 })));
+    assert_eq!((b.position(), b.digest()), (1, d1));
+    let r = b.get::<Reading>(1).unwrap().unwrap();
+    assert!(r.value == 0.0 && r.spare == Some(0.0), "{r:?}");
+    // Replication goes on.
+    let (e2, d2) = legacy_entry(2, d1, None, &legacy_row(2, "next", 1.0, None));
+    b.apply(&e2).unwrap();
+    assert_eq!((b.position(), b.digest()), (2, d2));
+}

@@ -69,6 +69,14 @@ impl Fixture {
         }
     }
 
+    /// A fresh database of the other backend (SQLite for PostgreSQL and back).
+    pub fn other_backend(&self) -> Fixture {
+        match self.pg_schema {
+            Some(_) => Fixture::sqlite(),
+            None => Fixture::postgres(),
+        }
+    }
+
     /// The store's configuration.
     pub fn config(&self) -> StoreConfig {
         self.config.clone()
@@ -164,6 +172,10 @@ macro_rules! conformance_suite {
                 claims_are_durable_and_stamp_entries,
                 stale_epoch_entries_are_refused,
                 replicated_operation_runs_once_on_each_node,
+                f64_values_round_trip_bit_for_bit,
+                f64_digests_agree_across_backends,
+                f64_default_is_stored_canonically,
+                legacy_negative_zero_image_applies,
             );
         }
     };

@@ -159,3 +159,76 @@ pub mod v2_not_null {
         pub required: String,
     }
 }
+
+/// Floats at the edges: a NOT NULL (indexed) and a nullable `f64` column.
+#[derive(PersistentRecord, Debug, Clone, PartialEq)]
+pub struct Reading {
+    #[persist(identity)]
+    pub id: i64,
+    pub label: String,
+    #[persist(indexed)]
+    pub value: f64,
+    pub spare: Option<f64>,
+}
+
+/// Every kind of finite and infinite `f64` a module may store, by name.
+pub fn edge_floats() -> Vec<(&'static str, f64)> {
+    vec![
+        ("+0.0", 0.0),
+        ("-0.0", -0.0),
+        ("+inf", f64::INFINITY),
+        ("-inf", f64::NEG_INFINITY),
+        ("smallest subnormal", f64::from_bits(1)),
+        ("negative subnormal", -f64::from_bits(1)),
+        ("largest subnormal", f64::from_bits(0x000f_ffff_ffff_ffff)),
+        ("MIN_POSITIVE", f64::MIN_POSITIVE),
+        ("MAX", f64::MAX),
+        ("MIN", f64::MIN),
+        ("EPSILON", f64::EPSILON),
+        ("0.1+0.2", 0.1 + 0.2),
+        ("-1", -1.0),
+        // Integral values: SQLite keeps those of a REAL column as integers on disk.
+        ("1e15", 1e15),
+        ("2^53", 9_007_199_254_740_992.0),
+        ("2^63", 9_223_372_036_854_775_808.0),
+        ("-2^63", -9_223_372_036_854_775_808.0),
+    ]
+}
+
+/// The value the store keeps for `x`: -0.0 is stored as +0.0, everything
+/// else (but NaN, which is refused) bit for bit.
+pub fn stored(x: f64) -> f64 {
+    if x == 0.0 {
+        0.0
+    } else {
+        x
+    }
+}
+
+pub mod gauge_v1 {
+    use persist::PersistentRecord;
+    /// A table before its float columns were added.
+    #[derive(PersistentRecord, Debug, Clone, PartialEq)]
+    #[persist(table = "gauge")]
+    pub struct Gauge {
+        #[persist(identity)]
+        pub id: i64,
+        pub name: String,
+    }
+}
+
+pub mod gauge_v2 {
+    use persist::PersistentRecord;
+    /// Float columns added with a default of -0.0: existing rows get +0.0.
+    #[derive(PersistentRecord, Debug, Clone, PartialEq)]
+    #[persist(table = "gauge")]
+    pub struct Gauge {
+        #[persist(identity)]
+        pub id: i64,
+        pub name: String,
+        #[persist(default = -0.0)]
+        pub level: f64,
+        #[persist(default = -0.0)]
+        pub offset: Option<f64>,
+    }
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::listen::{Commit, RowChange};
 use crate::log::{encode_image, encode_key, BodyWriter, LogEntry, Op};
 use crate::record::{KeyKind, OnDelete, PersistentRecord};
-use crate::value::{FieldType, SqlType, Value};
+use crate::value::{canonical_row, FieldType, SqlType, Value};
 
 use super::query::{self, Query, Source};
 use super::schema::{Table, LOG_TABLE};
@@ -227,8 +227,7 @@ impl<'a> WriteTx<'a> {
 
     fn insert_inner<R: PersistentRecord>(&mut self, record: &R) -> Result<R::Key> {
         let t = self.reg.table_of::<R>()?;
-        validate(t, record)?;
-        let mut values = record.to_row();
+        let mut values = row_of(t, record)?;
         let k = t.meta.key;
         if t.meta.key_kind == KeyKind::Identity {
             let next = self.w.next_id.entry(t.name).or_insert(1);
@@ -265,8 +264,7 @@ impl<'a> WriteTx<'a> {
             // reference its own rows (e.g. a tree inserted parent first).
             let mut refs: Vec<Value> = Vec::new();
             for record in records {
-                validate(t, record)?;
-                let mut values = record.to_row();
+                let mut values = row_of(t, record)?;
                 if t.meta.key_kind == KeyKind::Identity {
                     let next = self.w.next_id.entry(t.name).or_insert(1);
                     values[k] = Value::I64(*next);
@@ -302,8 +300,7 @@ impl<'a> WriteTx<'a> {
         self.check_usable()?;
         let r = (|| {
             let t = self.reg.table_of::<R>()?;
-            validate(t, record)?;
-            let values = record.to_row();
+            let values = row_of(t, record)?;
             self.check_references(t, &values)?;
             self.update_row(t, values, true)
         })();
@@ -319,8 +316,7 @@ impl<'a> WriteTx<'a> {
             let t = self.reg.table_of::<R>()?;
             let key = record.key();
             if self.exists(t, &key.to_value())? {
-                validate(t, record)?;
-                let values = record.to_row();
+                let values = row_of(t, record)?;
                 self.check_references(t, &values)?;
                 self.update_row(t, values, true)?;
                 Ok(key)
@@ -589,11 +585,16 @@ impl Drop for WriteTx<'_> {
     }
 }
 
-fn validate<R: PersistentRecord>(t: &Table, record: &R) -> Result<()> {
+/// The row of a record to write: validated, -0.0 made +0.0 (see
+/// `FieldType for f64`), before any key is assigned or anything written.
+fn row_of<R: PersistentRecord>(t: &Table, record: &R) -> Result<Vec<Value>> {
     record.validate().map_err(|message| Error::Validation {
         table: t.name.to_owned(),
         message,
-    })
+    })?;
+    let mut values = record.to_row();
+    canonical_row(&mut values);
+    Ok(values)
 }
 
 pub(crate) fn not_found(t: &Table, key: &Value) -> Error {
