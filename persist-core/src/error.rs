@@ -75,6 +75,20 @@ pub enum Error {
         /// The validator's message.
         message: String,
     },
+    /// Returned for a NaN `f64`: in a record being written (insert, update,
+    /// save, insert_many), in a query filter, or in a row image applied from
+    /// the log or a snapshot. Nothing is written (a write transaction is
+    /// spoiled, as by any failed write). NaN cannot be stored: SQLite would
+    /// bind it as NULL, and both backends must hold the same values. Use an
+    /// `Option<f64>` field and `None` for a missing value. (-0.0 is accepted
+    /// and stored as +0.0; see [`FieldType`](crate::FieldType) for `f64`.)
+    #[error("{table}.{column}: NaN is refused: an f64 column holds numbers and infinities only (use an Option<f64> field and None for no value)")]
+    NotANumber {
+        /// The table.
+        table: String,
+        /// The column holding (or compared with) NaN.
+        column: String,
+    },
     /// A reference column names a key that does not exist in the referenced table.
     #[error("{table}.{column}: references {target} key {key}, which does not exist")]
     MissingReference {

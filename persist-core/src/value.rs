@@ -3,7 +3,8 @@
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::error::DecodeError;
+use crate::error::{DecodeError, Error};
+use crate::record::{ColumnMeta, RecordMeta};
 
 /// The SQL type of a column, independent of the backend.
 ///
@@ -161,9 +162,9 @@ scalar_field!(Vec<u8>, Blob, Blob);
 
 /// A `DOUBLE PRECISION` column, on both backends.
 ///
-/// Every `f64` but NaN round-trips bit for bit (infinities, subnormals,
-/// `MIN_POSITIVE`, `MAX`, `0.1 + 0.2`, ...), with one exception, the same on
-/// SQLite and PostgreSQL:
+/// Every `f64` round-trips bit for bit (infinities, subnormals, `MIN_POSITIVE`,
+/// `MAX`, `0.1 + 0.2`, ...), with two exceptions, the same on SQLite and
+/// PostgreSQL:
 ///
 /// - **-0.0 is stored as +0.0.** SQLite keeps an integral value of a REAL
 ///   column as an integer on disk, so it reads -0.0 back as +0.0. Only a
@@ -176,6 +177,11 @@ scalar_field!(Vec<u8>, Blob, Blob);
 ///   agree, and a SQLite node and a PostgreSQL node holding the same rows have
 ///   the same digest. Both backends compare -0.0 equal to +0.0 anyway (a
 ///   unique column cannot hold both).
+/// - **NaN is refused** with [`Error::NotANumber`] naming the table and
+///   column, before anything is written (SQLite would bind it as NULL;
+///   PostgreSQL would store it, but the backends must agree and a SQLite
+///   backup could not hold it). A NaN in a query filter is refused the same
+///   way. Use `Option<f64>` and `None` for a missing value.
 impl FieldType for f64 {
     const SQL_TYPE: SqlType = SqlType::Double;
     fn to_value(&self) -> Value {
@@ -196,6 +202,30 @@ pub(crate) fn canonical_f64(x: f64) -> f64 {
         0.0
     } else {
         x
+    }
+}
+
+fn not_a_number(meta: &RecordMeta, column: &ColumnMeta) -> Error {
+    Error::NotANumber {
+        table: meta.table.to_owned(),
+        column: column.name.to_owned(),
+    }
+}
+
+/// The [`Error::NotANumber`] for the first NaN in `values`, a row of `meta`
+/// or part of one (`columns[i]` describes `values[i]`).
+pub(crate) fn refuse_nan<'c>(
+    meta: &RecordMeta,
+    columns: impl IntoIterator<Item = &'c ColumnMeta>,
+    values: &[Value],
+) -> Result<(), Error> {
+    match values
+        .iter()
+        .zip(columns)
+        .find(|(v, _)| matches!(v, Value::F64(x) if x.is_nan()))
+    {
+        Some((_, c)) => Err(not_a_number(meta, c)),
+        None => Ok(()),
     }
 }
 
@@ -278,6 +308,31 @@ pub fn enum_from_value<E: PersistentEnum>(value: Value) -> Result<E, DecodeError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::KeyKind;
+
+    fn column(name: &'static str, sql_type: SqlType) -> ColumnMeta {
+        ColumnMeta {
+            name,
+            field: name,
+            sql_type,
+            nullable: true,
+            unique: false,
+            indexed: false,
+            default: None,
+            reference: None,
+            variants: None,
+        }
+    }
+
+    fn meta() -> RecordMeta {
+        RecordMeta {
+            type_name: "T",
+            table: "t",
+            columns: vec![column("id", SqlType::BigInt), column("x", SqlType::Double)],
+            key: 0,
+            key_kind: KeyKind::Identity,
+        }
+    }
 
     #[test]
     fn negative_zero_is_stored_as_positive_zero() {
@@ -299,5 +354,29 @@ mod tests {
         let mut row = vec![Value::I64(1), Value::F64(-0.0)];
         canonical_row(&mut row);
         assert!(matches!(row[1], Value::F64(x) if x.to_bits() == 0));
+    }
+
+    #[test]
+    fn nan_is_refused_naming_the_column() {
+        let m = meta();
+        let row = [Value::I64(1), Value::F64(-f64::NAN)];
+        match refuse_nan(&m, &m.columns, &row) {
+            Err(Error::NotANumber { table, column }) => {
+                assert_eq!((table, column), ("t".into(), "x".into()))
+            }
+            other => panic!("{other:?}"),
+        }
+        // Flattened rows: the column is found across row boundaries.
+        let flat = [
+            Value::I64(1),
+            Value::F64(1.0),
+            Value::I64(2),
+            Value::F64(f64::NAN),
+        ];
+        assert!(matches!(
+            refuse_nan(&m, m.columns.iter().cycle(), &flat),
+            Err(Error::NotANumber { ref column, .. }) if column == "x"
+        ));
+        assert!(refuse_nan(&m, &m.columns, &[Value::I64(1), Value::Null]).is_ok());
     }
 }

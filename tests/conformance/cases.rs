@@ -1592,6 +1592,144 @@ pub fn f64_default_is_stored_canonically(fx: &Fixture) {
     );
 }
 
+/// The typed refusal of a NaN in `reading.<column>`.
+fn assert_nan_refused<T: std::fmt::Debug>(r: Result<T, Error>, column: &str, what: &str) {
+    match r {
+        Err(Error::NotANumber { table, column: c }) => {
+            assert_eq!((table.as_str(), c.as_str()), ("reading", column), "{what}")
+        }
+        other => panic!(
+            "{what}: expected NaN in reading.{column} to be refused with Error::NotANumber, got {other:?}"
+        ),
+    }
+}
+
+pub fn nan_is_refused_with_a_typed_error(fx: &Fixture) {
+    let s = store_with_readings(fx);
+    let kept = reading("kept", 2.5, Some(-2.5));
+    let id = s.insert(&kept).unwrap();
+    let kept = Reading { id, ..kept };
+    let head = (s.position(), s.digest());
+    for nan in nans() {
+        let what = |op: &str| format!("{op} with {:#018x}", nan.to_bits());
+        assert_nan_refused(
+            s.insert(&reading("nan", nan, None)),
+            "value",
+            &what("insert"),
+        );
+        assert_nan_refused(
+            s.insert(&reading("nan spare", 1.0, Some(nan))),
+            "spare",
+            &what("insert"),
+        );
+        assert_nan_refused(
+            s.update(&Reading {
+                value: nan,
+                ..kept.clone()
+            }),
+            "value",
+            &what("update"),
+        );
+        assert_nan_refused(
+            s.update(&Reading {
+                spare: Some(nan),
+                ..kept.clone()
+            }),
+            "spare",
+            &what("update"),
+        );
+        assert_nan_refused(
+            s.write(|tx| {
+                tx.save(&Reading {
+                    value: nan,
+                    ..kept.clone()
+                })
+            }),
+            "value",
+            &what("save (update)"),
+        );
+        assert_nan_refused(
+            s.write(|tx| tx.save(&reading("new", nan, None))),
+            "value",
+            &what("save (insert)"),
+        );
+        let batch = vec![
+            reading("ok 1", 1.0, None),
+            reading("bad", 1.0, Some(nan)),
+            reading("ok 2", 2.0, None),
+        ];
+        assert_nan_refused(
+            s.write(|tx| tx.insert_many(&batch)),
+            "spare",
+            &what("insert_many"),
+        );
+        // In a larger transaction: that write fails, and so does the transaction.
+        let r = s.write(|tx| {
+            tx.insert(&reading("before", 1.0, None))?;
+            assert_nan_refused(
+                tx.insert(&reading("nan", nan, None)),
+                "value",
+                &what("insert in a transaction"),
+            );
+            Ok(())
+        });
+        assert!(r.is_err(), "the transaction is spoiled");
+    }
+    assert_eq!(
+        (s.position(), s.digest()),
+        head,
+        "nothing of a refused write is kept"
+    );
+    assert_eq!(s.list::<Reading>().unwrap(), vec![kept.clone()]);
+    assert_consistent(&s, "after the refusals");
+    // The store goes on as before.
+    let next = s
+        .insert(&reading("after", -0.0, Some(f64::INFINITY)))
+        .unwrap();
+    assert_reading(
+        &s.get::<Reading>(next).unwrap().unwrap(),
+        -0.0,
+        Some(f64::INFINITY),
+        "after",
+    );
+    assert_consistent(&s, "after a write following the refusals");
+}
+
+pub fn nan_in_a_filter_is_refused(fx: &Fixture) {
+    let s = store_with_readings(fx);
+    s.insert(&reading("one", 1.0, None)).unwrap();
+    let c = Reading::columns();
+    for nan in nans() {
+        assert_nan_refused(
+            s.query::<Reading>().filter(c.value.eq(nan)).load(),
+            "value",
+            "load with value = NaN",
+        );
+        assert_nan_refused(
+            s.query::<Reading>().filter(c.value.ne(nan)).count(),
+            "value",
+            "count with value <> NaN",
+        );
+        assert_nan_refused(
+            s.query::<Reading>()
+                .filter(c.value.gt(0.0))
+                .filter(c.spare.lt(Some(nan)))
+                .first(),
+            "spare",
+            "first with spare < NaN",
+        );
+        s.write(|tx| {
+            assert_nan_refused(
+                tx.query::<Reading>().filter(c.value.ge(nan)).load(),
+                "value",
+                "load in a transaction",
+            );
+            Ok(())
+        })
+        .unwrap();
+    }
+}
+
 /// A log entry as a master before the NaN/-0.0 fix wrote it: one insert
 /// (`old` is `None`) or update of a reading, its digest the previous one with
 /// the change folded in.
@@ -1654,4 +1792,86 @@ pub fn legacy_negative_zero_image_applies(fx: &Fixture) {
     let (e2, d2) = legacy_entry(2, d1, None, &legacy_row(2, "next", 1.0, None));
     b.apply(&e2).unwrap();
     assert_eq!((b.position(), b.digest()), (2, d2));
+}
+
+pub fn legacy_nan_image_is_refused_without_harm(fx: &Fixture) {
+    let b = store_with_readings(fx);
+    let good = legacy_row(1, "good", 1.0, None);
+    for nan in nans() {
+        for (row, column) in [
+            (legacy_row(1, "nan", nan, None), "value"),
+            (legacy_row(1, "nan spare", 1.0, Some(nan)), "spare"),
+        ] {
+            let (bad, _) = legacy_entry(1, persist::Digest::EMPTY, None, &row);
+            match b.apply(&bad) {
+                Err(Error::Inapplicable {
+                    position: 1,
+                    reason,
+                }) => assert!(
+                    reason.contains(&format!("reading.{column}")) && reason.contains("NaN"),
+                    "the reason names the column and NaN: {reason}"
+                ),
+                other => {
+                    panic!("expected the NaN in reading.{column} to be refused, got {other:?}")
+                }
+            }
+            // A snapshot holding it is refused as well, keeping the old data.
+            let mut image = Vec::new();
+            persist::log::encode_image(&row, &mut image);
+            let mut digest = persist::Digest::EMPTY;
+            digest.toggle(persist::digest::table_seed("reading"), &image);
+            let header = persist::SnapshotHeader {
+                history: b.history(),
+                position: 7,
+                digest,
+                epoch: 0,
+                tables: vec![persist::SnapshotTableInfo {
+                    name: "reading".into(),
+                    rows: 1,
+                }],
+            };
+            match b.restore(&header, vec![Ok((0, vec![image]))]) {
+                Err(Error::Inapplicable { reason, .. }) => assert!(
+                    reason.contains(&format!("reading.{column}")) && reason.contains("NaN"),
+                    "the reason names the column and NaN: {reason}"
+                ),
+                other => panic!(
+                    "expected the snapshot with NaN in reading.{column} to be refused, got {other:?}"
+                ),
+            }
+            assert_eq!((b.position(), b.digest()), (0, persist::Digest::EMPTY));
+            assert!(b.list::<Reading>().unwrap().is_empty());
+            assert_consistent(&b, "after refusing a NaN image");
+        }
+    }
+    // The backup is unharmed: the right entry at that position applies.
+    let (e1, d1) = legacy_entry(1, persist::Digest::EMPTY, None, &good);
+    b.apply(&e1).unwrap();
+    assert_eq!((b.position(), b.digest()), (1, d1));
+    assert_consistent(&b, "after the good entry");
+    // An update carrying NaN is refused the same way.
+    for (row, column) in [
+        (legacy_row(1, "good", f64::NAN, None), "value"),
+        (legacy_row(1, "good", 1.0, Some(f64::NAN)), "spare"),
+    ] {
+        let (bad, _) = legacy_entry(2, d1, Some(&good), &row);
+        match b.apply(&bad) {
+            Err(Error::Inapplicable {
+                position: 2,
+                reason,
+            }) => assert!(
+                reason.contains(&format!("reading.{column}")) && reason.contains("NaN"),
+                "the reason names the column and NaN: {reason}"
+            ),
+            other => {
+                panic!("expected the NaN update of reading.{column} to be refused, got {other:?}")
+            }
+        }
+        assert_eq!((b.position(), b.digest()), (1, d1));
+        assert_consistent(&b, "after refusing a NaN update");
+    }
+    let (e2, d2) = legacy_entry(2, d1, Some(&good), &legacy_row(1, "good", 2.0, Some(-0.5)));
+    b.apply(&e2).unwrap();
+    assert_eq!((b.position(), b.digest()), (2, d2));
+    assert_consistent(&b, "after the good update");
 }

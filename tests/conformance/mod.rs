@@ -175,7 +175,10 @@ macro_rules! conformance_suite {
                 f64_values_round_trip_bit_for_bit,
                 f64_digests_agree_across_backends,
                 f64_default_is_stored_canonically,
+                nan_is_refused_with_a_typed_error,
+                nan_in_a_filter_is_refused,
                 legacy_negative_zero_image_applies,
+                legacy_nan_image_is_refused_without_harm,
             );
         }
     };

@@ -205,6 +205,16 @@ pub fn stored(x: f64) -> f64 {
     }
 }
 
+/// NaNs of every sign and payload: all refused.
+pub fn nans() -> Vec<f64> {
+    vec![
+        f64::NAN,
+        -f64::NAN,
+        f64::from_bits(0x7ff0_0000_0000_0001), // signalling
+        f64::from_bits(0xfff8_dead_beef_0001), // negative, with a payload
+    ]
+}
+
 pub mod gauge_v1 {
     use persist::PersistentRecord;
     /// A table before its float columns were added.

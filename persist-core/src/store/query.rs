@@ -3,7 +3,7 @@
 use crate::backend::{quote_ident, Connection, Statement};
 use crate::error::{Error, Result};
 use crate::record::{CompareOp, Filter, Order, PersistentRecord};
-use crate::value::{FieldType, SqlType, Value};
+use crate::value::{refuse_nan, FieldType, SqlType, Value};
 
 use super::schema::{column_list, Table};
 use super::{query_rows, Registry, Store};
@@ -77,6 +77,19 @@ impl<'a, R: PersistentRecord> Query<'a, R> {
         self
     }
 
+    /// A NaN operand matches nothing under IEEE rules but equals itself on
+    /// PostgreSQL, and SQLite binds it as NULL: refused, as in writes.
+    fn check_filters(filters: &[Filter<R>], t: &Table) -> Result<()> {
+        for f in filters {
+            refuse_nan(
+                t.meta,
+                std::slice::from_ref(&t.meta.columns[f.column]),
+                std::slice::from_ref(&f.value),
+            )?;
+        }
+        Ok(())
+    }
+
     fn build(&self, t: &Table, select: &str) -> (Statement, Vec<Value>) {
         let mut stmt = Statement::new(format!("SELECT {select} FROM {}", quote_ident(t.name)));
         let mut values = Vec::new();
@@ -139,6 +152,7 @@ impl<'a, R: PersistentRecord> Query<'a, R> {
             Source::Store(store) => {
                 let reg = store.registry();
                 let t = reg.table_of::<R>()?;
+                Self::check_filters(&self.filters, t)?;
                 let q = Query::<R> {
                     source: Source::Store(store),
                     ..self
@@ -148,6 +162,7 @@ impl<'a, R: PersistentRecord> Query<'a, R> {
             }
             Source::Tx(conn, reg) => {
                 let t = reg.table_of::<R>()?;
+                Self::check_filters(&self.filters, t)?;
                 let (stmt, values) = Query::<R> {
                     source: Source::Tx(&mut *conn, reg),
                     ..self

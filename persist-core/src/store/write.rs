@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::listen::{Commit, RowChange};
 use crate::log::{encode_image, encode_key, BodyWriter, LogEntry, Op};
 use crate::record::{KeyKind, OnDelete, PersistentRecord};
-use crate::value::{canonical_row, FieldType, SqlType, Value};
+use crate::value::{canonical_row, refuse_nan, FieldType, SqlType, Value};
 
 use super::query::{self, Query, Source};
 use super::schema::{Table, LOG_TABLE};
@@ -437,6 +437,8 @@ impl<'a> WriteTx<'a> {
     /// or event bookkeeping (the caller does it).
     pub(crate) fn exec_insert_rows(&mut self, t: &Table, flat: &[Value]) -> Result<()> {
         let ncols = t.types.len();
+        // Rows applied from the log or a snapshot have not been through `row_of`.
+        refuse_nan(t.meta, t.meta.columns.iter().cycle(), flat)?;
         let batch = t.batch_rows * ncols;
         let mut start = 0;
         if t.batch_rows > 1 {
@@ -477,6 +479,7 @@ impl<'a> WriteTx<'a> {
     }
 
     pub(crate) fn update_row(&mut self, t: &Table, values: Vec<Value>, local: bool) -> Result<()> {
+        refuse_nan(t.meta, &t.meta.columns, &values)?;
         let key = &values[t.meta.key];
         let Some(old) = self.select_key(t, key)? else {
             return Err(not_found(t, key));
@@ -585,14 +588,15 @@ impl Drop for WriteTx<'_> {
     }
 }
 
-/// The row of a record to write: validated, -0.0 made +0.0 (see
-/// `FieldType for f64`), before any key is assigned or anything written.
+/// The row of a record to write: validated, NaN refused, -0.0 made +0.0
+/// (see `FieldType for f64`), before any key is assigned or anything written.
 fn row_of<R: PersistentRecord>(t: &Table, record: &R) -> Result<Vec<Value>> {
     record.validate().map_err(|message| Error::Validation {
         table: t.name.to_owned(),
         message,
     })?;
     let mut values = record.to_row();
+    refuse_nan(t.meta, &t.meta.columns, &values)?;
     canonical_row(&mut values);
     Ok(values)
 }
