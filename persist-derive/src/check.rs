@@ -254,11 +254,40 @@ fn default_value(cx: &Ctxt, f: &Field<'_>, kind: &FieldTy<'_>, expr: &Expr) {
             }
             _ => want("an integer literal", "0"),
         },
-        Scalar::F64 => match lit {
-            Some((_, Lit::Float(x))) if matches!(x.suffix(), "" | "f64") => {}
-            Some((_, Lit::Int(i))) if matches!(i.suffix(), "" | "f64") => {}
-            _ => want("a number literal", "0.0"),
-        },
+        Scalar::F64 => {
+            let digits = match lit {
+                Some((_, Lit::Float(x))) if matches!(x.suffix(), "" | "f64") => x.base10_digits(),
+                Some((_, Lit::Int(i))) if matches!(i.suffix(), "" | "f64") => i.base10_digits(),
+                _ => {
+                    if let Expr::Path(p) = expr {
+                        let last = p.path.segments.last().map(|s| s.ident.to_string());
+                        if let Some("NAN" | "INFINITY" | "NEG_INFINITY") = last.as_deref() {
+                            return cx.error_spanned_by(
+                                expr,
+                                format!(
+                                    "default for field `{field}` ({ty}) must be a finite number \
+                                     literal: the store refuses NaN, and a column default cannot \
+                                     be infinite"
+                                ),
+                            );
+                        }
+                    }
+                    return want("a number literal", "0.0");
+                }
+            };
+            // A column default cannot be infinite (there is no portable SQL
+            // literal for it), and a literal beyond `f64::MAX` would be.
+            if !digits.parse::<f64>().is_ok_and(f64::is_finite) {
+                cx.error_spanned_by(
+                    expr,
+                    format!(
+                        "default for field `{field}` ({ty}) must be a finite number: this \
+                         literal is beyond `f64::MAX` and would be infinity, which a column \
+                         default cannot be"
+                    ),
+                );
+            }
+        }
         Scalar::Bool => match lit {
             Some((false, Lit::Bool(_))) => {}
             _ => want("`true` or `false`", "false"),

@@ -72,7 +72,7 @@ use proc_macro::TokenStream;
 /// |---|---|
 /// | `i64` | big integer |
 /// | `i32` | integer |
-/// | `f64` | double |
+/// | `f64` | double (bit for bit, but -0.0 is stored as 0.0 and NaN is refused) |
 /// | `bool` | boolean |
 /// | `String` | text |
 /// | `Vec<u8>` | blob |
@@ -114,7 +114,8 @@ use proc_macro::TokenStream;
 /// - `#[persist(indexed)]`: a (non-unique) index on the column.
 /// - `#[persist(default = <literal>)]`: the value given to existing rows when the
 ///   column is added to a table. An integer for `i64`/`i32` (`default = -1`), a
-///   number for `f64`, `true`/`false` for `bool`, a string for `String`, a byte
+///   finite number for `f64` (NaN and infinities are refused; `-0.0` is stored
+///   as `0.0`, like every -0.0), `true`/`false` for `bool`, a string for `String`, a byte
 ///   string for `Vec<u8>` (`default = b"\x00"`), the variant's name as a string
 ///   for an enum (`default = "Tls"`). For `Option<T>` it is the value of `T`
 ///   inside `Some`. `DateTime<Utc>` fields take no default.
