@@ -1056,5 +1056,7 @@ pub(crate) fn check_image(t: &Table, bytes: &[u8]) -> std::result::Result<Vec<Va
             ));
         }
     }
+    // Before any SQL runs, so the refusal names the entry that carries it.
+    crate::value::refuse_nan(t.meta, &t.meta.columns, &values).map_err(|e| e.to_string())?;
     Ok(values)
 }
