@@ -83,6 +83,10 @@ struct Link {
     conn: ConnId,
     since: Time,
     last_heard: Time,
+    /// When the round last made progress (a plan, a snapshot frame): a
+    /// request or a snapshot that stops moving while heartbeats still flow
+    /// (a lost frame, a broken peer) ends the link.
+    progress_at: Time,
     next_beat: Option<Time>,
     peer: Option<String>,
     step: Step,
@@ -209,6 +213,7 @@ impl BackupSide {
                     conn,
                     since: ctx.now,
                     last_heard: ctx.now,
+                    progress_at: ctx.now,
                     next_beat: None,
                     peer: None,
                     step: Step::Handshake(Box::new(hs)),
@@ -291,11 +296,30 @@ impl BackupSide {
                     // restore waiting for chunks), the link is dead.
                     self.down(ctx, LinkEnd::Timeout(self.peer_timeout));
                     return;
+                } else if link.waiting_on_master() && now >= link.progress_at + self.peer_timeout {
+                    let t = self.peer_timeout;
+                    self.down(
+                        ctx,
+                        LinkEnd::Protocol(format!("the master's sync made no progress in {t:?}")),
+                    );
+                    return;
                 }
                 if link.next_beat.is_some_and(|t| now >= t) {
                     link.next_beat = Some(now + self.heartbeat);
                     let hb = ctx.heartbeat(NodeRole::Backup, self.position);
                     ctx.send(link.conn, hb);
+                    // Snapshot acknowledgements are cumulative: repeat the
+                    // last one, so one lost on the way cannot stall the snapshot.
+                    if let Step::Restoring(r) = &link.step {
+                        if r.chunks_done > 0 {
+                            ctx.send(
+                                link.conn,
+                                Message::SnapshotAck {
+                                    chunks: r.chunks_done,
+                                },
+                            );
+                        }
+                    }
                     // An acknowledgement of forwarded history may have been lost.
                     if link
                         .history_in_flight
@@ -336,7 +360,10 @@ impl BackupSide {
                     Step::Verifying { at, .. } => *at,
                     _ => None,
                 };
-                [Some(timeout), l.next_beat, retry]
+                let stall = l
+                    .waiting_on_master()
+                    .then(|| l.progress_at + self.peer_timeout);
+                [Some(timeout), l.next_beat, retry, stall]
                     .into_iter()
                     .flatten()
                     .min()
@@ -377,8 +404,10 @@ impl BackupSide {
                 }
                 HandshakeStep::Failed(e) => {
                     let why = auth_end(e);
-                    if let LinkEnd::Refused(r) = &why {
-                        self.refused = Some(r.clone());
+                    match &why {
+                        LinkEnd::Refused(r) => self.refused = Some(r.clone()),
+                        LinkEnd::SameNodeId(_) => ctx.events.push(PeerEvent::SameNodeId),
+                        _ => {}
                     }
                     self.down(ctx, why);
                 }
@@ -448,6 +477,15 @@ impl BackupSide {
         let conn = link.conn;
         let round = link.round;
         let protocol = |what: String| LinkEnd::Protocol(what);
+        if matches!(
+            msg,
+            Message::SyncPlan(_)
+                | Message::SnapshotBegin { .. }
+                | Message::SnapshotRows { .. }
+                | Message::SnapshotEnd
+        ) {
+            link.progress_at = ctx.now;
+        }
         match (&mut link.step, msg) {
             (Step::Requested, Message::SyncPlan(plan)) => {
                 tracing::info!(peer = ?link.peer, ?plan, "connected to the master");
@@ -715,6 +753,7 @@ impl BackupSide {
                     },
                 );
                 link.step = Step::Requested;
+                link.progress_at = ctx.now;
             }
             Ok(StoreValue::Restored { position }) => {
                 link.restore_open = false;
@@ -938,6 +977,17 @@ impl BackupSide {
             snapshot_progress: self.snapshot_progress,
             pending_updates: self.master_position.saturating_sub(self.position),
             redundancy: None,
+        }
+    }
+}
+
+impl Link {
+    /// The round waits for the master (not for this node's store).
+    fn waiting_on_master(&self) -> bool {
+        match &self.step {
+            Step::Requested => true,
+            Step::Restoring(r) => !r.finishing,
+            _ => false,
         }
     }
 }

@@ -62,6 +62,10 @@ struct Session {
     queued: usize,
     /// A store read failed: try again at this time.
     retry_at: Option<Time>,
+    /// When the backup last acknowledged something new (or entries started
+    /// to be in flight): entries unacknowledged for a peer timeout while the
+    /// backup is heard are sent again.
+    acked_at: Time,
     runtime: Cursor,
 }
 
@@ -162,6 +166,7 @@ impl MasterSide {
                         fetching: false,
                         queued: 0,
                         retry_at: None,
+                        acked_at: ctx.now,
                         runtime: Cursor::default(),
                     },
                 );
@@ -253,6 +258,26 @@ impl MasterSide {
                 s.retry_at = None;
                 self.retry(ctx, conn);
             }
+            let Some(s) = self.sessions.get_mut(&conn) else {
+                continue;
+            };
+            if matches!(s.phase, Phase::Streaming)
+                && s.window.in_flight()
+                && now >= s.acked_at + ctx.cfg.peer_timeout
+            {
+                // The backup is heard but acknowledges nothing: what was
+                // sent is lost somewhere; send it again (the backup drops
+                // what it has already).
+                tracing::warn!(
+                    acked = s.window.acked(),
+                    "entries unacknowledged: sending them again"
+                );
+                s.window.rewind();
+                s.round += 1;
+                s.fetching = false;
+                s.acked_at = now;
+                self.pump(ctx, conn);
+            }
         }
         if now >= self.retain_at && !self.retaining {
             self.retaining = true;
@@ -265,25 +290,27 @@ impl MasterSide {
             );
         }
         if let Some(every) = self.probe_every {
-            match &self.probe {
-                Some(p) if now >= p.since + ctx.cfg.handshake_timeout => {
-                    self.end_probe(ctx, None);
-                }
-                None if now >= self.probe_at
-                    && self.probe_off.is_none()
-                    && self.dual_master.is_none() =>
-                {
-                    let conn = ctx.new_conn();
-                    self.probe = Some(Probe {
-                        conn,
-                        since: now,
-                        handshake: None,
-                        peer: None,
-                    });
-                    self.probe_at = now + every;
-                    ctx.out.push(Output::Dial { conn, probe: true });
-                }
-                _ => {}
+            if self
+                .probe
+                .as_ref()
+                .is_some_and(|p| now >= p.since + ctx.cfg.handshake_timeout)
+            {
+                self.end_probe(ctx, None);
+            }
+            if self.probe.is_none()
+                && now >= self.probe_at
+                && self.probe_off.is_none()
+                && self.dual_master.is_none()
+            {
+                let conn = ctx.new_conn();
+                self.probe = Some(Probe {
+                    conn,
+                    since: now,
+                    handshake: None,
+                    peer: None,
+                });
+                self.probe_at = now + every;
+                ctx.out.push(Output::Dial { conn, probe: true });
             }
         }
     }
@@ -297,6 +324,9 @@ impl MasterSide {
             });
             times.extend(s.next_beat);
             times.extend(s.retry_at);
+            if matches!(s.phase, Phase::Streaming) && s.window.in_flight() {
+                times.push(s.acked_at + self.peer_timeout);
+            }
         }
         if !self.retaining {
             times.push(self.retain_at);
@@ -364,7 +394,26 @@ impl MasterSide {
                 role,
                 active,
             } => {
-                let _ = position;
+                // The position a backup announces is durably applied: it
+                // acknowledges, so a lost Ack cannot hold a synchronous
+                // commit or the status back.
+                if matches!(s.phase, Phase::Streaming)
+                    && self.serving == Some(conn)
+                    && position < s.window.next()
+                    && position > s.window.acked()
+                    && s.window.on_ack(position)
+                {
+                    s.acked_at = now;
+                    self.acked = Some(position);
+                    ctx.out.push(Output::Acked {
+                        position,
+                        reset: false,
+                    });
+                    if position >= self.head {
+                        self.last_sync = Some(now);
+                    }
+                }
+                let s = self.sessions.get_mut(&conn).expect("session present");
                 ctx.events.push(PeerEvent::Announced(PeerView {
                     node_id: s.peer.clone().unwrap_or_default(),
                     role,
@@ -422,6 +471,9 @@ impl MasterSide {
                 if !matches!(s.phase, Phase::Streaming) {
                     // An acknowledgement of an earlier round.
                     return;
+                }
+                if position > s.window.acked() || !s.window.in_flight() {
+                    s.acked_at = now;
                 }
                 if !s.window.on_ack(position) {
                     self.end(
@@ -857,6 +909,9 @@ impl MasterSide {
             }
         }
         let last = batch.last().map_or(next, |e| e.position);
+        if !s.window.in_flight() {
+            s.acked_at = ctx.now;
+        }
         ctx.send(conn, Message::Entries(batch));
         s.queued += 1;
         s.window.on_sent(last);

@@ -9,7 +9,7 @@ use persist_core::Claim;
 
 use super::backup::BackupSide;
 use super::master::MasterSide;
-use super::{ConnId, Input, LinkEnd, OpId, Output, StoreOp, StoreResult, StoreValue};
+use super::{ConnId, Input, LinkEnd, OpId, Output, StoreOp, StoreResult};
 use crate::clock::Time;
 use crate::protocol::{Message, NodeRole, RefuseReason};
 use crate::redundancy::machine::{
@@ -146,6 +146,8 @@ pub(crate) enum PeerEvent {
     LinkDown,
     /// The peer is configured as master too.
     DualMaster(String),
+    /// The peer presented this node's own id.
+    SameNodeId,
 }
 
 /// Who gets a store result.
@@ -380,6 +382,7 @@ impl NodeCore {
         }
         let mut events = Vec::new();
         let claim = self.claim().clone();
+        let mut claim_result = None;
         {
             let mut ctx = Ctx {
                 now,
@@ -406,7 +409,7 @@ impl NodeCore {
                                 m.retained(&mut ctx, result);
                             }
                         }
-                        Owner::Claim => claim_written(&mut self.claims, now, result),
+                        Owner::Claim => claim_result = Some(result),
                         Owner::Nobody => {}
                     }
                 }
@@ -416,8 +419,30 @@ impl NodeCore {
                 },
             }
         }
+        if let Some(result) = claim_result {
+            self.claim_written(now, result, &mut out);
+        }
         self.settle(now, events, &mut out);
         out
+    }
+
+    fn claim_written(&mut self, now: Time, result: StoreResult, out: &mut Vec<Output>) {
+        self.claims.writing = false;
+        match result {
+            Ok(_) => self.claims.error = None,
+            Err(e) => {
+                tracing::error!("cannot record the redundancy claim: {e}");
+                self.claims.error = Some(format!(
+                    "the claim could not be recorded (acting on it anyway): {e}"
+                ));
+                self.claims.retry_at = Some(now + Duration::from_secs(1));
+            }
+        }
+        // A newer claim waited for this write: write it now.
+        if let Some(next) = self.claims.next.take() {
+            self.claims.retry_at = None;
+            self.write_claim(next, out);
+        }
     }
 
     /// Takes a command; its answer comes as [`Output::Reply`] with `id`.
@@ -504,6 +529,7 @@ impl NodeCore {
                 PeerEvent::Announced(view) => effects.extend(machine.announced(now, view)),
                 PeerEvent::LinkDown => machine.link_down(),
                 PeerEvent::DualMaster(other) => machine.dual_master(&other),
+                PeerEvent::SameNodeId => machine.same_id(),
             }
         }
         if let Some(m) = &mut self.machine {
@@ -603,11 +629,24 @@ impl NodeCore {
         [
             side,
             self.machine.as_ref().and_then(|m| m.deadline()),
-            self.claims.retry_at,
+            self.claims.retry_at.filter(|_| !self.claims.writing),
         ]
         .into_iter()
         .flatten()
         .min()
+    }
+
+    /// Each part's deadline (side, machine, claim retry), for diagnostics.
+    pub fn deadlines(&self) -> [Option<Time>; 3] {
+        let side = match &self.side {
+            Side::Master(m) => m.deadline(),
+            Side::Backup(b) => b.deadline(),
+        };
+        [
+            side,
+            self.machine.as_ref().and_then(|m| m.deadline()),
+            self.claims.retry_at,
+        ]
     }
 
     /// Whether frames on `conn` may be full size (its peer authenticated).
@@ -637,27 +676,6 @@ impl NodeCore {
             error: gate_error.or_else(|| self.claims.error.clone()),
         });
         r
-    }
-}
-
-fn claim_written(claims: &mut ClaimWriter, now: Time, result: StoreResult) {
-    claims.writing = false;
-    match result {
-        Ok(StoreValue::Done) | Ok(_) => {
-            claims.error = None;
-        }
-        Err(e) => {
-            tracing::error!("cannot record the redundancy claim: {e}");
-            claims.error = Some(format!(
-                "the claim could not be recorded (acting on it anyway): {e}"
-            ));
-            claims.retry_at = Some(now + Duration::from_secs(1));
-        }
-    }
-    if let Some(next) = claims.next.take() {
-        // Written at the next settle: the newest claim wins.
-        claims.retry_at = Some(now);
-        let _ = next;
     }
 }
 

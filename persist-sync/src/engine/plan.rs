@@ -145,6 +145,16 @@ impl SendWindow {
     pub fn on_sent(&mut self, last: u64) {
         self.next = self.next.max(last + 1);
     }
+
+    /// Whether entries are sent and not acknowledged.
+    pub fn in_flight(&self) -> bool {
+        self.next - 1 > self.acked
+    }
+
+    /// Sends again from the first unacknowledged entry (frames were lost).
+    pub fn rewind(&mut self) {
+        self.next = self.acked + 1;
+    }
 }
 
 /// How long the master keeps log entries.

@@ -236,12 +236,18 @@ pub struct Machine {
     heard_claim: bool,
     /// Whether the startup allowance has run out (seen by a tick).
     allowance_over: bool,
+    /// Whether this node made a claim of its own since it started (a
+    /// decision, not the stored claim of an earlier run).
+    decided_alone: bool,
     peer: Option<PeerView>,
     /// A switchover this master made: its epoch and when it is undone if
     /// the backup has not announced it.
     switchover: Option<(u64, Time)>,
     /// Another node configured as master.
     conflict: Option<String>,
+    /// The peer uses this node's id: a backup so configured never acts
+    /// (its claims would name the master too) until it is fixed.
+    same_id: bool,
 }
 
 fn rank(c: &Claim, master_id: Option<&str>) -> (u64, bool) {
@@ -261,9 +267,11 @@ impl Machine {
             last_heard: None,
             heard_claim: false,
             allowance_over: false,
+            decided_alone: false,
             peer: None,
             switchover: None,
             conflict: None,
+            same_id: false,
         }
     }
 
@@ -315,6 +323,9 @@ impl Machine {
         if !self.decided(now) {
             return ActivityLevel::Undecided;
         }
+        if self.same_id && self.settings.role == NodeRole::Backup {
+            return self.standby();
+        }
         match &self.claim.active {
             Some(id) if id == self.me() => match &self.conflict {
                 // Two masters: only the one whose id sorts first acts.
@@ -329,7 +340,9 @@ impl Machine {
     /// A node decides once it heard its peer's claim or its startup
     /// allowance passed.
     fn decided(&self, now: Time) -> bool {
-        self.heard_claim || now.since(self.started) >= self.settings.startup_allowance
+        self.heard_claim
+            || self.decided_alone
+            || now.since(self.started) >= self.settings.startup_allowance
     }
 
     fn master_id(&self) -> Option<String> {
@@ -344,6 +357,7 @@ impl Machine {
     }
 
     fn make(&mut self, active: String) -> Vec<Effect> {
+        self.decided_alone = true;
         self.claim = Claim {
             epoch: self.claim.epoch + 1,
             active: Some(active),
@@ -417,6 +431,12 @@ impl Machine {
         self.conflict = Some(other.to_owned());
     }
 
+    /// The peer presented this node's own id: a backup stays standby and
+    /// never takes over until its configuration is fixed (it restarts).
+    pub fn same_id(&mut self) {
+        self.same_id = true;
+    }
+
     /// Time passed; the driver calls this at [`Machine::deadline`] at least.
     pub fn tick(&mut self, now: Time) -> Vec<Effect> {
         let me = self.settings.node_id.clone();
@@ -435,7 +455,16 @@ impl Machine {
         let i_am_active = self.holds_me();
         match self.settings.role {
             NodeRole::Independent if !i_am_active => self.make(me),
-            NodeRole::Backup if !i_am_active && now >= self.failover_at() => self.make(me),
+            // Silence for the failover timeout: take over. A restarted backup
+            // whose stored claim names it makes a fresh claim too rather than
+            // act on the old one (whose epoch the master may have passed).
+            NodeRole::Backup
+                if !self.same_id
+                    && (!i_am_active || !self.decided(now))
+                    && now >= self.failover_at() =>
+            {
+                self.make(me)
+            }
             NodeRole::Master
                 if !i_am_active
                     && !self.heard_claim
@@ -465,16 +494,15 @@ impl Machine {
     /// (`None`: only inputs matter).
     pub fn deadline(&self) -> Option<Time> {
         let undo = self.switchover.map(|(_, t)| t);
-        let undecided = (!self.heard_claim && !self.allowance_over)
+        let undecided = (!self.heard_claim && !self.decided_alone && !self.allowance_over)
             .then(|| self.started + self.settings.startup_allowance);
-        let own = if self.holds_me() {
-            None
-        } else {
-            match self.settings.role {
-                NodeRole::Backup => Some(self.failover_at()),
-                NodeRole::Independent => Some(self.started),
-                NodeRole::Master => undecided,
-            }
+        let own = match self.settings.role {
+            NodeRole::Backup if self.same_id => None,
+            NodeRole::Backup if !self.holds_me() => Some(self.failover_at()),
+            NodeRole::Backup => undecided.map(|_| self.failover_at()),
+            _ if self.holds_me() => None,
+            NodeRole::Independent => Some(self.started),
+            NodeRole::Master => undecided,
         };
         [undo, undecided, own].into_iter().flatten().min()
     }

@@ -193,17 +193,7 @@ impl NodeBuilder {
             }
         };
         self.settings.validate()?;
-        // Config writes only on the master, whatever the activity.
-        self.store.set_write_gate(match role {
-            Role::Backup => Some("this node is the backup; write to the master".into()),
-            Role::Master => None,
-        });
-        self.sync.heartbeat_interval = self.settings.heartbeat_interval;
-        // A link silent for the failover timeout is dead for sync too.
-        self.sync.peer_timeout = self
-            .settings
-            .failover_timeout
-            .max(self.settings.heartbeat_interval * 2);
+        self.sync = prepare(&self.store, role, &self.settings, self.sync);
         let initial = RedundancyState {
             role: self.settings.role,
             activity: ActivityLevel::Undecided,
@@ -271,6 +261,27 @@ impl NodeBuilder {
             task: Some(started.task),
         })
     }
+}
+
+/// What a node's settings make of its store and sync settings (shared by
+/// the tokio node and the simulator): config writes only on the master,
+/// whatever the activity; the link's heartbeat is the node's, and a link
+/// silent for the failover timeout is dead for sync too.
+pub(crate) fn prepare(
+    store: &Store,
+    role: Role,
+    settings: &RedundancySettings,
+    mut sync: SyncConfig,
+) -> SyncConfig {
+    store.set_write_gate(match role {
+        Role::Backup => Some("this node is the backup; write to the master".into()),
+        Role::Master => None,
+    });
+    sync.heartbeat_interval = settings.heartbeat_interval;
+    sync.peer_timeout = settings
+        .failover_timeout
+        .max(settings.heartbeat_interval * 2);
+    sync
 }
 
 /// Starts the master node of a pair on the current tokio runtime (see

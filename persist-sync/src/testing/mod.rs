@@ -2,5 +2,7 @@
 //!
 //! - [`memory`]: an in-process network that cuts, partitions, drops, delays
 //!   and duplicates frames.
+//! - [`sim`]: the deterministic simulator of a pair.
 
 pub mod memory;
+pub mod sim;

@@ -81,15 +81,9 @@ impl StoreWorker {
     }
 
     /// Replaces operations by the error `hook` returns for them.
-    #[allow(dead_code)] // the simulator uses it
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub fn inject_faults(&mut self, hook: FaultHook) {
         self.faults = Some(hook);
-    }
-
-    /// Whether a restore is open.
-    #[allow(dead_code)] // the simulator uses it
-    pub fn restoring(&self) -> bool {
-        self.restore.is_some()
     }
 
     /// Runs `op` (or defers it behind a restore in progress); returns the
