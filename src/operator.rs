@@ -64,6 +64,8 @@ pub struct StateView {
     pub runtime_errors: Vec<String>,
     /// Runtime state updates held in the bounded queues.
     pub runtime_queued: usize,
+    /// Changes of activity, epoch or active node since the node started.
+    pub transitions: u64,
 }
 
 /// Builds the state view of a node.
@@ -103,6 +105,7 @@ pub fn view(node_id: &str, node: &NodeHandle) -> StateView {
             })
             .unwrap_or_default(),
         runtime_queued: node.runtime().map_or(0, |r| r.queued()),
+        transitions: s.transitions,
     }
 }
 
@@ -143,6 +146,11 @@ pub fn metrics(v: &StateView) -> String {
         "persist_epoch",
         "The pair's epoch as this node knows it.",
         v.epoch.to_string(),
+    );
+    gauge(
+        "persist_redundancy_transitions",
+        "Changes of activity, epoch or active node since the node started.",
+        v.transitions.to_string(),
     );
     gauge(
         "persist_log_position",

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use persist_sync::testing::sim::{run, SimConfig};
+use persist_sync::engine::Command;
+use persist_sync::redundancy::RecoveryMode;
+use persist_sync::testing::sim::{run, Fault, Mistake, Report, SimConfig};
 
 fn env(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
@@ -117,5 +119,132 @@ fn seeds_that_found_bugs_stay_fixed() {
         if let Err(v) = run(*seed, &cfg) {
             panic!("seed {seed} ({what}) fails again:\n{v}");
         }
+    }
+}
+
+/// Runs a scripted scenario on several seeds (the seed varies the start
+/// order, latencies, the workload and store timings).
+fn scenario(
+    what: &str,
+    script: Vec<(Duration, Fault)>,
+    tweak: impl Fn(&mut SimConfig),
+) -> Vec<Report> {
+    let mut cfg = SimConfig {
+        script: Some(script),
+        ..SimConfig::default()
+    };
+    tweak(&mut cfg);
+    // PERSIST_SIM_TRACE=1 prints every event of seed 1 of each scenario.
+    if std::env::var_os("PERSIST_SIM_TRACE").is_some() {
+        let traced = SimConfig {
+            trace: true,
+            ..cfg.clone()
+        };
+        match run(1, &traced) {
+            Ok(r) => r.schedule.iter().for_each(|l| println!("{what}: {l}")),
+            Err(v) => println!("{v}"),
+        }
+    }
+    (1..=12)
+        .map(|seed| run(seed, &cfg).unwrap_or_else(|v| panic!("{what}:\n{v}")))
+        .collect()
+}
+
+fn s(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+/// Item 1: the master freezes (or its link goes silent) during a full
+/// resync, asked for by either node: the backup takes over in time, the
+/// restore is given up with the old data intact, and the pair converges.
+#[test]
+fn master_frozen_or_cut_off_during_a_full_resync() {
+    for (who, second) in [
+        (0, Fault::Freeze(0, s(3000))),
+        (1, Fault::Freeze(0, s(3000))),
+        (0, Fault::Partition(s(2500))),
+    ] {
+        scenario(
+            "freeze during a full resync",
+            vec![
+                (s(2000), Fault::Bulk(3000)),
+                (s(3000), Fault::Operator(who, Command::Resync)),
+                (s(3004), second),
+            ],
+            |_| {},
+        );
+    }
+}
+
+/// Item 2: both nodes configured with the same id, for a while.
+#[test]
+fn the_same_node_id_on_both_nodes() {
+    scenario(
+        "same node id",
+        vec![(s(2500), Fault::Mistake(Mistake::SameId, s(3500)))],
+        |_| {},
+    );
+}
+
+/// Item 4: the backup's disk fills up, or another process holds its lock
+/// past the busy timeout, next to a live master.
+#[test]
+fn a_backup_whose_store_fails_next_to_a_live_master() {
+    scenario(
+        "disk full",
+        vec![(s(2500), Fault::DiskFull(1, s(3000)))],
+        |_| {},
+    );
+    scenario(
+        "locked",
+        vec![(s(2500), Fault::Locked(1, s(900), s(3000)))],
+        |_| {},
+    );
+}
+
+/// Item 5: the backup has the wrong secret next to a live master.
+#[test]
+fn a_backup_with_a_wrong_secret() {
+    scenario(
+        "wrong secret",
+        vec![(s(2500), Fault::Mistake(Mistake::WrongSecret, s(4000)))],
+        |_| {},
+    );
+}
+
+/// Items 6 and 7: the master restarts after a failover (short and long
+/// outages: the backup's backoff has grown), in both recovery modes.
+#[test]
+fn a_master_restarted_after_a_failover() {
+    for recovery in [RecoveryMode::Automatic, RecoveryMode::Manual] {
+        for down in [1500, 5000] {
+            scenario(
+                "restarted master",
+                vec![(s(2500), Fault::Crash(0, s(down)))],
+                |c| c.recovery = recovery,
+            );
+        }
+    }
+}
+
+/// Item 8: a switchover while the backup is down is refused, and leaves
+/// the master active.
+#[test]
+fn a_switchover_while_the_backup_is_down_is_refused() {
+    let reports = scenario(
+        "switchover with the backup down",
+        vec![
+            (s(2500), Fault::Crash(1, s(3000))),
+            (s(3000), Fault::Operator(0, Command::Switchover)),
+        ],
+        |_| {},
+    );
+    for r in reports {
+        assert!(
+            r.replies.iter().any(|a| a.contains("BackupNotConnected")),
+            "seed {}: {:?}",
+            r.seed,
+            r.replies
+        );
     }
 }

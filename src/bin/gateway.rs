@@ -320,8 +320,22 @@ async fn run(config_path: PathBuf) -> Result<()> {
     ));
     let mut w = node.watch();
     let mut last = None;
+    let mut seen = 0;
     loop {
         let s = w.borrow_and_update().clone();
+        // The watch holds the latest state: a jump in the transition count
+        // means steps were missed (a step down and back, say). The module
+        // treats it as a step down before the new state.
+        if s.transitions > seen + 1 && last.is_some_and(|(a, _)| a == ActivityLevel::Active) {
+            println!(
+                "{}: {} state changes since the last one seen: stepping down first",
+                cfg.node.id,
+                s.transitions - seen - 1
+            );
+            module.set_activity(ActivityLevel::Cold);
+            last = Some((ActivityLevel::Cold, s.epoch));
+        }
+        seen = s.transitions;
         if last != Some((s.activity, s.epoch)) {
             println!(
                 "{}: {:?} (epoch {}, active node {})",

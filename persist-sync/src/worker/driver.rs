@@ -71,175 +71,211 @@ async fn changed(rx: &mut Option<watch::Receiver<u64>>) -> Option<u64> {
     }
 }
 
+/// The node task's links, dials in progress and pending answers.
+struct Io {
+    links: HashMap<ConnId, LinkHandle>,
+    dials: HashMap<ConnId, AbortOnDrop<()>>,
+    replies: HashMap<u64, oneshot::Sender<Result<(), CommandError>>>,
+    answers: Vec<(u64, Result<(), CommandError>)>,
+    next_command: u64,
+    events: mpsc::Sender<Input>,
+    dialed: mpsc::Sender<(ConnId, Result<LinkHandle, String>)>,
+}
+
+impl Io {
+    /// Sends the answers of commands whose effect is published.
+    fn answer(&mut self) {
+        for (id, result) in self.answers.drain(..) {
+            if let Some(tx) = self.replies.remove(&id) {
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
+/// Accepts links and starts their tasks; accepted links are numbered from
+/// [`FIRST_ACCEPTED`].
+fn accept_loop<A: Acceptor>(
+    mut acceptor: A,
+    limits: Limits,
+    events: mpsc::Sender<Input>,
+    accepted: mpsc::Sender<(ConnId, LinkHandle)>,
+) -> AbortOnDrop<()> {
+    AbortOnDrop(tokio::spawn(async move {
+        let mut next = FIRST_ACCEPTED;
+        loop {
+            match acceptor.accept().await {
+                Ok(l) => {
+                    let handle = link::start(l, next, limits, events.clone());
+                    if accepted.send((next, handle)).await.is_err() {
+                        return;
+                    }
+                    next += 1;
+                }
+                Err(e) => tracing::warn!("accepting a backup failed: {e}"),
+            }
+        }
+    }))
+}
+
 impl<A: Acceptor, D: Dialer, P: Dialer> Driver<A, D, P> {
     /// Runs the node until it is shut down.
     pub async fn run(mut self) {
         let (events_tx, mut events) = mpsc::channel::<Input>(1024);
-        let (accepted_tx, mut accepted) = mpsc::channel::<(ConnId, LinkHandle)>(16);
-        let (dialed_tx, mut dialed) = mpsc::channel::<(ConnId, Result<LinkHandle, String>)>(16);
-        let _accept_task = self.acceptor.take().map(|mut acceptor| {
-            let events = events_tx.clone();
-            let limits = self.limits;
-            AbortOnDrop(tokio::spawn(async move {
-                let mut next = FIRST_ACCEPTED;
-                loop {
-                    match acceptor.accept().await {
-                        Ok(l) => {
-                            let handle = link::start(l, next, limits, events.clone());
-                            if accepted_tx.send((next, handle)).await.is_err() {
-                                return;
-                            }
-                            next += 1;
-                        }
-                        Err(e) => tracing::warn!("accepting a backup failed: {e}"),
-                    }
-                }
-            }))
-        });
-        let mut links: HashMap<ConnId, LinkHandle> = HashMap::new();
-        let mut dials: HashMap<ConnId, AbortOnDrop<()>> = HashMap::new();
-        let mut replies: HashMap<u64, oneshot::Sender<Result<(), CommandError>>> = HashMap::new();
-        let mut next_command = 0u64;
+        let (accepted_tx, mut accepted) = mpsc::channel(16);
+        let (dialed_tx, mut dialed) = mpsc::channel(16);
+        let _accept = self
+            .acceptor
+            .take()
+            .map(|a| accept_loop(a, self.limits, events_tx.clone(), accepted_tx));
+        let mut io = Io {
+            links: HashMap::new(),
+            dials: HashMap::new(),
+            replies: HashMap::new(),
+            answers: Vec::new(),
+            next_command: 0,
+            events: events_tx,
+            dialed: dialed_tx,
+        };
         let mut last_report = None;
         let mut outputs = self.core.step(self.clock.now(), Input::Tick);
-        let mut answers = Vec::new();
         loop {
-            let mut stopped = false;
-            for o in outputs.drain(..) {
-                match o {
-                    Output::Dial { conn, probe } => {
-                        let timeout = self.handshake_timeout;
-                        let (events, dialed) = (events_tx.clone(), dialed_tx.clone());
-                        let limits = self.limits;
-                        let task = match (probe, &self.probe, &self.dialer) {
-                            (true, Some(p), _) => {
-                                let p = p.clone();
-                                tokio::spawn(async move {
-                                    let r = dial(&*p, timeout)
-                                        .await
-                                        .map(|l| link::start(l, conn, limits, events));
-                                    let _ = dialed.send((conn, r)).await;
-                                })
-                            }
-                            (false, _, Some(d)) => {
-                                let d = d.clone();
-                                tokio::spawn(async move {
-                                    let r = dial(&*d, timeout)
-                                        .await
-                                        .map(|l| link::start(l, conn, limits, events));
-                                    let _ = dialed.send((conn, r)).await;
-                                })
-                            }
-                            _ => {
-                                let _ = dialed
-                                    .send((conn, Err("no dialer for this link".into())))
-                                    .await;
-                                continue;
-                            }
-                        };
-                        dials.insert(conn, AbortOnDrop(task));
-                    }
-                    Output::Send { conn, msg } => {
-                        if let Some(l) = links.get(&conn) {
-                            l.send(codec::encode(&msg));
-                        }
-                    }
-                    Output::Authenticated { conn } => {
-                        if let Some(l) = links.get(&conn) {
-                            l.authenticated();
-                        }
-                    }
-                    Output::Close { conn } => {
-                        dials.remove(&conn);
-                        if let Some(l) = links.remove(&conn) {
-                            l.close();
-                        }
-                    }
-                    Output::Store { id, op } => self.executor.submit(id, op),
-                    Output::Acked { position, reset } => {
-                        self.published.acks.set(position, reset);
-                    }
-                    Output::Gate(reason) => self.store.set_write_gate(reason),
-                    Output::Reply { id, result } => answers.push((id, result)),
-                    Output::Stopped => stopped = true,
-                }
-            }
-            let now = self.clock.now();
-            let report = self.core.report(now);
+            let stopped = self.carry_out(&mut io, outputs);
+            let report = self.core.report(self.clock.now());
             if last_report.as_ref() != Some(&report) {
                 self.publish(&report);
                 last_report = Some(report);
             }
             // Answered once the state shows the command's effect.
-            for (id, result) in answers.drain(..) {
-                if let Some(tx) = replies.remove(&id) {
-                    let _ = tx.send(result);
-                }
-            }
+            io.answer();
             if stopped {
                 break;
             }
-            let deadline = self.core.deadline();
-            let sleep = async {
-                match deadline {
-                    Some(t) => tokio::time::sleep_until(self.clock.instant(t)).await,
-                    None => std::future::pending().await,
-                }
-            };
-            // Inputs first: a frame that arrived before an overdue deadline is
-            // heard before the deadline is acted on (a busy machine must not
-            // fail over from a master whose heartbeat is waiting in the queue).
-            outputs = tokio::select! {
-                biased;
-                Some(input) = events.recv() => self.core.step(self.clock.now(), input),
-                Some((id, result)) = self.store_done.recv() => {
-                    self.core.step(self.clock.now(), Input::Store { id, result })
-                }
-                Some((conn, handle)) = accepted.recv() => {
-                    links.insert(conn, handle);
-                    self.core.step(self.clock.now(), Input::Accepted { conn })
-                }
-                Some((conn, r)) = dialed.recv() => {
-                    dials.remove(&conn);
-                    match r {
-                        Ok(handle) => {
-                            links.insert(conn, handle);
-                            self.core.step(self.clock.now(), Input::Dialed { conn })
-                        }
-                        Err(error) => self.core.step(self.clock.now(), Input::DialFailed { conn, error }),
-                    }
-                }
-                Some(p) = changed(&mut self.head) => self.core.step(self.clock.now(), Input::Head(p)),
-                Some(_) = changed(&mut self.runtime_changed) => {
-                    self.core.step(self.clock.now(), Input::RuntimeChanged)
-                }
-                Some(_) = changed(&mut self.history_changed) => {
-                    self.core.step(self.clock.now(), Input::HistoryChanged)
-                }
-                request = self.requests.recv() => match request {
-                    Some((command, reply)) => {
-                        next_command += 1;
-                        replies.insert(next_command, reply);
-                        self.core.command(self.clock.now(), next_command, command)
-                    }
-                    // Every handle is gone: stop as if asked to.
-                    None => self.core.command(self.clock.now(), 0, Command::Shutdown),
-                },
-                _ = sleep => self.core.step(self.clock.now(), Input::Tick),
-            };
-            // Timers are not starved by a steady stream of inputs.
-            let now = self.clock.now();
-            if self.core.deadline().is_some_and(|d| d <= now) {
-                outputs.extend(self.core.step(now, Input::Tick));
-            }
+            outputs = self
+                .next_input(&mut io, &mut events, &mut accepted, &mut dialed)
+                .await;
         }
-        for (_, l) in links.drain() {
+        for (_, l) in io.links.drain() {
             l.close();
         }
-        dials.clear();
+        io.dials.clear();
         // What the core handed the store last (a restore given up, a claim)
         // runs before the node is gone.
         self.executor.finish().await;
+    }
+
+    /// Waits for the next input and feeds it to the core.
+    async fn next_input(
+        &mut self,
+        io: &mut Io,
+        events: &mut mpsc::Receiver<Input>,
+        accepted: &mut mpsc::Receiver<(ConnId, LinkHandle)>,
+        dialed: &mut mpsc::Receiver<(ConnId, Result<LinkHandle, String>)>,
+    ) -> Vec<Output> {
+        let deadline = self.core.deadline();
+        let clock = self.clock.clone();
+        let sleep = async move {
+            match deadline {
+                Some(t) => tokio::time::sleep_until(clock.instant(t)).await,
+                None => std::future::pending().await,
+            }
+        };
+        // Inputs first: a frame that arrived before an overdue deadline is
+        // heard before the deadline is acted on (a busy machine must not
+        // fail over from a master whose heartbeat is waiting in the queue).
+        let mut outputs = tokio::select! {
+            biased;
+            Some(input) = events.recv() => self.core.step(self.clock.now(), input),
+            Some((id, result)) = self.store_done.recv() => {
+                self.core.step(self.clock.now(), Input::Store { id, result })
+            }
+            Some((conn, handle)) = accepted.recv() => {
+                io.links.insert(conn, handle);
+                self.core.step(self.clock.now(), Input::Accepted { conn })
+            }
+            Some((conn, r)) = dialed.recv() => {
+                io.dials.remove(&conn);
+                let input = match r {
+                    Ok(handle) => {
+                        io.links.insert(conn, handle);
+                        Input::Dialed { conn }
+                    }
+                    Err(error) => Input::DialFailed { conn, error },
+                };
+                self.core.step(self.clock.now(), input)
+            }
+            Some(p) = changed(&mut self.head) => self.core.step(self.clock.now(), Input::Head(p)),
+            Some(_) = changed(&mut self.runtime_changed) => {
+                self.core.step(self.clock.now(), Input::RuntimeChanged)
+            }
+            Some(_) = changed(&mut self.history_changed) => {
+                self.core.step(self.clock.now(), Input::HistoryChanged)
+            }
+            request = self.requests.recv() => match request {
+                Some((command, reply)) => {
+                    io.next_command += 1;
+                    io.replies.insert(io.next_command, reply);
+                    self.core.command(self.clock.now(), io.next_command, command)
+                }
+                // Every handle is gone: stop as if asked to.
+                None => self.core.command(self.clock.now(), 0, Command::Shutdown),
+            },
+            _ = sleep => self.core.step(self.clock.now(), Input::Tick),
+        };
+        // Timers are not starved by a steady stream of inputs.
+        let now = self.clock.now();
+        if self.core.deadline().is_some_and(|d| d <= now) {
+            outputs.extend(self.core.step(now, Input::Tick));
+        }
+        outputs
+    }
+
+    /// Carries out what the core answered; true once it stopped.
+    fn carry_out(&mut self, io: &mut Io, outputs: Vec<Output>) -> bool {
+        let mut stopped = false;
+        for o in outputs {
+            match o {
+                Output::Dial { conn, probe } => self.dial(io, conn, probe),
+                Output::Send { conn, msg } => {
+                    if let Some(l) = io.links.get(&conn) {
+                        l.send(codec::encode(&msg));
+                    }
+                }
+                Output::Authenticated { conn } => {
+                    if let Some(l) = io.links.get(&conn) {
+                        l.authenticated();
+                    }
+                }
+                Output::Close { conn } => {
+                    io.dials.remove(&conn);
+                    if let Some(l) = io.links.remove(&conn) {
+                        l.close();
+                    }
+                }
+                Output::Store { id, op } => self.executor.submit(id, op),
+                Output::Acked { position, reset } => self.published.acks.set(position, reset),
+                Output::Gate(reason) => self.store.set_write_gate(reason),
+                Output::Reply { id, result } => io.answers.push((id, result)),
+                Output::Stopped => stopped = true,
+            }
+        }
+        stopped
+    }
+
+    /// Dials a link in a task of its own (bounded by the handshake timeout).
+    fn dial(&mut self, io: &mut Io, conn: ConnId, probe: bool) {
+        let (timeout, limits) = (self.handshake_timeout, self.limits);
+        let (events, dialed) = (io.events.clone(), io.dialed.clone());
+        let task = match (probe, &self.probe, &self.dialer) {
+            (true, Some(p), _) => spawn_dial(p.clone(), conn, timeout, limits, events, dialed),
+            (false, _, Some(d)) => spawn_dial(d.clone(), conn, timeout, limits, events, dialed),
+            _ => tokio::spawn(async move {
+                let _ = dialed
+                    .send((conn, Err("no dialer for this link".into())))
+                    .await;
+            }),
+        };
+        io.dials.insert(conn, AbortOnDrop(task));
     }
 
     fn publish(&self, report: &NodeReport) {
@@ -268,6 +304,22 @@ impl<A: Acceptor, D: Dialer, P: Dialer> Driver<A, D, P> {
             p.publish(report, r, last_sync);
         }
     }
+}
+
+fn spawn_dial<X: Dialer>(
+    dialer: Arc<X>,
+    conn: ConnId,
+    timeout: std::time::Duration,
+    limits: Limits,
+    events: mpsc::Sender<Input>,
+    dialed: mpsc::Sender<(ConnId, Result<LinkHandle, String>)>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let r = dial(&*dialer, timeout)
+            .await
+            .map(|l| link::start(l, conn, limits, events));
+        let _ = dialed.send((conn, r)).await;
+    })
 }
 
 async fn dial<D: Dialer>(dialer: &D, timeout: std::time::Duration) -> Result<D::Link, String> {

@@ -191,8 +191,8 @@ impl Checker {
     }
 
     /// A node's claim changed.
-    pub fn claimed(&mut self, i: usize, c: &Claim, now: Time) {
-        let me = IDS[i];
+    /// Node `i`, configured with id `me`, now holds claim `c`.
+    pub fn claimed(&mut self, i: usize, me: &str, c: &Claim, now: Time) {
         if c.by.as_deref() == Some(me) {
             self.own_claim[i] = Some(now);
         }

@@ -78,6 +78,8 @@ pub struct SimConfig {
     pub recovery: RecoveryMode,
     /// Keep a trace of every event (for a replay).
     pub trace: bool,
+    /// These faults at these times instead of random ones (a scenario).
+    pub script: Option<Vec<(Duration, Fault)>>,
 }
 
 impl Default for SimConfig {
@@ -92,6 +94,7 @@ impl Default for SimConfig {
             startup_allowance: Duration::from_millis(1000),
             recovery: RecoveryMode::Automatic,
             trace: false,
+            script: None,
         }
     }
 }
@@ -119,6 +122,8 @@ pub struct Report {
     pub converged_after: Duration,
     /// Status reports read (after every event, from each running node).
     pub reports: u64,
+    /// Answers to operator requests, in order.
+    pub replies: Vec<String>,
     /// The fault schedule (and, with `trace`, every event).
     pub schedule: Vec<String>,
 }
@@ -175,33 +180,53 @@ impl Clock for SimClock {
     }
 }
 
-/// A fault the scheduler injects.
+/// A fault the scheduler injects (node 0 is the master gw-a, node 1 the
+/// backup gw-b; the last duration is how long the fault lasts).
 #[derive(Debug, Clone)]
-enum Fault {
+pub enum Fault {
+    /// The node crashes (SIGKILL) and restarts after the duration.
     Crash(usize, Duration),
+    /// The node crashes, a row of its database changes behind the
+    /// library's back while it is down, and it restarts.
     CrashAndTamper(usize, Duration),
+    /// The node freezes (SIGSTOP) and resumes.
     Freeze(usize, Duration),
+    /// Frames in both directions are held (a pulled cable, no reset).
     Partition(Duration),
+    /// Every connection is reset.
     Reset,
+    /// Frames towards this node are held.
     OneWay(usize, Duration),
+    /// Extra one-way latency (the first duration).
     Delay(Duration, Duration),
+    /// This share of frames is delivered twice.
     Duplicate(f64, Duration),
+    /// This share of frames is lost.
     Loss(f64, Duration),
+    /// The node's disk is full.
     DiskFull(usize, Duration),
+    /// Another process holds the node's write lock: each write waits the
+    /// first duration (the busy timeout), then fails.
     Locked(usize, Duration, Duration),
+    /// Each write of the node takes the first duration longer.
     SlowFsync(usize, Duration, Duration),
+    /// An operator asks the node for this.
     Operator(usize, Command),
+    /// A configuration mistake, fixed (with a restart) after the duration.
     Mistake(Mistake, Duration),
+    /// The master's module writes this many rows in one transaction (so a
+    /// snapshot spans many frames).
+    Bulk(usize),
 }
 
 /// A configuration mistake, in force for a while.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Mistake {
+pub enum Mistake {
     /// The backup has the wrong secret.
     WrongSecret,
     /// The backup uses the master's id.
     SameId,
-    /// The backup is configured as master too (both probe each other).
+    /// The backup is configured as master too (the nodes probe each other).
     BothMasters,
     /// The master's probe address points at itself.
     SelfProbe,
@@ -391,6 +416,12 @@ impl World {
         let mut t = Time::ZERO + Duration::from_millis(1500);
         let end = Time::ZERO + self.cfg.fault_phase;
         let mut mistake_done = false;
+        if let Some(script) = self.cfg.script.clone() {
+            for (at, f) in script {
+                self.at(Time::ZERO + at, Ev::Fault(f));
+            }
+            t = end;
+        }
         while t < end {
             let mean = self.cfg.fault_every.as_millis() as u64;
             t += self.rng.ms(mean / 4, mean * 7 / 4);
@@ -675,7 +706,8 @@ impl World {
         let after = r.core.machine().map(|m| m.claim().clone());
         if before != after {
             if let Some(c) = &after {
-                self.check.claimed(i, c, now);
+                let id = self.nodes[i].config.node_id.clone();
+                self.check.claimed(i, &id, c, now);
             }
         }
         self.carry_out(i, outputs);
@@ -692,7 +724,8 @@ impl World {
         let after = r.core.machine().map(|m| m.claim().clone());
         if before != after {
             if let Some(c) = &after {
-                self.check.claimed(i, c, now);
+                let id = self.nodes[i].config.node_id.clone();
+                self.check.claimed(i, &id, c, now);
             }
         }
         self.carry_out(i, outputs);
@@ -767,6 +800,7 @@ impl World {
                 Output::Reply { result, .. } => {
                     let name = self.nodes[i].name();
                     self.log(format!("{name}: operator request answered {result:?}"));
+                    self.report.replies.push(format!("{name}: {result:?}"));
                 }
                 Output::Stopped => {}
             }
@@ -1147,6 +1181,7 @@ impl World {
                     self.command(i, c);
                 }
             }
+            Fault::Bulk(n) => self.bulk(n),
             Fault::Mistake(m, d) => {
                 self.mistake = Some(m);
                 self.check.mistake(Some(m), self.now);
@@ -1247,6 +1282,33 @@ impl World {
             }
         }
         self.check.mistake(None, self.now);
+    }
+
+    fn bulk(&mut self, n: usize) {
+        let tx = self.next_tx;
+        let Some(r) = &self.nodes[0].running else {
+            return;
+        };
+        let result = r.store.write(|t| {
+            let mut ids = Vec::with_capacity(n);
+            for k in 0..n {
+                ids.push(t.insert(&SimRow {
+                    id: 0,
+                    tx,
+                    n: k as i64,
+                    label: format!("bulk {tx} row {k}"),
+                })?);
+            }
+            Ok(ids)
+        });
+        if let Ok(ids) = result {
+            self.next_tx += 1;
+            let (p, d) = (r.store.position(), r.store.digest());
+            let _ = self.check.committed(0, p, d, true, self.now);
+            self.report.commits += 1;
+            self.ids.extend(ids);
+            self.step(0, Input::Head(p));
+        }
     }
 
     fn crash(&mut self, i: usize) {
