@@ -110,6 +110,16 @@ const FOUND: &[(u64, &str)] = &[
     (81, "a restarted backup whose stored claim named it waited for its allowance after the master died"),
     (90, "an entry lost on the way was never sent again once writes stopped"),
     (141, "a claim retry due while a claim write was in flight made the node spin"),
+    (
+        1001322,
+        "the checker took a backup misconfigured with the master's id for a takeover by gw-b",
+    ),
+    (
+        1068035,
+        "a backup restoring over data of its own took its heartbeat position (the data about to be \
+         replaced) as an acknowledgement on the master, and dropped the entries that followed the \
+         snapshot as duplicates",
+    ),
 ];
 
 #[test]

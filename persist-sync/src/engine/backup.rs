@@ -63,6 +63,19 @@ struct Restoring {
     queue: VecDeque<LogEntry>,
 }
 
+impl Restoring {
+    fn new() -> Restoring {
+        Restoring {
+            header: None,
+            rows: 0,
+            total: 0,
+            chunks_done: 0,
+            finishing: false,
+            queue: VecDeque::new(),
+        }
+    }
+}
+
 enum Step {
     Handshake(Box<Handshake>),
     /// Verifying the rows (`pending`), or waiting until `at` to do so.
@@ -246,10 +259,7 @@ impl BackupSide {
                     // A close during the handshake says something of its own
                     // (after our proof: the master rejected our secret).
                     if let Step::Handshake(hs) = &mut link.step {
-                        let mut unused = Vec::new();
-                        if let HandshakeStep::Failed(e) =
-                            hs.on_message(None, &mut unused, &|_| false)
-                        {
+                        if let HandshakeStep::Failed(e) = ctx.handshake(hs, conn, None) {
                             self.down(ctx, auth_end(e));
                             return;
                         }
@@ -382,13 +392,7 @@ impl BackupSide {
         // refusal: a master that answers must not be taken over from.
         ctx.events.push(PeerEvent::Alive);
         if let Step::Handshake(hs) = &mut link.step {
-            let mut send = Vec::new();
-            let nonces = &*ctx.nonces;
-            let step = hs.on_message(Some(msg), &mut send, &|n| nonces.is_own(n));
-            for m in send {
-                ctx.send(conn, m);
-            }
-            match step {
+            match ctx.handshake(hs, conn, Some(msg)) {
                 HandshakeStep::Continue => {}
                 HandshakeStep::Done(peer) => {
                     link.peer = Some(peer.node_id);
@@ -451,18 +455,8 @@ impl BackupSide {
             m @ (Message::RuntimeFull { .. }
             | Message::RuntimeUpdate { .. }
             | Message::RuntimeResend { .. }) => {
-                if let Some(rt) = ctx.runtime {
-                    match &m {
-                        Message::RuntimeResend { provider } => {
-                            rt.resend(&mut link.runtime, provider);
-                            self.flush_runtime(ctx);
-                        }
-                        _ => {
-                            if let Some(reply) = rt.incoming(&m) {
-                                ctx.send(conn, reply);
-                            }
-                        }
-                    }
+                if ctx.runtime_message(conn, &mut link.runtime, &m) {
+                    self.flush_runtime(ctx);
                 }
             }
             other => self.sync_frame(ctx, other),
@@ -523,14 +517,7 @@ impl BackupSide {
                     }
                     Plan::Snapshot { reason } => {
                         tracing::info!(?reason, "master sends a full snapshot");
-                        link.step = Step::Restoring(Restoring {
-                            header: None,
-                            rows: 0,
-                            total: 0,
-                            chunks_done: 0,
-                            finishing: false,
-                            queue: VecDeque::new(),
-                        });
+                        link.step = Step::Restoring(Restoring::new());
                         if let Some(force) = link.restart.take() {
                             self.start_round(ctx, force, None);
                         }
@@ -554,14 +541,7 @@ impl BackupSide {
                     ctx.store(Owner::Nobody, StoreOp::RestoreAbort);
                 }
                 link.round += 1;
-                *r = Restoring {
-                    header: None,
-                    rows: 0,
-                    total: 0,
-                    chunks_done: 0,
-                    finishing: false,
-                    queue: VecDeque::new(),
-                };
+                *r = Restoring::new();
                 self.snapshot_progress = None;
             }
             (
@@ -609,23 +589,24 @@ impl BackupSide {
                 ctx.store(Owner::Link { conn, round }, StoreOp::RestoreFinish);
             }
             (Step::Restoring(r), Message::Entries(entries)) if r.finishing => {
-                extend(&mut r.queue, self.position, entries);
+                // They follow the snapshot, not the data it replaces.
+                let base = r.header.as_ref().map_or(0, |h| h.position);
+                extend(&mut r.queue, base, entries);
             }
-            (Step::Streaming { queue, .. }, Message::Entries(entries)) => {
-                extend(queue, self.position, entries);
+            (Step::Streaming { queue, applying }, Message::Entries(entries)) => {
+                let added = extend(queue, self.position, entries);
+                if added == 0 && !*applying && queue.is_empty() {
+                    // Only what is here already (sent again because an
+                    // acknowledgement was lost): acknowledge it again.
+                    let position = self.position;
+                    ctx.send(conn, Message::Ack { position });
+                }
                 self.pump_apply(ctx);
             }
             (Step::Streaming { .. }, Message::SyncPlan(Plan::Snapshot { reason })) => {
                 tracing::info!(?reason, "master sends a full snapshot");
                 link.round += 1;
-                link.step = Step::Restoring(Restoring {
-                    header: None,
-                    rows: 0,
-                    total: 0,
-                    chunks_done: 0,
-                    finishing: false,
-                    queue: VecDeque::new(),
-                });
+                link.step = Step::Restoring(Restoring::new());
             }
             (_, other) => {
                 let kind = other.kind();
@@ -993,13 +974,16 @@ impl Link {
 }
 
 /// Queues entries after those already queued (or applied), dropping
-/// duplicates a faulty link delivered twice.
-fn extend(queue: &mut VecDeque<LogEntry>, applied: u64, entries: Vec<LogEntry>) {
+/// duplicates a faulty link delivered twice; returns how many it queued.
+fn extend(queue: &mut VecDeque<LogEntry>, applied: u64, entries: Vec<LogEntry>) -> usize {
     let mut last = queue.back().map_or(applied, |e| e.position);
+    let mut added = 0;
     for e in entries {
         if e.position > last {
             last = e.position;
             queue.push_back(e);
+            added += 1;
         }
     }
+    added
 }

@@ -199,8 +199,7 @@ impl MasterSide {
                     ..
                 }) = self.sessions.get_mut(&conn)
                 {
-                    let mut unused = Vec::new();
-                    if let HandshakeStep::Failed(e) = hs.on_message(None, &mut unused, &|_| false) {
+                    if let HandshakeStep::Failed(e) = ctx.handshake(hs, conn, None) {
                         why = auth_end(e);
                     }
                 }
@@ -358,13 +357,7 @@ impl MasterSide {
             return;
         };
         if let Phase::Handshake(hs) = &mut s.phase {
-            let mut send = Vec::new();
-            let nonces = &*ctx.nonces;
-            let step = hs.on_message(Some(msg), &mut send, &|n| nonces.is_own(n));
-            for m in send {
-                ctx.send(conn, m);
-            }
-            match step {
+            match ctx.handshake(hs, conn, Some(msg)) {
                 HandshakeStep::Continue => {}
                 HandshakeStep::Done(peer) => {
                     s.phase = Phase::AwaitRequest;
@@ -394,26 +387,9 @@ impl MasterSide {
                 role,
                 active,
             } => {
-                // The position a backup announces is durably applied: it
-                // acknowledges, so a lost Ack cannot hold a synchronous
-                // commit or the status back.
-                if matches!(s.phase, Phase::Streaming)
-                    && self.serving == Some(conn)
-                    && position < s.window.next()
-                    && position > s.window.acked()
-                    && s.window.on_ack(position)
-                {
-                    s.acked_at = now;
-                    self.acked = Some(position);
-                    ctx.out.push(Output::Acked {
-                        position,
-                        reset: false,
-                    });
-                    if position >= self.head {
-                        self.last_sync = Some(now);
-                    }
-                }
-                let s = self.sessions.get_mut(&conn).expect("session present");
+                // Not an acknowledgement: a backup restoring a snapshot still
+                // announces the position of the data it is about to replace.
+                let _ = position;
                 ctx.events.push(PeerEvent::Announced(PeerView {
                     node_id: s.peer.clone().unwrap_or_default(),
                     role,
@@ -484,7 +460,7 @@ impl MasterSide {
                     return;
                 }
                 if self.serving == Some(conn) {
-                    self.acked = Some(position);
+                    self.acked = Some(s.window.acked());
                     ctx.out.push(Output::Acked {
                         position,
                         reset: false,
@@ -532,18 +508,8 @@ impl MasterSide {
             m @ (Message::RuntimeFull { .. }
             | Message::RuntimeUpdate { .. }
             | Message::RuntimeResend { .. }) => {
-                if let Some(rt) = ctx.runtime {
-                    match &m {
-                        Message::RuntimeResend { provider } => {
-                            rt.resend(&mut s.runtime, provider);
-                            self.flush_runtime(ctx);
-                        }
-                        _ => {
-                            if let Some(reply) = rt.incoming(&m) {
-                                ctx.send(conn, reply);
-                            }
-                        }
-                    }
+                if ctx.runtime_message(conn, &mut s.runtime, &m) {
+                    self.flush_runtime(ctx);
                 }
             }
             other => {
@@ -1052,13 +1018,7 @@ impl MasterSide {
         };
         let conn = p.conn;
         if let Some(hs) = p.handshake.as_mut().filter(|_| p.peer.is_none()) {
-            let mut send = Vec::new();
-            let nonces = &*ctx.nonces;
-            let step = hs.on_message(Some(msg), &mut send, &|n| nonces.is_own(n));
-            for m in send {
-                ctx.send(conn, m);
-            }
-            match step {
+            match ctx.handshake(hs, conn, Some(msg)) {
                 HandshakeStep::Continue => {}
                 HandshakeStep::Done(peer) => {
                     p.peer = Some(peer.node_id);

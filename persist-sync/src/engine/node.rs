@@ -227,6 +227,44 @@ impl Ctx<'_> {
         n
     }
 
+    /// Feeds a handshake the next message (`None`: the link closed) and
+    /// sends what it queued.
+    pub fn handshake(
+        &mut self,
+        hs: &mut crate::auth::Handshake,
+        conn: ConnId,
+        msg: Option<Message>,
+    ) -> crate::auth::HandshakeStep {
+        let mut send = Vec::new();
+        let nonces = &*self.nonces;
+        let step = hs.on_message(msg, &mut send, &|n| nonces.is_own(n));
+        for m in send {
+            self.send(conn, m);
+        }
+        step
+    }
+
+    /// Handles a runtime state message from the peer on `conn`; true if
+    /// the peer asked for a full state (the caller flushes).
+    pub fn runtime_message(
+        &mut self,
+        conn: ConnId,
+        cursor: &mut crate::runtime_state::Cursor,
+        msg: &Message,
+    ) -> bool {
+        let Some(rt) = self.runtime else {
+            return false;
+        };
+        if let Message::RuntimeResend { provider } = msg {
+            rt.resend(cursor, provider);
+            return true;
+        }
+        if let Some(reply) = rt.incoming(msg) {
+            self.send(conn, reply);
+        }
+        false
+    }
+
     /// This node's heartbeat at `position`.
     pub fn heartbeat(&self, role: NodeRole, position: u64) -> Message {
         Message::Heartbeat {
@@ -380,45 +418,28 @@ impl NodeCore {
         if self.stopped {
             return out;
         }
-        let mut events = Vec::new();
-        let claim = self.claim().clone();
         let mut claim_result = None;
-        {
-            let mut ctx = Ctx {
-                now,
-                cfg: &self.cfg,
-                out: &mut out,
-                events: &mut events,
-                runtime: self.runtime.as_ref(),
-                nonces: &mut self.nonces,
-                nonce_source: &mut *self.nonce_source,
-                ops: &mut self.ops,
-                next_conn: &mut self.next_conn,
-                claim: &claim,
-            };
-            match input {
-                Input::Store { id, result } => {
-                    let owner = ctx.ops.owners.remove(&id).unwrap_or(Owner::Nobody);
-                    match owner {
-                        Owner::Link { conn, round } => match &mut self.side {
-                            Side::Master(m) => m.store_result(&mut ctx, conn, round, result),
-                            Side::Backup(b) => b.store_result(&mut ctx, conn, round, result),
-                        },
-                        Owner::Retain => {
-                            if let Side::Master(m) = &mut self.side {
-                                m.retained(&mut ctx, result);
-                            }
+        let events = self.with_ctx(now, &mut out, |side, ctx| match input {
+            Input::Store { id, result } => {
+                match ctx.ops.owners.remove(&id).unwrap_or(Owner::Nobody) {
+                    Owner::Link { conn, round } => match side {
+                        Side::Master(m) => m.store_result(ctx, conn, round, result),
+                        Side::Backup(b) => b.store_result(ctx, conn, round, result),
+                    },
+                    Owner::Retain => {
+                        if let Side::Master(m) = side {
+                            m.retained(ctx, result);
                         }
-                        Owner::Claim => claim_result = Some(result),
-                        Owner::Nobody => {}
                     }
+                    Owner::Claim => claim_result = Some(result),
+                    Owner::Nobody => {}
                 }
-                other => match &mut self.side {
-                    Side::Master(m) => m.input(&mut ctx, other),
-                    Side::Backup(b) => b.input(&mut ctx, other),
-                },
             }
-        }
+            other => match side {
+                Side::Master(m) => m.input(ctx, other),
+                Side::Backup(b) => b.input(ctx, other),
+            },
+        });
         if let Some(result) = claim_result {
             self.claim_written(now, result, &mut out);
         }
@@ -455,56 +476,41 @@ impl NodeCore {
             });
             return out;
         }
-        let mut events = Vec::new();
-        let claim = self.claim().clone();
         let mut effects = Vec::new();
-        let result = {
-            let mut ctx = Ctx {
-                now,
-                cfg: &self.cfg,
-                out: &mut out,
-                events: &mut events,
-                runtime: self.runtime.as_ref(),
-                nonces: &mut self.nonces,
-                nonce_source: &mut *self.nonce_source,
-                ops: &mut self.ops,
-                next_conn: &mut self.next_conn,
-                claim: &claim,
-            };
-            match command {
-                Command::Resync => {
-                    match &mut self.side {
-                        Side::Master(m) => m.resync(&mut ctx),
-                        Side::Backup(b) => b.resync(&mut ctx),
-                    }
-                    Ok(())
-                }
-                Command::Shutdown => {
-                    match &mut self.side {
-                        Side::Master(m) => m.shutdown(&mut ctx),
-                        Side::Backup(b) => b.shutdown(&mut ctx),
-                    }
-                    self.stopped = true;
-                    Ok(())
-                }
-                Command::Switchover => match (&mut self.machine, &self.side) {
-                    (Some(machine), Side::Master(m)) => machine
-                        .request_switchover(now, m.backup_progress())
-                        .map(|e| effects = e)
-                        .map_err(CommandError::from),
-                    (Some(_), Side::Backup(_)) => {
-                        Err(CommandError::Refused(RequestError::NotActiveMaster))
-                    }
-                    (None, _) => Err(CommandError::NoRedundancy),
-                },
-                Command::Handback => match &mut self.machine {
-                    Some(machine) => machine
-                        .request_handback()
-                        .map(|e| effects = e)
-                        .map_err(CommandError::from),
-                    None => Err(CommandError::NoRedundancy),
-                },
+        let mut events = Vec::new();
+        let result = match command {
+            Command::Resync => {
+                events = self.with_ctx(now, &mut out, |side, ctx| match side {
+                    Side::Master(m) => m.resync(ctx),
+                    Side::Backup(b) => b.resync(ctx),
+                });
+                Ok(())
             }
+            Command::Shutdown => {
+                events = self.with_ctx(now, &mut out, |side, ctx| match side {
+                    Side::Master(m) => m.shutdown(ctx),
+                    Side::Backup(b) => b.shutdown(ctx),
+                });
+                self.stopped = true;
+                Ok(())
+            }
+            Command::Switchover => match (&mut self.machine, &self.side) {
+                (Some(machine), Side::Master(m)) => machine
+                    .request_switchover(now, m.backup_progress())
+                    .map(|e| effects = e)
+                    .map_err(CommandError::from),
+                (Some(_), Side::Backup(_)) => {
+                    Err(CommandError::Refused(RequestError::NotActiveMaster))
+                }
+                (None, _) => Err(CommandError::NoRedundancy),
+            },
+            Command::Handback => match &mut self.machine {
+                Some(machine) => machine
+                    .request_handback()
+                    .map(|e| effects = e)
+                    .map_err(CommandError::from),
+                None => Err(CommandError::NoRedundancy),
+            },
         };
         out.push(Output::Reply { id, result });
         if self.stopped {
@@ -571,7 +577,7 @@ impl NodeCore {
             self.write_claim(c, out);
         }
         // Announce the new claim at once rather than at the next heartbeat.
-        self.with_ctx(now, out, |side, ctx| match side {
+        let _ = self.with_ctx(now, out, |side, ctx| match side {
             Side::Master(m) => m.announce(ctx),
             Side::Backup(b) => b.announce(ctx),
         });
@@ -592,12 +598,14 @@ impl NodeCore {
         });
     }
 
+    /// Runs `f` on the link side with a context over the rest of the core;
+    /// returns what the side learned about the peer.
     fn with_ctx(
         &mut self,
         now: Time,
         out: &mut Vec<Output>,
         f: impl FnOnce(&mut Side, &mut Ctx<'_>),
-    ) {
+    ) -> Vec<PeerEvent> {
         let mut events = Vec::new();
         let claim = self.claim().clone();
         let mut ctx = Ctx {
@@ -613,7 +621,7 @@ impl NodeCore {
             claim: &claim,
         };
         f(&mut self.side, &mut ctx);
-        debug_assert!(events.is_empty(), "announcing raises no peer events");
+        events
     }
 
     /// When the node wants an [`Input::Tick`] at the latest (`None`: only
