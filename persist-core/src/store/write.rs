@@ -85,22 +85,12 @@ pub(crate) fn run<T>(
 impl<'a> WriteTx<'a> {
     pub(crate) fn begin(w: &'a mut Writer, reg: &'a Registry) -> Result<WriteTx<'a>> {
         w.conn.begin_write()?;
-        Ok(WriteTx {
-            digest: w.digest,
-            capture: w.listeners.wants_rows(),
-            logging: true,
-            w,
-            reg,
-            body: BodyWriter::new(),
-            captured: Vec::new(),
-            scratch: Vec::new(),
-            head: None,
-            entry_epoch: None,
-            in_operation: false,
-            spoiled: None,
-            finished: false,
-            deleting: Vec::new(),
-        })
+        let (digest, capture) = (w.digest, w.listeners.wants_rows());
+        let mut tx = WriteTx::attach(w, reg, digest);
+        tx.capture = capture;
+        tx.logging = true;
+        tx.finished = false;
+        Ok(tx)
     }
 
     /// A view of a transaction the caller opened and will end itself (a

@@ -18,7 +18,6 @@ use super::{
 use crate::auth::{Handshake, HandshakeStep};
 use crate::clock::Time;
 use crate::protocol::{LinkRole, Message, NodeRole, Plan, RefuseReason, ResyncReason};
-use crate::redundancy::machine::PeerView;
 use crate::runtime_state::Cursor;
 use crate::worker::SyncConfig;
 
@@ -426,17 +425,8 @@ impl BackupSide {
                 active,
             } => {
                 self.master_position = position;
-                let view = PeerView {
-                    node_id: link.peer.clone().unwrap_or_default(),
-                    role,
-                    claim: persist_core::Claim {
-                        epoch,
-                        active,
-                        by: None,
-                    },
-                    caught_up: self.position >= position,
-                };
-                ctx.events.push(PeerEvent::Announced(view));
+                let peer = link.peer.clone().unwrap_or_default();
+                ctx.announced(peer, role, epoch, active, self.position >= position);
             }
             Message::Refused { reason } => {
                 self.refused = Some(reason.clone());

@@ -17,7 +17,7 @@ use crate::clock::Time;
 use crate::protocol::{
     LinkRole, Message, NodeRole, Plan, RefuseReason, ResyncReason, SnapshotTable,
 };
-use crate::redundancy::machine::{BackupProgress, PeerView};
+use crate::redundancy::machine::BackupProgress;
 use crate::runtime_state::Cursor;
 use crate::worker::SyncConfig;
 
@@ -390,16 +390,8 @@ impl MasterSide {
                 // Not an acknowledgement: a backup restoring a snapshot still
                 // announces the position of the data it is about to replace.
                 let _ = position;
-                ctx.events.push(PeerEvent::Announced(PeerView {
-                    node_id: s.peer.clone().unwrap_or_default(),
-                    role,
-                    claim: persist_core::Claim {
-                        epoch,
-                        active,
-                        by: None,
-                    },
-                    caught_up: false,
-                }));
+                let peer = s.peer.clone().unwrap_or_default();
+                ctx.announced(peer, role, epoch, active, false);
             }
             Message::SyncRequest {
                 schema,

@@ -265,6 +265,28 @@ impl Ctx<'_> {
         false
     }
 
+    /// The peer announced its claim in a heartbeat (which does not say who
+    /// made it: the receiver credits the sender if it adopts it).
+    pub fn announced(
+        &mut self,
+        node_id: String,
+        role: NodeRole,
+        epoch: u64,
+        active: Option<String>,
+        caught_up: bool,
+    ) {
+        self.events.push(PeerEvent::Announced(PeerView {
+            node_id,
+            role,
+            claim: Claim {
+                epoch,
+                active,
+                by: None,
+            },
+            caught_up,
+        }));
+    }
+
     /// This node's heartbeat at `position`.
     pub fn heartbeat(&self, role: NodeRole, position: u64) -> Message {
         Message::Heartbeat {

@@ -81,29 +81,18 @@ pub(crate) fn start<L: Link>(
     let (authenticated, mut auth) = watch::channel(false);
     let to_node = events.clone();
     let writer = tokio::spawn(async move {
-        while let Some(frame) = queue.recv().await {
-            if let Err(e) = sink.send(frame).await {
-                let _ = to_node
-                    .send(Input::Closed {
-                        conn,
-                        error: Some(e.to_string()),
-                    })
-                    .await;
-                return;
-            }
-            let mut frames = 1;
-            // Report what left in one go when more was queued.
-            while let Ok(frame) = queue.try_recv() {
+        while let Some(first) = queue.recv().await {
+            // Send what is queued, then report it in one go.
+            let mut frames = 0;
+            let mut next = Some(first);
+            while let Some(frame) = next {
                 if let Err(e) = sink.send(frame).await {
-                    let _ = to_node
-                        .send(Input::Closed {
-                            conn,
-                            error: Some(e.to_string()),
-                        })
-                        .await;
+                    let error = Some(e.to_string());
+                    let _ = to_node.send(Input::Closed { conn, error }).await;
                     return;
                 }
                 frames += 1;
+                next = queue.try_recv().ok();
             }
             if to_node.send(Input::Sent { conn, frames }).await.is_err() {
                 return;

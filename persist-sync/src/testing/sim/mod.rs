@@ -698,34 +698,27 @@ impl World {
             let line = format!("{} <- {}", self.nodes[i].name(), short_input(&input));
             self.log(line);
         }
-        let Some(r) = &mut self.nodes[i].running else {
-            return;
-        };
-        let before = r.core.machine().map(|m| m.claim().clone());
-        let outputs = r.core.step(now, input);
-        let after = r.core.machine().map(|m| m.claim().clone());
-        if before != after {
-            if let Some(c) = &after {
-                let id = self.nodes[i].config.node_id.clone();
-                self.check.claimed(i, &id, c, now);
-            }
-        }
-        self.carry_out(i, outputs);
-        self.reschedule(i);
+        self.drive(i, |core| core.step(now, input));
     }
 
     fn command(&mut self, i: usize, command: Command) {
         let now = self.now;
+        self.drive(i, |core| core.command(now, 1, command));
+    }
+
+    /// Runs `f` on node `i`'s core, notes a claim it made or adopted, and
+    /// carries out what it answered.
+    fn drive(&mut self, i: usize, f: impl FnOnce(&mut crate::engine::NodeCore) -> Vec<Output>) {
         let Some(r) = &mut self.nodes[i].running else {
             return;
         };
         let before = r.core.machine().map(|m| m.claim().clone());
-        let outputs = r.core.command(now, 1, command);
+        let outputs = f(&mut r.core);
         let after = r.core.machine().map(|m| m.claim().clone());
         if before != after {
             if let Some(c) = &after {
                 let id = self.nodes[i].config.node_id.clone();
-                self.check.claimed(i, &id, c, now);
+                self.check.claimed(i, &id, c, self.now);
             }
         }
         self.carry_out(i, outputs);

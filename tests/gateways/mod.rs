@@ -1,0 +1,167 @@
+//! `gateway` processes for the process-level tests: TOML files for a pair,
+//! start, signal and kill them, and read their operator surface.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
+pub const TOKEN: &str = "operator token for the test pair";
+
+pub struct Proc(pub Child);
+
+impl Proc {
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{name}"), &self.0.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.signal("CONT");
+        self.kill();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Timers of the gateway pairs below.
+pub const GW_FAILOVER_MS: u64 = 600;
+pub const GW_HEARTBEAT_MS: u64 = 60;
+
+/// Writes `<id>.toml` in `dir`; `link` holds the `[link]` lines besides the secret.
+pub fn gateway_config(dir: &Path, id: &str, role: &str, link: &str, status: u16) {
+    std::fs::write(dir.join("pair.secret"), "a secret shared by both gateways").unwrap();
+    std::fs::write(dir.join("operator.token"), TOKEN).unwrap();
+    std::fs::write(
+        dir.join(format!("{id}.toml")),
+        format!(
+            r#"[node]
+id = "{id}"
+role = "{role}"
+cluster = "test-plant"
+
+[link]
+{link}
+secret_file = "pair.secret"
+
+[redundancy]
+failover_timeout_ms = {GW_FAILOVER_MS}
+heartbeat_ms = {GW_HEARTBEAT_MS}
+startup_allowance_ms = 1500
+
+[database]
+sqlite = "{id}.db"
+
+[status]
+listen = "127.0.0.1:{status}"
+operator_token_file = "operator.token"
+"#
+        ),
+    )
+    .unwrap();
+}
+
+/// A master gw-a and a backup gw-b; returns (link port, status a, status b).
+pub fn gateway_pair(dir: &Path) -> (u16, u16, u16) {
+    let (link, sa, sb) = (free_port(), free_port(), free_port());
+    gateway_config(
+        dir,
+        "gw-a",
+        "master",
+        &format!("listen = \"127.0.0.1:{link}\""),
+        sa,
+    );
+    gateway_config(
+        dir,
+        "gw-b",
+        "backup",
+        &format!("peer = \"127.0.0.1:{link}\""),
+        sb,
+    );
+    (link, sa, sb)
+}
+
+pub fn start(dir: &Path, id: &str) -> Proc {
+    Proc(
+        Command::new(GATEWAY)
+            .arg(dir.join(format!("{id}.toml")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+pub fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .into()
+}
+
+pub fn get(port: u16, path: &str, timeout: Duration) -> Option<String> {
+    let mut r = agent(timeout)
+        .get(&format!("http://127.0.0.1:{port}{path}"))
+        .call()
+        .ok()?;
+    r.body_mut().read_to_string().ok()
+}
+
+pub fn state_within(port: u16, timeout: Duration) -> Option<serde_json::Value> {
+    serde_json::from_str(&get(port, "/state", timeout)?).ok()
+}
+
+pub fn state(port: u16) -> Option<serde_json::Value> {
+    state_within(port, Duration::from_secs(2))
+}
+
+pub fn activity(port: u16) -> Option<String> {
+    state(port).and_then(|s| s["activity"].as_str().map(str::to_owned))
+}
+
+pub fn post(port: u16, path: &str) -> (u16, String) {
+    let mut r = agent(Duration::from_secs(5))
+        .post(&format!("http://127.0.0.1:{port}{path}"))
+        .header("Authorization", &format!("Bearer {TOKEN}"))
+        .send_empty()
+        .unwrap();
+    (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+}
+
+pub fn until(what: &str, limit: Duration, f: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn running_gateway_pair(dir: &Path) -> (Proc, Proc, u16, u16) {
+    let (_, sa, sb) = gateway_pair(dir);
+    let a = start(dir, "gw-a");
+    let b = start(dir, "gw-b");
+    until("gw-a active", Duration::from_secs(30), || {
+        activity(sa).as_deref() == Some("Active")
+    });
+    until("gw-b cold", Duration::from_secs(30), || {
+        activity(sb).as_deref() == Some("Cold")
+    });
+    (a, b, sa, sb)
+}
