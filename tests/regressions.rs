@@ -26,7 +26,7 @@ use persist::sync::redundancy::{
     start_backup_node, start_master_node, ActivityLevel, NodeBuilder, NodeHandle, NodeRole,
 };
 use persist::sync::testing::memory::{Direction, MemoryNetwork, Verdict};
-use persist::sync::transport::tcp::TcpAcceptor;
+use persist::sync::transport::tcp::{TcpAcceptor, TcpDialer};
 use persist::{Store, StoreConfig};
 
 /// The pair's timers (see `pair::settings`).
@@ -670,5 +670,67 @@ fn a_watch_subscriber_sees_the_master_step_down_between_two_active_epochs() {
             );
         }
         drop((m, b));
+    });
+}
+
+// ---------------------------------------------------------------------------
+// 14. A hello that is waiting when the master accepts the link.
+
+/// A backup whose connection sat in the master's accept backlog, its hello
+/// already sent, is authenticated as soon as the master accepts it (the old
+/// driver handed the link's first frame to the node before the link itself,
+/// so the hello was dropped and both ends waited out the handshake timeout:
+/// 4.9 s of both nodes Active in the process test of item 7). On a
+/// current-thread runtime the old order is deterministic: the link's reader
+/// runs before the node task sees the accepted link.
+#[test]
+fn a_hello_waiting_in_the_accept_backlog_is_heard() {
+    bounded("waiting hello", Duration::from_secs(60), |_| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (fm, fb) = (Fixture::sqlite(), Fixture::sqlite());
+        rt.block_on(async {
+            // Longer than the test waits: only hearing the hello connects.
+            let patient = |node: &str| {
+                let mut c = sync(node);
+                c.handshake_timeout = Duration::from_secs(30);
+                c
+            };
+            let acceptor = TcpAcceptor::bind("127.0.0.1:0", None).await.unwrap();
+            let addr = acceptor.local_socket_addr().to_string();
+            let b = start_backup_node(
+                store(&fb),
+                settings(NodeRole::Backup, "gw-b"),
+                TcpDialer::new(addr, None),
+                patient("gw-b"),
+            )
+            .unwrap();
+            // The backup's connection completes in the backlog and its hello
+            // is sent before anyone accepts it.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let m = start_master_node(
+                store(&fm),
+                settings(NodeRole::Master, "gw-a"),
+                acceptor,
+                patient("gw-a"),
+            )
+            .unwrap();
+            let start = Instant::now();
+            while !(b.state().peer_connected && m.state().peer_connected) {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "{:?} after the master started, the backup whose hello was waiting is \
+                     still not connected: backup {:?}, master {:?}",
+                    start.elapsed(),
+                    b.state(),
+                    m.state()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            b.shutdown().await;
+            m.shutdown().await;
+        });
     });
 }

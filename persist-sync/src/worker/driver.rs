@@ -190,6 +190,7 @@ impl<A: Acceptor, D: Dialer, P: Dialer> Driver<A, D, P> {
                 self.core.step(self.clock.now(), Input::Store { id, result })
             }
             Some((conn, handle)) = accepted.recv() => {
+                handle.registered();
                 io.links.insert(conn, handle);
                 self.core.step(self.clock.now(), Input::Accepted { conn })
             }
@@ -197,6 +198,7 @@ impl<A: Acceptor, D: Dialer, P: Dialer> Driver<A, D, P> {
                 io.dials.remove(&conn);
                 let input = match r {
                     Ok(handle) => {
+                        handle.registered();
                         io.links.insert(conn, handle);
                         Input::Dialed { conn }
                     }

@@ -27,10 +27,24 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// How far the node has taken a link; the reader follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    /// The node task has not been handed the link yet: nothing the reader
+    /// sees may reach the node before the link does (a hello already waiting
+    /// when the link was accepted would reach a node that does not know the
+    /// link, and be dropped).
+    Unregistered,
+    /// The node knows the link; the peer is not authenticated yet.
+    Handshake,
+    /// The peer authenticated: full frame limits.
+    Authenticated,
+}
+
 /// The node's end of a link.
 pub(crate) struct LinkHandle {
     frames: mpsc::UnboundedSender<Vec<u8>>,
-    authenticated: watch::Sender<bool>,
+    phase: watch::Sender<Phase>,
     reader: AbortOnDrop<()>,
     writer: Option<JoinHandle<()>>,
 }
@@ -41,9 +55,20 @@ impl LinkHandle {
         let _ = self.frames.send(frame);
     }
 
+    /// The node task holds the link: what the reader sees goes to the node
+    /// from now on. Called before the node is told of the link, by the task
+    /// that tells it, so the link comes first.
+    pub fn registered(&self) {
+        self.phase.send_if_modified(|p| {
+            let was = *p;
+            *p = (*p).max(Phase::Handshake);
+            *p != was
+        });
+    }
+
     /// The peer authenticated: full frame limits from now on.
     pub fn authenticated(&self) {
-        self.authenticated.send_replace(true);
+        self.phase.send_replace(Phase::Authenticated);
     }
 
     /// Closes the link: the reader stops now, the writer sends what it was
@@ -69,7 +94,8 @@ impl Drop for LinkHandle {
     }
 }
 
-/// Starts the reader and writer of `link`; what they see goes to `events`.
+/// Starts the reader and writer of `link`; what they see goes to `events`
+/// once the node task has the handle ([`LinkHandle::registered`]).
 pub(crate) fn start<L: Link>(
     link: L,
     conn: ConnId,
@@ -78,7 +104,7 @@ pub(crate) fn start<L: Link>(
 ) -> LinkHandle {
     let (mut sink, mut source) = link.split();
     let (frames, mut queue) = mpsc::unbounded_channel::<Vec<u8>>();
-    let (authenticated, mut auth) = watch::channel(false);
+    let (phase, mut seen) = watch::channel(Phase::Unregistered);
     let to_node = events.clone();
     let writer = tokio::spawn(async move {
         while let Some(first) = queue.recv().await {
@@ -101,16 +127,19 @@ pub(crate) fn start<L: Link>(
         let _ = sink.close().await;
     });
     let reader = tokio::spawn(async move {
+        if seen.wait_for(|p| *p >= Phase::Handshake).await.is_err() {
+            return;
+        }
         let mut read = 0usize;
         loop {
-            if read >= PRE_AUTH_FRAMES && !*auth.borrow() {
+            if read >= PRE_AUTH_FRAMES && *seen.borrow() != Phase::Authenticated {
                 // The peer's hello and proof are in: wait for the verdict
                 // before reading anything larger from it.
-                if auth.wait_for(|a| *a).await.is_err() {
+                if seen.wait_for(|p| *p == Phase::Authenticated).await.is_err() {
                     return;
                 }
             }
-            let lim = if *auth.borrow() {
+            let lim = if *seen.borrow() == Phase::Authenticated {
                 limits
             } else {
                 Limits::handshake()
@@ -143,7 +172,7 @@ pub(crate) fn start<L: Link>(
     });
     LinkHandle {
         frames,
-        authenticated,
+        phase,
         reader: AbortOnDrop(reader),
         writer: Some(writer),
     }
