@@ -11,7 +11,7 @@ use conformance::Fixture;
 use pair::{settings, sync};
 use persist::sync::redundancy::{
     start_backup_node, start_master_node, ActivityLevel, NodeBuilder, NodeHandle, NodeRole,
-    RedundancySettings,
+    RedundancySettings, RedundancyState,
 };
 use persist::sync::testing::memory::MemoryNetwork;
 use persist::{Error, Store};
@@ -23,9 +23,17 @@ fn store(fx: &Fixture) -> Store {
 }
 
 async fn until(what: &str, node: &NodeHandle, ok: impl Fn(ActivityLevel) -> bool) -> Duration {
+    until_state(what, node, |s| ok(s.activity)).await
+}
+
+async fn until_state(
+    what: &str,
+    node: &NodeHandle,
+    ok: impl Fn(&RedundancyState) -> bool,
+) -> Duration {
     let t = Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !ok(node.state().activity) {
+    while !ok(&node.state()) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{what}: state stayed {:?}",
@@ -51,6 +59,12 @@ async fn pair(
     .unwrap();
     let b = start_backup_node(store(fb), backup, net.dialer("gw-a"), sync("gw-b")).unwrap();
     until("master active", &m, |a| a == ActivityLevel::Active).await;
+    // A backup starts Cold, so seeing it Cold says nothing: the pair is up
+    // once the master serves it and it holds the master's head.
+    until_state("master serves the backup", &m, |s| {
+        s.peer_connected && s.pending_updates == 0
+    })
+    .await;
     until("backup cold", &b, |a| a == ActivityLevel::Cold).await;
     (m, b)
 }
