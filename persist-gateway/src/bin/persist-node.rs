@@ -228,6 +228,15 @@ fn open(
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     persist::sync::panic::exit_on_panic();
+    // Log lines on stderr (stdout carries the event lines tests read);
+    // RUST_LOG picks the level, warnings and errors by default.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -3,25 +3,31 @@
 
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const GATEWAY: &str = env!("CARGO_BIN_EXE_gateway");
 pub const TOKEN: &str = "operator token for the test pair";
 
-pub struct Proc(pub Child);
+/// A running gateway; what it writes goes to `<dir>/<id>.log` (appended
+/// across restarts), printed when a test fails while the process is held.
+pub struct Proc {
+    pub child: Child,
+    log: PathBuf,
+}
 
 impl Proc {
     pub fn signal(&self, name: &str) {
         let _ = Command::new("kill")
-            .args([&format!("-{name}"), &self.0.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .stderr(Stdio::null())
             .status();
     }
     pub fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -29,7 +35,28 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.signal("CONT");
         self.kill();
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(80)..];
+            eprintln!(
+                "--- {} (last {} lines) ---\n{}",
+                self.log.display(),
+                tail.len(),
+                tail.join("\n")
+            );
+        }
     }
+}
+
+fn log_file(dir: &Path, id: &str) -> (std::fs::File, PathBuf) {
+    let path = dir.join(format!("{id}.log"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    (file, path)
 }
 
 pub fn free_port() -> u16 {
@@ -98,14 +125,37 @@ pub fn gateway_pair(dir: &Path) -> (u16, u16, u16) {
 }
 
 pub fn start(dir: &Path, id: &str) -> Proc {
-    Proc(
-        Command::new(GATEWAY)
-            .arg(dir.join(format!("{id}.toml")))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+    let (file, log) = log_file(dir, id);
+    let child = Command::new(GATEWAY)
+        .arg(dir.join(format!("{id}.toml")))
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    Proc { child, log }
+}
+
+/// Starts `<id>` and hands its stdout lines over a channel (and to the log).
+pub fn start_with_lines(dir: &Path, id: &str) -> (Proc, std::sync::mpsc::Receiver<String>) {
+    let (mut file, log) = log_file(dir, id);
+    let mut child = Command::new(GATEWAY)
+        .arg(dir.join(format!("{id}.toml")))
+        .stdout(Stdio::piped())
+        .stderr(file.try_clone().unwrap())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            let _ = writeln!(file, "{line}");
+            // Keep draining after the receiver is gone: a full pipe would
+            // block the gateway's stdout.
+            let _ = tx.send(line);
+        }
+    });
+    (Proc { child, log }, rx)
 }
 
 pub fn agent(timeout: Duration) -> ureq::Agent {

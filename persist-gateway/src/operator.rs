@@ -15,7 +15,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use persist_sync::redundancy::{ActivityLevel, NodeHandle, NodeRole};
+use persist::sync::redundancy::{ActivityLevel, NodeHandle, NodeRole};
 use serde::Serialize;
 
 /// Shortest operator token accepted.

@@ -6,7 +6,7 @@
 mod gateways;
 mod nodes;
 
-#[path = "../examples/common/module.rs"]
+#[path = "../../examples/common/module.rs"]
 mod module;
 
 use std::io::Read;
@@ -323,27 +323,6 @@ fn start_master(pair: &Pair, listen: Option<&str>, allowance_ms: u64) -> (Node, 
 
 /// Starts a gateway whose stdout lines ("gw-a: Active (epoch 3, active node
 /// gw-a)", one per activity or epoch the module is told) come on a channel.
-fn start_with_lines(dir: &Path, id: &str) -> (Proc, std::sync::mpsc::Receiver<String>) {
-    use std::io::BufRead;
-    let mut child = Command::new(GATEWAY)
-        .arg(dir.join(format!("{id}.toml")))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (Proc(child), rx)
-}
-
 /// "gw-a: Active (epoch 3, active node gw-a)" -> ("Active", 3).
 fn gateway_activity(line: &str) -> Option<(String, u64)> {
     let (_, rest) = line.split_once(": ")?;

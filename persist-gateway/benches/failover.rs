@@ -1,6 +1,6 @@
 //! Failover benchmark with real processes (`persist-node` on loopback TCP).
 //!
-//! `cargo bench --bench failover` runs: failover time from SIGKILL of the
+//! `cargo bench -p persist-gateway --bench failover` runs: failover time from SIGKILL of the
 //! master to the backup reporting Active, over `PERSIST_FAILOVER_TRIALS`
 //! trials (default 20) each with a 1,000 ms and a 300 ms failover timeout and
 //! a 100 ms heartbeat (min / median / max); then a sustained full-load run of

@@ -1,7 +1,7 @@
 //! Replication benchmark: master and backup on loopback TCP, SQLite on both.
 //!
-//! `cargo bench --bench replication` runs every case; name cases to run some:
-//! `cargo bench --bench replication -- lag resync`. Sizes: `PERSIST_BENCH_ROWS`
+//! `cargo bench -p persist-gateway --bench replication` runs every case; name cases to run some:
+//! `cargo bench -p persist-gateway --bench replication -- lag resync`. Sizes: `PERSIST_BENCH_ROWS`
 //! (default 1,000,000), `PERSIST_BENCH_LAG_COMMITS` (default 5,000),
 //! `PERSIST_BENCH_CATCHUP_TXS` (default 100,000).
 //!

@@ -1,7 +1,9 @@
 //! The operator surface over real HTTP: state, metrics, status page, and
 //! actions that need the operator token.
 
+#[path = "../../tests/conformance/mod.rs"]
 mod conformance;
+#[path = "../../tests/pair/mod.rs"]
 mod pair;
 
 use std::sync::Arc;
@@ -20,7 +22,7 @@ const TOKEN: &str = "operator token of the pair";
 async fn serve(node: Arc<NodeHandle>, id: &str) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(persist::operator::serve(
+    tokio::spawn(persist_gateway::operator::serve(
         listener,
         id.to_owned(),
         node,

@@ -1,6 +1,6 @@
 //! `gateway`: one node of a redundant pair, from a TOML config file.
 //!
-//! `cargo run --release --bin gateway -- gw-a.toml`
+//! `cargo run --release -p persist-gateway --bin gateway -- gw-a.toml`
 //!
 //! Runs the sample module of `examples/common/module.rs` on the node, the
 //! redundancy runtime, and the operator surface (state, metrics, status page,
@@ -35,7 +35,7 @@
 //! operator_token_file = "operator.token"
 //! ```
 
-#[path = "../../examples/common/module.rs"]
+#[path = "../../../examples/common/module.rs"]
 mod module;
 
 use std::path::{Path, PathBuf};
@@ -312,7 +312,7 @@ async fn run(config_path: PathBuf) -> Result<()> {
         cfg.node.id,
         status.local_addr()?
     );
-    tokio::spawn(persist::operator::serve(
+    tokio::spawn(persist_gateway::operator::serve(
         status,
         cfg.node.id.clone(),
         node.clone(),

@@ -6,15 +6,19 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const NODE: &str = env!("CARGO_BIN_EXE_persist-node");
+/// How many of a node's last log lines a failing test prints.
+const LOG_LINES: usize = 200;
 
 pub struct Node {
     pub child: Child,
     pub lines: mpsc::Receiver<String>,
     stdin: Option<ChildStdin>,
+    /// The node's log lines (stderr), printed when a test fails holding it.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Node {
@@ -23,9 +27,22 @@ impl Node {
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start persist-node");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let keep = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut log = keep.lock().unwrap_or_else(|p| p.into_inner());
+                if log.len() == LOG_LINES {
+                    log.remove(0);
+                }
+                log.push(line);
+            }
+        });
         let stdin = child.stdin.take();
         let stdout: ChildStdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
@@ -41,6 +58,7 @@ impl Node {
             child,
             lines,
             stdin,
+            log,
         }
     }
 
@@ -104,6 +122,15 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+            eprintln!(
+                "--- persist-node {} log (last {} lines) ---\n{}",
+                self.child.id(),
+                log.len(),
+                log.join("\n")
+            );
+        }
     }
 }
 

@@ -1,0 +1,9 @@
+//! The gateway host of persist: what runs a node and its modules.
+//!
+//! - [`operator`]: the operator surface over HTTP (state, metrics, status
+//!   page, token-protected actions).
+//! - The `gateway` program (`src/bin/gateway.rs`): one node from a TOML file.
+//! - The `persist-node` program (`src/bin/persist-node.rs`): a minimal node
+//!   for process-level tests and benchmarks.
+
+pub mod operator;
