@@ -14,6 +14,8 @@ pub use chrono;
 /// with (a module that follows `NodeHandle::watch` uses its `sync::watch`).
 pub use tokio;
 
+pub mod module;
+
 /// The names a module usually needs: `use persist::prelude::*;`.
 pub mod prelude {
     pub use persist_core::{FieldType, PersistentEnum as _, PersistentRecord as _};

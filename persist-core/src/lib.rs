@@ -38,6 +38,7 @@ pub use backend::Dialect;
 pub use listen::{RecordEvent, Subscription};
 pub use log::LogEntry;
 pub use store::{
-    Applied, Claim, HistoryItem, LogHead, Query, ReplicatedOperation, Restore, Snapshot,
-    SnapshotHeader, SnapshotTableInfo, Store, StoreConfig, Verification, WriteTx,
+    schema_fingerprint_of, with_dependencies, Applied, Claim, HistoryItem, LogHead, Query,
+    ReplicatedOperation, Restore, Snapshot, SnapshotHeader, SnapshotTableInfo, Store, StoreConfig,
+    Verification, WriteTx,
 };

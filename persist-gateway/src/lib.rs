@@ -1,9 +1,19 @@
-//! The gateway host of persist: what runs a node and its modules.
+//! The gateway host of persist: runs [modules](persist::module) on one node
+//! of a redundant pair.
 //!
-//! - [`operator`]: the operator surface over HTTP (state, metrics, status
-//!   page, token-protected actions).
-//! - The `gateway` program (`src/bin/gateway.rs`): one node from a TOML file.
-//! - The `persist-node` program (`src/bin/persist-node.rs`): a minimal node
-//!   for process-level tests and benchmarks.
+//! A module author writes the module against `persist` alone; a gateway
+//! program is a `main` of one line ([`main`]) or a [`Gateway`] built from a
+//! TOML file ([`config`]). The host opens the store, registers the modules,
+//! starts the node, follows its activity on the modules' behalf, serves the
+//! operator surface ([`operator`]) with a node-local [`audit`] log, logs
+//! with `tracing` ([`logging`]), and shuts down in order on SIGTERM and
+//! SIGINT.
 
+pub mod audit;
+pub mod config;
+mod host;
+pub mod logging;
 pub mod operator;
+
+pub use config::{Config, ConfigError};
+pub use host::{main, Gateway, GatewayError, RunningGateway, HISTORY_FLUSH};

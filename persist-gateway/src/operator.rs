@@ -15,16 +15,34 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use persist::module::ModuleManifest;
 use persist::sync::redundancy::{ActivityLevel, NodeHandle, NodeRole};
 use serde::Serialize;
 
-/// Shortest operator token accepted.
-pub const MIN_TOKEN_LEN: usize = 16;
+use crate::audit::{token_id, AuditEntry, AuditLog};
+pub use crate::config::MIN_TOKEN_LEN;
 
 struct Shared {
     node_id: String,
     node: Arc<NodeHandle>,
     token: String,
+    audit: Option<Arc<AuditLog>>,
+    modules: Vec<ModuleManifest>,
+}
+
+/// What the operator surface serves: a node, its operator token, and
+/// optionally its audit log and modules.
+pub struct Surface {
+    /// The node's id.
+    pub node_id: String,
+    /// The node.
+    pub node: Arc<NodeHandle>,
+    /// The operator token (at least [`MIN_TOKEN_LEN`] characters).
+    pub token: String,
+    /// Where operator actions are recorded (`GET /audit`).
+    pub audit: Option<Arc<AuditLog>>,
+    /// The modules the node runs, shown on `/state` and the status page.
+    pub modules: Vec<ModuleManifest>,
 }
 
 /// The state as served at `GET /state`.
@@ -66,6 +84,8 @@ pub struct StateView {
     pub runtime_queued: usize,
     /// Changes of activity, epoch or active node since the node started.
     pub transitions: u64,
+    /// The modules this node runs (name and version).
+    pub modules: Vec<String>,
 }
 
 /// Builds the state view of a node.
@@ -106,7 +126,18 @@ pub fn view(node_id: &str, node: &NodeHandle) -> StateView {
             .unwrap_or_default(),
         runtime_queued: node.runtime().map_or(0, |r| r.queued()),
         transitions: s.transitions,
+        modules: Vec::new(),
     }
+}
+
+fn view_of(s: &Shared) -> StateView {
+    let mut v = view(&s.node_id, &s.node);
+    v.modules = s
+        .modules
+        .iter()
+        .map(|m| format!("{} {}", m.name, m.version))
+        .collect();
+    v
 }
 
 fn activity_number(a: &str) -> u8 {
@@ -211,8 +242,8 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// The human status page.
-pub fn page(v: &StateView) -> String {
+/// The human status page, with the most recent audit entries.
+pub fn page(v: &StateView, audit: &[AuditEntry]) -> String {
     let color = match v.activity.as_str() {
         "Active" => "#1b7f3b",
         "Warm" => "#b7791f",
@@ -237,6 +268,7 @@ th{{color:#4a5568;font-weight:500}} .err{{color:#c53030}}
 <p>Active node: <b>{active}</b> · epoch {epoch} · peer {peer}</p>
 <table>{rows}</table>
 {err}
+{audit}
 <p style="color:#718096">Operator actions: POST /actions/resync, /actions/failover, /actions/handback with the operator token. Refreshes every 2 s.</p>
 </body></html>"#,
         id = esc(&v.node_id),
@@ -257,8 +289,17 @@ th{{color:#4a5568;font-weight:500}} .err{{color:#c53030}}
             row("full resyncs", v.resyncs.to_string()),
             row("snapshot in progress", progress),
             row("digest", v.digest.clone()),
+            row(
+                "modules",
+                if v.modules.is_empty() {
+                    "-".into()
+                } else {
+                    v.modules.join(", ")
+                },
+            ),
         ]
         .join(""),
+        audit = audit_table(audit),
         err = v
             .last_error
             .as_deref()
@@ -267,17 +308,68 @@ th{{color:#4a5568;font-weight:500}} .err{{color:#c53030}}
     )
 }
 
-fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
+/// The last audit entries, newest first, as a table.
+fn audit_table(audit: &[AuditEntry]) -> String {
+    if audit.is_empty() {
+        return String::new();
+    }
+    let rows: String = audit
+        .iter()
+        .rev()
+        .take(10)
+        .map(|e| {
+            format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td></tr>",
+                ago(e.at_ms),
+                esc(&e.who),
+                esc(&e.action),
+                if e.ok { "" } else { "err" },
+                esc(&e.result)
+            )
+        })
+        .collect();
+    format!("<h2>Operator actions</h2><table><tr><th>when</th><th>who</th><th>what</th><th>result</th></tr>{rows}</table>")
+}
+
+/// Who is asking: the token's fingerprint when it is the operator token,
+/// otherwise why not.
+fn caller(shared: &Shared, headers: &HeaderMap) -> Result<String, &'static str> {
     let Some(given) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
     else {
-        return false;
+        return Err("no token");
     };
     // Constant-time comparison: the token's content must not leak through timing.
     let (a, b) = (given.as_bytes(), shared.token.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    if a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0 {
+        Ok(token_id(&shared.token))
+    } else {
+        Err("a wrong token")
+    }
+}
+
+/// Runs an operator action: checks the token, records who asked what and
+/// what came of it in the audit log.
+async fn audited<F>(s: &Shared, headers: &HeaderMap, what: &str, run: F) -> Response
+where
+    F: std::future::Future<Output = (bool, String)>,
+{
+    let who = match caller(s, headers) {
+        Ok(who) => who,
+        Err(why) => {
+            if let Some(a) = &s.audit {
+                a.record(why, what, false, "refused: operator token required");
+            }
+            return denied();
+        }
+    };
+    let (ok, message) = run.await;
+    if let Some(a) = &s.audit {
+        a.record(&who, what, ok, &message);
+    }
+    action(ok, message)
 }
 
 #[derive(Serialize)]
@@ -314,78 +406,118 @@ fn denied() -> Response {
 }
 
 async fn state(State(s): State<Arc<Shared>>) -> Json<StateView> {
-    Json(view(&s.node_id, &s.node))
+    Json(view_of(&s))
+}
+
+async fn audit(State(s): State<Arc<Shared>>) -> Json<Vec<AuditEntry>> {
+    Json(s.audit.as_ref().map(|a| a.recent()).unwrap_or_default())
 }
 
 async fn prometheus(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics(&view(&s.node_id, &s.node)),
+        metrics(&view_of(&s)),
     )
 }
 
 async fn status_page(State(s): State<Arc<Shared>>) -> Html<String> {
-    Html(page(&view(&s.node_id, &s.node)))
+    let audit = s.audit.as_ref().map(|a| a.recent()).unwrap_or_default();
+    Html(page(&view_of(&s), &audit))
 }
 
 async fn resync(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if !authorized(&s, &headers) {
-        return denied();
-    }
-    if let Some(b) = s.node.backup() {
-        b.request_resync();
-        action(true, "full resync requested from the master")
-    } else if let Some(m) = s.node.master() {
-        m.request_resync();
-        action(true, "full resync of the connected backup started")
-    } else {
-        action(false, "no sync link on this node")
-    }
+    audited(&s, &headers, "POST /actions/resync", async {
+        if let Some(b) = s.node.backup() {
+            b.request_resync();
+            (true, "full resync requested from the master".to_owned())
+        } else if let Some(m) = s.node.master() {
+            if s.node.state().peer_connected {
+                m.request_resync();
+                (
+                    true,
+                    "full resync of the connected backup started".to_owned(),
+                )
+            } else {
+                (
+                    false,
+                    "no backup is connected: nothing to resync (the backup gets a full \
+                     resync when it connects, if it needs one)"
+                        .to_owned(),
+                )
+            }
+        } else {
+            (false, "no sync link on this node".to_owned())
+        }
+    })
+    .await
 }
 
 async fn failover(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if !authorized(&s, &headers) {
-        return denied();
-    }
-    match s.node.request_switchover().await {
-        Ok(()) => action(true, "switchover: the backup takes over"),
-        Err(e) => action(false, e.to_string()),
-    }
+    audited(&s, &headers, "POST /actions/failover", async {
+        match s.node.request_switchover().await {
+            Ok(()) => (true, "switchover: the backup takes over".to_owned()),
+            Err(e) => (false, e.to_string()),
+        }
+    })
+    .await
 }
 
 async fn handback(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if !authorized(&s, &headers) {
-        return denied();
-    }
-    match s.node.request_handback().await {
-        Ok(()) => action(true, "handback: the master takes over again"),
-        Err(e) => action(false, e.to_string()),
-    }
+    audited(&s, &headers, "POST /actions/handback", async {
+        match s.node.request_handback().await {
+            Ok(()) => (true, "handback: the master takes over again".to_owned()),
+            Err(e) => (false, e.to_string()),
+        }
+    })
+    .await
 }
 
-/// Serves the operator surface of `node` on `listener` until the task is dropped.
-/// Refuses an operator token shorter than [`MIN_TOKEN_LEN`].
+/// Serves the operator surface of `node` on `listener` until the task is
+/// dropped, without an audit log. Refuses an operator token shorter than
+/// [`MIN_TOKEN_LEN`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     node_id: String,
     node: Arc<NodeHandle>,
     token: String,
 ) -> std::io::Result<()> {
-    if token.len() < MIN_TOKEN_LEN {
+    serve_surface(
+        listener,
+        Surface {
+            node_id,
+            node,
+            token,
+            audit: None,
+            modules: Vec::new(),
+        },
+    )
+    .await
+}
+
+/// Serves an operator surface on `listener` until the task is dropped.
+/// Refuses an operator token shorter than [`MIN_TOKEN_LEN`].
+pub async fn serve_surface(
+    listener: tokio::net::TcpListener,
+    surface: Surface,
+) -> std::io::Result<()> {
+    if surface.token.len() < MIN_TOKEN_LEN {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("the operator token must be at least {MIN_TOKEN_LEN} characters"),
         ));
     }
     let shared = Arc::new(Shared {
-        node_id,
-        node,
-        token,
+        node_id: surface.node_id,
+        node: surface.node,
+        token: surface.token,
+        audit: surface.audit,
+        modules: surface.modules,
     });
     let app = Router::new()
         .route("/", get(status_page))
         .route("/state", get(state))
         .route("/metrics", get(prometheus))
+        .route("/audit", get(audit))
         .route("/actions/resync", post(resync))
         .route("/actions/failover", post(failover))
         .route("/actions/handback", post(handback))

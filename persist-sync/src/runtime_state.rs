@@ -216,6 +216,11 @@ impl RuntimeStates {
         self.errors.lock().clone()
     }
 
+    /// The ids of the registered providers, sorted.
+    pub fn ids(&self) -> Vec<String> {
+        self.slots.lock().keys().cloned().collect()
+    }
+
     /// Updates held in the bounded queues (all providers), for operators.
     pub fn queued(&self) -> usize {
         self.slots.lock().values().map(|s| s.queue.len()).sum()

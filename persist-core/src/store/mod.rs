@@ -981,6 +981,35 @@ impl Iterator for LogIter<'_> {
     }
 }
 
+/// The record types `metas` name and every type they reference, directly or
+/// not, referenced ones first: what [`Store::register`] creates for them.
+pub fn with_dependencies(metas: &[&'static RecordMeta]) -> Vec<&'static RecordMeta> {
+    let mut order = Vec::new();
+    for m in metas {
+        collect_dependencies(m, &mut order);
+    }
+    order
+}
+
+/// The fingerprint of these record types, the ones they reference and the
+/// named replicated operations; without operations, what
+/// [`Store::schema_fingerprint`] computes for a store that registered exactly
+/// these types. Equal on two nodes exactly when the definitions agree.
+pub fn schema_fingerprint_of(metas: &[&'static RecordMeta], operations: &[&str]) -> u128 {
+    let mut defs: Vec<(String, String)> = with_dependencies(metas)
+        .into_iter()
+        .map(|m| (m.table.to_owned(), m.canonical()))
+        .collect();
+    defs.sort();
+    let mut ops: Vec<&str> = operations.to_vec();
+    ops.sort_unstable();
+    defs.extend(
+        ops.into_iter()
+            .map(|o| (format!("operation {o}"), String::new())),
+    );
+    schema::fingerprint(&defs)
+}
+
 fn collect_dependencies(meta: &'static RecordMeta, order: &mut Vec<&'static RecordMeta>) {
     if order.iter().any(|m| m.table == meta.table) {
         return;

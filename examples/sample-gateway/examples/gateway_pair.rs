@@ -1,9 +1,10 @@
 //! The main job: a redundant gateway pair on embedded SQLite, in one command.
 //!
-//! `cargo run --release --example gateway_pair`
+//! `cargo run --release -p sample-gateway --example gateway_pair`
 //!
 //! Starts a master and a backup on loopback TCP (databases in a temporary
-//! directory), runs the sample module of `examples/common/module.rs` on both,
+//! directory), each a `persist-gateway` host running the sample modules (the
+//! alarm module and the counter module) from a config file,
 //! and walks through what happens, measuring it: config created on the
 //! master appears on the backup; alarms are raised, notified and
 //! acknowledged; the master stops abruptly and the backup takes over with the
@@ -11,101 +12,78 @@
 //! and gets the pair back, with the history the backup recorded; a forced full
 //! resync. It ends with a table of the figures.
 
-#[path = "common/module.rs"]
-mod module;
-
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use module::{Device, JournalEntry, Module, NotificationProfile, Protocol, Tag};
-use persist::sync::auth::{AuthConfig, Secret};
-use persist::sync::history::{History, HistoryLevel};
-use persist::sync::redundancy::{
-    ActivityLevel, NodeBuilder, NodeHandle, NodeRole, RedundancySettings,
-};
-use persist::sync::transport::tcp::{TcpAcceptor, TcpDialer};
-use persist::sync::worker::SyncConfig;
-use persist::{Error, Store};
+use alarm_module::{AlarmModule, Device, JournalEntry, NotificationProfile, Protocol, Tag};
+use counter_module::Counters;
+use persist::sync::redundancy::ActivityLevel;
+use persist::Error;
+use persist_gateway::{Config, Gateway, RunningGateway};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-const SECRET: &[u8] = b"demo secret: at least 16 bytes, normally read from a file";
-
 struct Node {
-    handle: NodeHandle,
-    module: Arc<Module>,
+    gateway: RunningGateway,
+    alarms: AlarmModule,
+    counters: Counters,
 }
 
-fn settings(role: NodeRole, id: &str) -> RedundancySettings {
-    let mut s = RedundancySettings::new(role, id);
-    s.failover_timeout = Duration::from_millis(1000);
-    s.heartbeat_interval = Duration::from_millis(100);
-    s.startup_allowance = Duration::from_secs(3);
-    s
-}
-
-async fn start(
-    dir: &std::path::Path,
-    role: NodeRole,
-    id: &str,
-    addr: &str,
-) -> Result<(Node, String)> {
-    let store = Store::open_sqlite(dir.join(format!("{id}.db")))?;
-    module::register(&store)?;
-    let history = History::new(
-        store.clone(),
-        id,
-        role,
-        HistoryLevel::Partial,
-        module::Journal,
-    );
-    let module = Module::new(id, store.clone(), history.clone());
-    module.listen()?;
-    let mut sync = SyncConfig::new(AuthConfig::new(
-        "demo-plant",
-        id,
-        Secret::new(SECRET.to_vec())?,
-    )?);
-    sync.reconnect_initial = Duration::from_millis(50);
-    sync.reconnect_max = Duration::from_millis(250);
-    let builder = NodeBuilder::new(store, settings(role, id), sync)
-        .runtime(module.runtime.clone())
-        .history(history);
-    let (handle, addr) = match role {
-        NodeRole::Backup => (
-            builder.start_backup(TcpDialer::new(addr, None))?,
-            addr.to_owned(),
-        ),
-        _ => {
-            let acceptor = TcpAcceptor::bind(addr, None).await?;
-            let bound = acceptor.local_socket_addr().to_string();
-            (builder.start_master(acceptor)?, bound)
-        }
+/// The config file a plant would write, with this demo's short timers.
+fn config(dir: &Path, id: &str, role: &str, link: &str) -> Result<Config> {
+    std::fs::write(dir.join("pair.secret"), "demo secret: at least 16 bytes\n")?;
+    std::fs::write(dir.join("operator.token"), "demo operator token\n")?;
+    let link = match role {
+        "master" => format!("listen = \"{link}\""),
+        _ => format!("peer = \"{link}\""),
     };
-    // The module follows the node's activity.
-    let mut w = handle.watch();
-    let (m, name) = (module.clone(), id.to_owned());
-    tokio::spawn(async move {
-        let mut last = None;
-        loop {
-            let s = w.borrow_and_update().clone();
-            if last != Some(s.activity) {
-                println!(
-                    "    [{name}] activity {:?} (epoch {}, active node {})",
-                    s.activity,
-                    s.epoch,
-                    s.active_node.as_deref().unwrap_or("-")
-                );
-                m.set_activity(s.activity);
-                last = Some(s.activity);
-            }
-            if w.changed().await.is_err() {
-                return;
-            }
-        }
-    });
-    Ok((Node { handle, module }, addr))
+    let text = format!(
+        r#"[node]
+id = "{id}"
+role = "{role}"
+cluster = "demo-plant"
+
+[link]
+{link}
+secret_file = "pair.secret"
+
+[redundancy]
+failover_timeout_ms = 1000
+heartbeat_ms = 100
+startup_allowance_ms = 3000
+reconnect_max_ms = 250
+
+[database]
+sqlite = "{id}.db"
+
+[status]
+listen = "127.0.0.1:0"
+operator_token_file = "operator.token"
+"#
+    );
+    let file = dir.join(format!("{id}.toml"));
+    std::fs::write(&file, &text)?;
+    Ok(Config::load(&file)?)
+}
+
+async fn start(dir: &Path, role: &str, id: &str, addr: &str) -> Result<(Node, String)> {
+    let (alarms, counters) = (AlarmModule::new(), Counters::new());
+    let gateway = Gateway::new(config(dir, id, role, addr)?)
+        .module(alarms.clone())
+        .module(counters.clone())
+        .start()
+        .await?;
+    let addr = gateway
+        .link_addr()
+        .map_or(addr.to_owned(), |a| a.to_string());
+    Ok((
+        Node {
+            gateway,
+            alarms,
+            counters,
+        },
+        addr,
+    ))
 }
 
 async fn until(what: &str, ok: impl Fn() -> bool) -> Duration {
@@ -137,14 +115,14 @@ async fn story() -> Result<()> {
     println!("failover timeout 1000 ms, heartbeat 100 ms, automatic recovery, cold standby");
 
     step(1, "Start the master gw-a and the backup gw-b");
-    let (master, addr) = start(dir.path(), NodeRole::Master, "gw-a", "127.0.0.1:0").await?;
-    let (backup, _) = start(dir.path(), NodeRole::Backup, "gw-b", &addr).await?;
+    let (master, addr) = start(dir.path(), "master", "gw-a", "127.0.0.1:0").await?;
+    let (backup, _) = start(dir.path(), "backup", "gw-b", &addr).await?;
     until("master active", || {
-        master.handle.state().activity == ActivityLevel::Active
+        master.gateway.node().state().activity == ActivityLevel::Active
     })
     .await;
     until("backup cold", || {
-        backup.handle.state().activity == ActivityLevel::Cold
+        backup.gateway.node().state().activity == ActivityLevel::Cold
     })
     .await;
 
@@ -152,8 +130,8 @@ async fn story() -> Result<()> {
         2,
         "Create configuration on the master: it appears on the backup",
     );
-    let m = master.handle.store().clone();
-    let b = backup.handle.store().clone();
+    let m = master.gateway.node().store().clone();
+    let b = backup.gateway.node().store().clone();
     let t = Instant::now();
     let devices = m.write(|tx| {
         let ops = tx.insert(&NotificationProfile {
@@ -192,13 +170,13 @@ async fn story() -> Result<()> {
         ms(lag)
     );
     until("gw-a connects its devices", || {
-        master.module.connected.lock().unwrap().len() == 3
+        master.alarms.connected().len() == 3
     })
     .await;
     println!(
         "    gw-a (active) connected to {:?}; gw-b (cold) to {:?}",
-        master.module.connected.lock().unwrap(),
-        backup.module.connected.lock().unwrap()
+        master.alarms.connected(),
+        backup.alarms.connected()
     );
     match b.insert(&NotificationProfile {
         id: 0,
@@ -208,6 +186,19 @@ async fn story() -> Result<()> {
         Err(Error::NotMaster { reason }) => println!("    an edit on gw-b is refused: {reason}"),
         other => println!("    unexpected: {other:?}"),
     }
+    // The second module: a counter changed by a replicated operation (the
+    // backup re-runs the operation, not its row changes).
+    for _ in 0..3 {
+        master.counters.increment("line-1", 5)?;
+    }
+    until("counter on the backup", || {
+        backup.counters.value("line-1").ok().flatten() == Some(15)
+    })
+    .await;
+    println!(
+        "    the counter module beside it: line-1 incremented 3 x 5 on gw-a, gw-b shows {:?}",
+        backup.counters.value("line-1")?
+    );
     figures.push((
         "config replicated (commit to applied on the backup)".into(),
         ms(lag),
@@ -220,15 +211,15 @@ async fn story() -> Result<()> {
     );
     for (id, value) in devices.iter().zip([91.5, 42.0, 88.2]) {
         let d = m.get::<Device>(*id)?.expect("device");
-        master.module.scan(&d, value);
+        master.alarms.scan(&d, value);
     }
-    master.module.acknowledge(devices[0], "operator anna");
+    master.alarms.acknowledge(devices[0], "operator anna");
     let t = Instant::now();
     until("alarm book on the backup", || {
-        backup.module.book.alarms() == master.module.book.alarms()
+        backup.alarms.book().alarms() == master.alarms.book().alarms()
     })
     .await;
-    for (_, a) in master.module.book.alarms() {
+    for (_, a) in master.alarms.book().alarms() {
         println!(
             "    {:<9} value {:>5}  acknowledged by {:<14} notified {}",
             a.device,
@@ -243,21 +234,21 @@ async fn story() -> Result<()> {
     );
     println!(
         "    notifications sent by gw-a: {}",
-        master.module.notifications.load(Ordering::Relaxed)
+        master.alarms.notifications()
     );
 
     step(4, "The master stops abruptly: the backup takes over");
     let killed = Instant::now();
-    let master_module = master.module.clone();
+    let master_module = master.alarms.clone();
     drop(master);
     drop(m);
     let failover = until("backup active", || {
-        backup.handle.state().activity == ActivityLevel::Active
+        backup.gateway.node().state().activity == ActivityLevel::Active
     })
     .await;
     let failover = failover.max(killed.elapsed());
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let book = backup.module.book.alarms();
+    let book = backup.alarms.book().alarms();
     let acked: Vec<_> = book
         .values()
         .filter(|a| a.acked_by.is_some())
@@ -267,14 +258,11 @@ async fn story() -> Result<()> {
     println!("    acknowledgements on gw-b: {acked:?} (kept)");
     println!(
         "    notifications sent by gw-b on takeover: {} (nothing notified twice)",
-        backup.module.notifications.load(Ordering::Relaxed)
+        backup.alarms.notifications()
     );
-    println!(
-        "    gw-b now connected to {:?}",
-        backup.module.connected.lock().unwrap()
-    );
-    backup.module.acknowledge(devices[2], "operator ben");
-    println!("    an operator acknowledges pump-3 on gw-b; its journal line waits in gw-b's history buffer ({} items)", backup.module.history.buffered()?.len());
+    println!("    gw-b now connected to {:?}", backup.alarms.connected());
+    backup.alarms.acknowledge(devices[2], "operator ben");
+    println!("    an operator acknowledges pump-3 on gw-b; its journal line waits in gw-b's history buffer ({} items)", backup.alarms.history_buffered());
     figures.push((
         "failover (master stopped -> backup active)".into(),
         ms(failover),
@@ -284,13 +272,13 @@ async fn story() -> Result<()> {
 
     step(5, "The master comes back: automatic recovery");
     let back = Instant::now();
-    let (master, _) = start(dir.path(), NodeRole::Master, "gw-a", &addr).await?;
+    let (master, _) = start(dir.path(), "master", "gw-a", &addr).await?;
     let recovery = until("master active again", || {
-        master.handle.state().activity == ActivityLevel::Active
-            && backup.handle.state().activity == ActivityLevel::Cold
+        master.gateway.node().state().activity == ActivityLevel::Active
+            && backup.gateway.node().state().activity == ActivityLevel::Cold
     })
     .await;
-    let m = master.handle.store().clone();
+    let m = master.gateway.node().store().clone();
     until("history forwarded", || {
         m.list::<JournalEntry>()
             .map(|j| j.iter().any(|e| e.origin == "gw-b"))
@@ -298,7 +286,7 @@ async fn story() -> Result<()> {
     })
     .await;
     until("alarm book back on the master", || {
-        master.module.book.alarms() == backup.module.book.alarms()
+        master.alarms.book().alarms() == backup.alarms.book().alarms()
     })
     .await;
     let journal = m.list::<JournalEntry>()?;
@@ -316,8 +304,8 @@ async fn story() -> Result<()> {
     println!(
         "    pump-3 acknowledged by {:?} on gw-a too",
         master
-            .module
-            .book
+            .alarms
+            .book()
             .alarms()
             .get(&devices[2])
             .and_then(|a| a.acked_by.clone())
@@ -343,7 +331,7 @@ async fn story() -> Result<()> {
             .collect();
         m.write(|tx| tx.insert_many(&tags))?;
     }
-    let b = backup.handle.store().clone();
+    let b = backup.gateway.node().store().clone();
     until("tags on the backup", || b.position() == m.position()).await;
     let rate = n as f64 / t.elapsed().as_secs_f64();
     println!("    {n} tags committed on gw-a and applied on gw-b: {rate:.0} rows/s");
@@ -353,7 +341,7 @@ async fn story() -> Result<()> {
         ">= 0.7x local (bench)",
     ));
     let rows: usize = b.list::<Tag>()?.len() + 4;
-    let backup_link = backup.handle.backup().expect("a backup node");
+    let backup_link = backup.gateway.node().backup().expect("a backup node");
     let before = backup_link.status().resyncs;
     let t = Instant::now();
     backup_link.request_resync();

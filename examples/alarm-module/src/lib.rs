@@ -10,24 +10,29 @@
 //!   notifications went out) carried to the standby, so a failover neither
 //!   loses an acknowledgement nor notifies twice.
 //! - **History**: an alarm journal, store-and-forward from an active backup.
-
-#![allow(dead_code)]
+//!
+//! It uses only `persist`'s public [`Module`] API: a gateway host
+//! (`persist-gateway`) runs it, on one node or on a redundant pair, with no
+//! transfer code here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use persist::module::{Module, ModuleContext, ModuleError, ModuleHistory, RuntimeState};
 use persist::prelude::*;
-use persist::sync::history::{History, HistorySink};
+use persist::sync::history::HistorySink;
 use persist::sync::redundancy::ActivityLevel;
-use persist::sync::runtime_state::{RuntimeStates, TypedStateProvider};
+use persist::sync::runtime_state::TypedStateProvider;
 use persist::{HistoryItem, RecordEvent, Store, WriteTx};
 use serde::{Deserialize, Serialize};
 
 /// How a device is reached.
 #[derive(PersistentEnum, Debug, Clone, Copy, PartialEq)]
 pub enum Protocol {
+    /// Modbus over TCP.
     ModbusTcp,
+    /// OPC UA.
     #[persist(rename = "opc-ua")]
     OpcUa,
 }
@@ -35,10 +40,13 @@ pub enum Protocol {
 /// Who is told about alarms.
 #[derive(PersistentRecord, Debug, Clone, PartialEq)]
 pub struct NotificationProfile {
+    /// Assigned by the store.
     #[persist(identity)]
     pub id: i64,
+    /// The profile's name, unique.
     #[persist(unique)]
     pub name: String,
+    /// Whether notifications go out through it.
     #[persist(default = true)]
     pub enabled: bool,
 }
@@ -47,16 +55,23 @@ pub struct NotificationProfile {
 #[derive(PersistentRecord, Debug, Clone, PartialEq)]
 #[persist(validate = check_device)]
 pub struct Device {
+    /// Assigned by the store.
     #[persist(identity)]
     pub id: i64,
+    /// The device's name, unique.
     #[persist(unique)]
     pub name: String,
+    /// Its address.
     pub host: String,
+    /// Its TCP port.
     #[persist(default = 502)]
     pub port: i32,
+    /// How it is reached.
     pub protocol: Protocol,
+    /// Who is told about its alarms (deleting the profile deletes it).
     #[persist(references = NotificationProfile, on_delete = "cascade")]
     pub profile_id: i64,
+    /// A value above this raises an alarm.
     pub alarm_above: f64,
 }
 
@@ -70,11 +85,15 @@ fn check_device(d: &Device) -> Result<(), String> {
 /// A tag a device exposes (a gateway has many thousands).
 #[derive(PersistentRecord, Debug, Clone, PartialEq)]
 pub struct Tag {
+    /// Assigned by the store.
     #[persist(identity)]
     pub id: i64,
+    /// The device that exposes it.
     #[persist(references = Device, on_delete = "cascade", indexed)]
     pub device_id: i64,
+    /// Its address on the device.
     pub address: String,
+    /// The factor its raw value is scaled by.
     #[persist(default = 1.0)]
     pub scale: f64,
 }
@@ -82,43 +101,44 @@ pub struct Tag {
 /// One line of the alarm journal (history, delivered on the master).
 #[derive(PersistentRecord, Debug, Clone, PartialEq)]
 pub struct JournalEntry {
+    /// Assigned by the store.
     #[persist(identity)]
     pub id: i64,
+    /// The node that recorded it.
     pub origin: String,
+    /// Its order on that node.
     pub seq: i64,
+    /// What happened.
     pub text: String,
-}
-
-/// Registers the module's record types.
-pub fn register(store: &Store) -> persist::Result<()> {
-    store.register::<Tag>()?; // and Device and NotificationProfile, which it references
-    store.register::<JournalEntry>()
 }
 
 /// An alarm of one device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alarm {
+    /// The device's name.
     pub device: String,
+    /// The value that raised it.
     pub value: f64,
+    /// Who acknowledged it.
     pub acked_by: Option<String>,
+    /// Whether its notification went out.
     pub notified: bool,
 }
 
 /// Changes of the alarm book, posted by the active node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[allow(missing_docs)] // the fields say what they are
 pub enum AlarmUpdate {
+    /// An alarm was raised.
     Raised {
         device: i64,
         name: String,
         value: f64,
     },
-    Acked {
-        device: i64,
-        by: String,
-    },
-    Notified {
-        device: i64,
-    },
+    /// An operator acknowledged it.
+    Acked { device: i64, by: String },
+    /// Its notification went out.
+    Notified { device: i64 },
 }
 
 /// The alarm book: the module's runtime state.
@@ -199,83 +219,75 @@ impl HistorySink for Journal {
     }
 }
 
-/// The module on one node.
-pub struct Module {
-    pub node: String,
-    pub store: Store,
-    pub book: AlarmBook,
-    pub runtime: Arc<RuntimeStates>,
-    pub history: Arc<History>,
+/// The alarm module on one node: a cheap handle (clones share the module),
+/// so a program can keep one to drive it while the gateway runs it.
+#[derive(Clone, Default)]
+pub struct AlarmModule(Arc<Inner>);
+
+#[derive(Default)]
+struct Inner {
+    node: OnceLock<String>,
+    store: OnceLock<Store>,
+    book: AlarmBook,
+    state: OnceLock<RuntimeState<AlarmUpdate>>,
+    history: OnceLock<ModuleHistory>,
     /// Devices this node is connected to.
-    pub connected: Mutex<BTreeSet<String>>,
+    connected: Mutex<BTreeSet<String>>,
     /// Notifications this node sent (to count repeats).
-    pub notifications: AtomicU64,
-    activity: Mutex<ActivityLevel>,
+    notifications: AtomicU64,
+    activity: Mutex<Option<ActivityLevel>>,
 }
 
-impl Module {
-    /// The module for a node's store.
-    pub fn new(node: &str, store: Store, history: Arc<History>) -> Arc<Module> {
-        let book = AlarmBook::default();
-        let runtime = RuntimeStates::new();
-        runtime.register_typed("alarms", book.clone());
-        Arc::new(Module {
-            node: node.into(),
-            store,
-            book,
-            runtime,
-            history,
-            connected: Mutex::new(BTreeSet::new()),
-            notifications: AtomicU64::new(0),
-            activity: Mutex::new(ActivityLevel::Undecided),
-        })
+impl Module for AlarmModule {
+    fn name(&self) -> &'static str {
+        "alarms"
     }
 
-    /// Follows device config changes (a record listener on its own thread).
-    pub fn listen(self: &Arc<Self>) -> persist::Result<()> {
-        let mut events = self.store.subscribe::<Device>()?;
+    fn version(&self) -> &'static str {
+        env!("CARGO_PKG_VERSION")
+    }
+
+    fn register(&self, ctx: &mut ModuleContext) -> Result<(), ModuleError> {
+        ctx.record::<Tag>()?; // and Device and NotificationProfile, which it references
+        ctx.record::<JournalEntry>()?;
+        let state = ctx.runtime_state("book", self.0.book.clone())?;
+        ctx.history_sink(Journal)?;
+        let store = ctx.store();
+        let events = ctx.subscribe::<Device>()?;
+        let _ = self.0.node.set(ctx.node_id().to_owned());
+        let _ = self.0.store.set(store);
+        let _ = self.0.state.set(state);
+        let _ = self.0.history.set(ctx.history());
+        // Follows device config changes (a record listener on its own thread).
         let me = self.clone();
-        std::thread::spawn(move || {
-            while let Ok(ev) = events.recv() {
-                match ev {
-                    RecordEvent::Added(d) | RecordEvent::Updated { new: d, .. } => {
-                        me.connect(&d.name)
+        std::thread::Builder::new()
+            .name("alarms: devices".into())
+            .spawn(move || {
+                let mut events = events;
+                while let Ok(ev) = events.recv() {
+                    match ev {
+                        RecordEvent::Added(d) | RecordEvent::Updated { new: d, .. } => {
+                            me.connect(&d.name)
+                        }
+                        RecordEvent::Deleted(d) => {
+                            me.0.connected.lock().unwrap().remove(&d.name);
+                        }
+                        RecordEvent::Lagged(_) | RecordEvent::Reset => me.reconnect_all(),
                     }
-                    RecordEvent::Deleted(d) => {
-                        me.connected.lock().unwrap().remove(&d.name);
-                    }
-                    RecordEvent::Lagged(_) | RecordEvent::Reset => me.reconnect_all(),
                 }
-            }
-        });
+            })
+            .map_err(|e| ModuleError::new("alarms", format!("listener thread: {e}")))?;
         Ok(())
     }
 
-    fn connect(&self, name: &str) {
-        if *self.activity.lock().unwrap() >= ActivityLevel::Warm {
-            self.connected.lock().unwrap().insert(name.to_owned());
-        }
-    }
-
-    fn reconnect_all(&self) {
-        let level = *self.activity.lock().unwrap();
-        let mut c = self.connected.lock().unwrap();
-        c.clear();
-        if level >= ActivityLevel::Warm {
-            for d in self.store.list::<Device>().unwrap_or_default() {
-                c.insert(d.name);
-            }
-        }
-    }
-
-    /// The node's activity changed: Cold connects to nothing, Warm connects
-    /// but does not act, Active connects and acts.
-    pub fn set_activity(&self, level: ActivityLevel) {
-        *self.activity.lock().unwrap() = level;
+    /// Cold connects to nothing, Warm connects but does not act, Active
+    /// connects and acts.
+    fn activity(&self, level: ActivityLevel) {
+        *self.0.activity.lock().unwrap() = Some(level);
         self.reconnect_all();
         if level == ActivityLevel::Active {
             // Taking over: notify only what was never notified.
-            for (id, a) in self.book.alarms() {
+            for (id, a) in self.0.book.alarms() {
                 if !a.notified {
                     self.notify(id, &a.device);
                 }
@@ -283,21 +295,88 @@ impl Module {
         }
     }
 
+    fn shutdown(&self) {
+        self.0.connected.lock().unwrap().clear();
+    }
+}
+
+impl AlarmModule {
+    /// A module not yet registered on a gateway.
+    pub fn new() -> AlarmModule {
+        AlarmModule::default()
+    }
+
+    /// The alarm book (this node's copy).
+    pub fn book(&self) -> &AlarmBook {
+        &self.0.book
+    }
+
+    /// Devices this node is connected to now.
+    pub fn connected(&self) -> BTreeSet<String> {
+        self.0.connected.lock().unwrap().clone()
+    }
+
+    /// Notifications this node has sent.
+    pub fn notifications(&self) -> u64 {
+        self.0.notifications.load(Ordering::Relaxed)
+    }
+
+    /// Items of this node's history waiting for the master.
+    pub fn history_buffered(&self) -> usize {
+        self.0.history.get().map_or(0, |h| h.buffered())
+    }
+
+    fn level(&self) -> ActivityLevel {
+        self.0
+            .activity
+            .lock()
+            .unwrap()
+            .unwrap_or(ActivityLevel::Undecided)
+    }
+
+    fn connect(&self, name: &str) {
+        if self.level() >= ActivityLevel::Warm {
+            self.0.connected.lock().unwrap().insert(name.to_owned());
+        }
+    }
+
+    fn reconnect_all(&self) {
+        let level = self.level();
+        let mut c = self.0.connected.lock().unwrap();
+        c.clear();
+        if level >= ActivityLevel::Warm {
+            if let Some(store) = self.0.store.get() {
+                for d in store.list::<Device>().unwrap_or_default() {
+                    c.insert(d.name);
+                }
+            }
+        }
+    }
+
     fn active(&self) -> bool {
-        *self.activity.lock().unwrap() == ActivityLevel::Active
+        self.level() == ActivityLevel::Active
     }
 
     fn post(&self, u: AlarmUpdate) {
-        self.book.apply(&u);
-        let _ = self.runtime.post_typed("alarms", &u);
+        self.0.book.apply(&u);
+        if let Some(s) = self.0.state.get() {
+            let _ = s.post(&u);
+        }
+    }
+
+    fn record(&self, kind: &str, text: String) {
+        if let Some(h) = self.0.history.get() {
+            let _ = h.record(kind, text.into_bytes());
+        }
     }
 
     fn notify(&self, device: i64, name: &str) {
-        self.notifications.fetch_add(1, Ordering::Relaxed);
+        self.0.notifications.fetch_add(1, Ordering::Relaxed);
         self.post(AlarmUpdate::Notified { device });
-        let _ = self.history.record(
+        let node = self.0.node.get().map_or("?", |n| n.as_str());
+        self.record(
             "notification",
-            format!("{name}: notification sent by {}", self.node).into_bytes(),
+            format!("{name}: notification sent by {node}"),
         );
     }
 
@@ -305,7 +384,7 @@ impl Module {
     pub fn scan(&self, device: &Device, value: f64) {
         if !self.active()
             || value <= device.alarm_above
-            || self.book.alarms().contains_key(&device.id)
+            || self.0.book.alarms().contains_key(&device.id)
         {
             return;
         }
@@ -314,24 +393,21 @@ impl Module {
             name: device.name.clone(),
             value,
         });
-        let _ = self.history.record(
+        self.record(
             "alarm",
-            format!("{} above {} ({value})", device.name, device.alarm_above).into_bytes(),
+            format!("{} above {} ({value})", device.name, device.alarm_above),
         );
         self.notify(device.id, &device.name);
     }
 
-    /// An operator acknowledges an alarm.
+    /// An operator acknowledges an alarm (on the active node).
     pub fn acknowledge(&self, device: i64, by: &str) {
         if self.active() {
             self.post(AlarmUpdate::Acked {
                 device,
                 by: by.into(),
             });
-            let _ = self.history.record(
-                "ack",
-                format!("device {device} acknowledged by {by}").into_bytes(),
-            );
+            self.record("ack", format!("device {device} acknowledged by {by}"));
         }
     }
 }

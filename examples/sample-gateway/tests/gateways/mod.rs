@@ -72,9 +72,16 @@ pub const GW_FAILOVER_MS: u64 = 600;
 pub const GW_HEARTBEAT_MS: u64 = 60;
 
 /// Writes `<id>.toml` in `dir`; `link` holds the `[link]` lines besides the secret.
+/// Writes a file only its owner may read (as secrets should be).
+pub fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 pub fn gateway_config(dir: &Path, id: &str, role: &str, link: &str, status: u16) {
-    std::fs::write(dir.join("pair.secret"), "a secret shared by both gateways").unwrap();
-    std::fs::write(dir.join("operator.token"), TOKEN).unwrap();
+    write_private(&dir.join("pair.secret"), "a secret shared by both gateways");
+    write_private(&dir.join("operator.token"), TOKEN);
     std::fs::write(
         dir.join(format!("{id}.toml")),
         format!(

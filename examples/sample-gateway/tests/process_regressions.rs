@@ -6,8 +6,7 @@
 mod gateways;
 mod nodes;
 
-#[path = "../../examples/common/module.rs"]
-mod module;
+use alarm_module as module;
 
 use std::io::Read;
 use std::path::Path;
@@ -29,7 +28,7 @@ fn backup_answers_and_takes_over_when_the_master_freezes_during_a_full_resync() 
     let dir = tempfile::tempdir().unwrap();
     {
         let m = persist::Store::open_sqlite(dir.path().join("gw-a.db")).unwrap();
-        module::register(&m).unwrap();
+        m.register::<module::Tag>().unwrap();
         let p = m
             .insert(&module::NotificationProfile {
                 id: 0,
@@ -65,8 +64,13 @@ fn backup_answers_and_takes_over_when_the_master_freezes_during_a_full_resync() 
     until("the backup caught up", Duration::from_secs(60), || {
         position(sb).is_some() && position(sb) == position(sa)
     });
-    let (code, body) = post(sa, "/actions/resync");
-    assert_eq!(code, 200, "{body}");
+    // The master refuses a resync while no backup is connected (409): ask
+    // until it serves the backup.
+    until(
+        "the master starts a resync of its backup",
+        Duration::from_secs(20),
+        || post(sa, "/actions/resync").0 == 200,
+    );
     until(
         "the backup is restoring a snapshot",
         Duration::from_secs(20),

@@ -1,0 +1,790 @@
+//! The gateway's TOML config: parsed, then checked as a whole before
+//! anything is created (no database file, no socket) so a mistake costs
+//! nothing but a clear message with the key and the line.
+//!
+//! ```toml
+//! [node]
+//! id = "gw-a"
+//! role = "master"                  # master | backup
+//! cluster = "plant-7"
+//!
+//! [link]
+//! listen = "127.0.0.1:8060"        # master: where the backup dials
+//! peer = "127.0.0.1:8061"          # backup: the master's address; master: probed for a second master
+//! secret_file = "pair.secret"      # required, at least 16 bytes (trailing newlines are not part of it)
+//! # tls_cert = "gw-a.pem"  tls_key = "gw-a.key"  tls_ca = "ca.pem"   (mutual TLS, optional)
+//!
+//! [redundancy]
+//! standby = "cold"                 # cold | warm
+//! failover_timeout_ms = 3000       # at least two heartbeats
+//! heartbeat_ms = 250               # at least 1
+//! startup_allowance_ms = 10000     # at least one heartbeat
+//! recovery = "automatic"           # automatic | manual
+//! reconnect_max_ms = 10000         # backup: longest pause between dials (capped at half
+//!                                  # the failover timeout and half the startup allowance)
+//!
+//! [database]
+//! sqlite = "gw-a.db"               # or: postgres_url = "postgres://..."  postgres_schema = "gw_a"
+//!
+//! [status]
+//! listen = "127.0.0.1:8080"        # loopback by default; no TLS: put a TLS proxy in front
+//! operator_token_file = "operator.token"   # at least 16 characters
+//!
+//! [log]
+//! format = "human"                 # human | json
+//! level = "info"                   # a tracing filter; RUST_LOG, when set, wins
+//!
+//! [audit]
+//! file = "gw-a.audit.jsonl"        # node-local; default <node id>.audit.jsonl beside the config
+//! ```
+//!
+//! Files named in the config are relative to the config file's directory.
+//!
+//! # The secret file
+//! The link secret is the file's bytes without its trailing line ends (any
+//! run of `\n` and `\r` at the end): `echo secret > pair.secret`, an
+//! editor's final newline and a file without one give the same secret on
+//! both nodes. Anything else, spaces included, is part of the secret.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use persist::sync::auth::{Secret, MIN_SECRET_LEN};
+use persist::sync::redundancy::{NodeRole, RecoveryMode, RedundancySettings, StandbyLevel};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Shortest operator token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// A config mistake: the file, the key, the line when known, and what is
+/// wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{}{}: {}{problem}",
+    file.display(),
+    line.map(|l| format!(", line {l}")).unwrap_or_default(),
+    if key.is_empty() { String::new() } else { format!("{key}: ") }
+)]
+pub struct ConfigError {
+    /// The config file.
+    pub file: PathBuf,
+    /// The line of the key (1-based), when known.
+    pub line: Option<usize>,
+    /// The key, as `[section] key` (empty for a syntax error, whose
+    /// message names what is wrong).
+    pub key: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    node: RawNode,
+    link: RawLink,
+    #[serde(default)]
+    redundancy: RawRedundancy,
+    database: RawDatabase,
+    status: RawStatus,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    id: Spanned<String>,
+    role: RoleName,
+    cluster: Spanned<String>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RoleName {
+    Master,
+    Backup,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLink {
+    listen: Option<Spanned<String>>,
+    peer: Option<Spanned<String>>,
+    secret_file: Spanned<PathBuf>,
+    tls_cert: Option<Spanned<PathBuf>>,
+    tls_key: Option<Spanned<PathBuf>>,
+    tls_ca: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRedundancy {
+    standby: StandbyName,
+    failover_timeout_ms: Spanned<u64>,
+    heartbeat_ms: Spanned<u64>,
+    startup_allowance_ms: Spanned<u64>,
+    recovery: RecoveryName,
+    reconnect_max_ms: Spanned<u64>,
+}
+
+impl Default for RawRedundancy {
+    fn default() -> Self {
+        RawRedundancy {
+            standby: StandbyName::Cold,
+            failover_timeout_ms: Spanned::new(0..0, 3000),
+            heartbeat_ms: Spanned::new(0..0, 250),
+            startup_allowance_ms: Spanned::new(0..0, 10_000),
+            recovery: RecoveryName::Automatic,
+            reconnect_max_ms: Spanned::new(0..0, 10_000),
+        }
+    }
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum StandbyName {
+    Cold,
+    Warm,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RecoveryName {
+    Automatic,
+    Manual,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    sqlite: Option<Spanned<PathBuf>>,
+    postgres_url: Option<Spanned<String>>,
+    postgres_schema: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatus {
+    listen: Option<Spanned<String>>,
+    operator_token_file: Spanned<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<LogFormat>,
+    level: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    file: Option<PathBuf>,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event (the default).
+    #[default]
+    Human,
+    /// One JSON object per line, for a log collector.
+    Json,
+}
+
+/// Where the node keeps its data.
+#[derive(Debug, Clone)]
+pub enum Database {
+    /// An embedded SQLite file (absolute path).
+    Sqlite(PathBuf),
+    /// A PostgreSQL server and the schema the node's tables live in.
+    Postgres {
+        /// The connection URL.
+        url: String,
+        /// The schema.
+        schema: String,
+    },
+}
+
+/// TLS files of the link, absolute paths.
+#[derive(Debug, Clone, Default)]
+pub struct LinkTls {
+    /// This node's certificate chain (PEM).
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<PathBuf>,
+    /// The CA that signs the peer's certificate (PEM).
+    pub ca: Option<PathBuf>,
+}
+
+/// A checked config: every value valid, every file named in it read.
+#[derive(Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub file: PathBuf,
+    /// The node's settings, validated.
+    pub settings: RedundancySettings,
+    /// The pair's cluster name.
+    pub cluster: String,
+    /// Link: where the master listens.
+    pub listen: Option<String>,
+    /// Link: the peer's address.
+    pub peer: Option<String>,
+    /// The link's shared secret.
+    pub secret: Secret,
+    /// The link's TLS files.
+    pub tls: LinkTls,
+    /// The backup's longest pause between dials.
+    pub reconnect_max: Duration,
+    /// The store.
+    pub database: Database,
+    /// Where the status page and the operator actions listen.
+    pub status_listen: SocketAddr,
+    /// The operator token.
+    pub operator_token: String,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Log filter from the config (RUST_LOG, when set, wins).
+    pub log_level: String,
+    /// The node-local audit log.
+    pub audit_file: PathBuf,
+    /// Things that work but should not stay so (a world-readable secret, a
+    /// status page off loopback without TLS): logged at start.
+    pub warnings: Vec<String>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("file", &self.file)
+            .field("node", &self.settings.node_id)
+            .field("role", &self.settings.role)
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Checker<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Checker<'_> {
+    fn line(&self, span: std::ops::Range<usize>) -> Option<usize> {
+        if span == (0..0) {
+            return None;
+        }
+        Some(
+            self.text[..span.start.min(self.text.len())]
+                .lines()
+                .count()
+                .max(1),
+        )
+    }
+
+    fn err(
+        &self,
+        key: &str,
+        span: Option<std::ops::Range<usize>>,
+        problem: impl std::fmt::Display,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line: span.and_then(|s| self.line(s)),
+            key: key.to_owned(),
+            problem: problem.to_string(),
+        }
+    }
+
+    fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.file.parent().unwrap_or(Path::new(".")).join(p)
+        }
+    }
+
+    fn read(&self, key: &str, p: &Spanned<PathBuf>) -> Result<(PathBuf, Vec<u8>), ConfigError> {
+        let path = self.path(p.get_ref());
+        let bytes = std::fs::read(&path)
+            .map_err(|e| self.err(key, Some(p.span()), format!("{}: {e}", path.display())))?;
+        Ok((path, bytes))
+    }
+}
+
+/// The `[section] key` of line `line` (1-based), or "" when it holds none.
+fn key_at(text: &str, line: usize) -> String {
+    let mut section = String::new();
+    for (n, l) in text.lines().enumerate() {
+        let l = l.trim();
+        if l.starts_with('[') {
+            section = l.split(']').next().unwrap_or("").to_owned() + "]";
+        }
+        if n + 1 == line {
+            return match l.split_once('=') {
+                Some((k, _)) if !l.starts_with('[') => format!("{section} {}", k.trim()),
+                _ => String::new(),
+            };
+        }
+    }
+    String::new()
+}
+
+/// Whether others than the owner and the group may read the file.
+fn world_readable(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        false
+    }
+}
+
+/// The link secret as the file holds it, without trailing line ends.
+pub fn secret_bytes(mut file: Vec<u8>) -> Vec<u8> {
+    while matches!(file.last(), Some(b'\n' | b'\r')) {
+        file.pop();
+    }
+    file
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let file = path.as_ref();
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_path_buf(),
+            line: None,
+            key: String::new(),
+            problem: e.to_string(),
+        })?;
+        Config::parse(file, &text)
+    }
+
+    /// Checks a config's text; `file` names it in errors and is where
+    /// relative paths start from.
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let c = Checker { file, text };
+        let raw: Raw = toml::from_str(text).map_err(|e| {
+            let line = e.span().and_then(|s| c.line(s));
+            ConfigError {
+                file: file.to_path_buf(),
+                line,
+                key: line.map(|l| key_at(text, l)).unwrap_or_default(),
+                problem: e.message().to_owned(),
+            }
+        })?;
+        let mut warnings = Vec::new();
+        let role = match raw.node.role {
+            RoleName::Master => NodeRole::Master,
+            RoleName::Backup => NodeRole::Backup,
+        };
+        let id = raw.node.id.get_ref().clone();
+        if id.is_empty() || id.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+            return Err(c.err(
+                "[node] id",
+                Some(raw.node.id.span()),
+                "must be non-empty, without spaces",
+            ));
+        }
+        if raw.node.cluster.get_ref().is_empty() {
+            return Err(c.err(
+                "[node] cluster",
+                Some(raw.node.cluster.span()),
+                "must be non-empty",
+            ));
+        }
+        let r = &raw.redundancy;
+        let mut settings = RedundancySettings::new(role, id.clone());
+        settings.standby = match r.standby {
+            StandbyName::Cold => StandbyLevel::Cold,
+            StandbyName::Warm => StandbyLevel::Warm,
+        };
+        settings.failover_timeout = Duration::from_millis(*r.failover_timeout_ms.get_ref());
+        settings.heartbeat_interval = Duration::from_millis(*r.heartbeat_ms.get_ref());
+        settings.startup_allowance = Duration::from_millis(*r.startup_allowance_ms.get_ref());
+        settings.recovery = match r.recovery {
+            RecoveryName::Automatic => RecoveryMode::Automatic,
+            RecoveryName::Manual => RecoveryMode::Manual,
+        };
+        if let Err(e) = settings.validate() {
+            let (key, span) = match e.setting {
+                "heartbeat_interval" => ("[redundancy] heartbeat_ms", r.heartbeat_ms.span()),
+                "failover_timeout" => (
+                    "[redundancy] failover_timeout_ms",
+                    r.failover_timeout_ms.span(),
+                ),
+                "startup_allowance" => (
+                    "[redundancy] startup_allowance_ms",
+                    r.startup_allowance_ms.span(),
+                ),
+                "node_id" => ("[node] id", raw.node.id.span()),
+                _ => ("[redundancy]", 0..0),
+            };
+            return Err(c.err(key, Some(span), e.problem));
+        }
+        if *r.reconnect_max_ms.get_ref() == 0 {
+            return Err(c.err(
+                "[redundancy] reconnect_max_ms",
+                Some(r.reconnect_max_ms.span()),
+                "must be at least 1",
+            ));
+        }
+        let listen = raw.link.listen.as_ref().map(|l| l.get_ref().clone());
+        let peer = raw.link.peer.as_ref().map(|p| p.get_ref().clone());
+        match role {
+            NodeRole::Master if listen.is_none() => {
+                return Err(c.err("[link] listen", None, "required on the master"))
+            }
+            NodeRole::Backup if peer.is_none() => {
+                return Err(c.err(
+                    "[link] peer",
+                    None,
+                    "required on the backup (the master's address)",
+                ))
+            }
+            _ => {}
+        }
+        if let (Some(l), Some(p)) = (&listen, &raw.link.peer) {
+            if l == p.get_ref() {
+                return Err(c.err(
+                    "[link] peer",
+                    Some(p.span()),
+                    format!(
+                        "{l} is this node's own listen address; give the other node's link address"
+                    ),
+                ));
+            }
+        }
+        let (secret_path, secret_file) = c.read("[link] secret_file", &raw.link.secret_file)?;
+        let secret = Secret::new(secret_bytes(secret_file)).map_err(|e| {
+            c.err(
+                "[link] secret_file",
+                Some(raw.link.secret_file.span()),
+                format!(
+                    "{}: {e} (at least {MIN_SECRET_LEN} bytes, trailing newlines not counted)",
+                    secret_path.display()
+                ),
+            )
+        })?;
+        if world_readable(&secret_path) {
+            warnings.push(format!(
+                "[link] secret_file {} is readable by every user of this machine (chmod 600 it)",
+                secret_path.display()
+            ));
+        }
+        let tls = LinkTls {
+            cert: raw.link.tls_cert.as_ref().map(|p| c.path(p.get_ref())),
+            key: raw.link.tls_key.as_ref().map(|p| c.path(p.get_ref())),
+            ca: raw.link.tls_ca.as_ref().map(|p| c.path(p.get_ref())),
+        };
+        if tls.cert.is_some() != tls.key.is_some() {
+            return Err(c.err(
+                "[link] tls_cert",
+                raw.link
+                    .tls_cert
+                    .as_ref()
+                    .or(raw.link.tls_key.as_ref())
+                    .map(|s| s.span()),
+                "tls_cert and tls_key go together",
+            ));
+        }
+        for (key, f) in [
+            ("[link] tls_cert", &raw.link.tls_cert),
+            ("[link] tls_key", &raw.link.tls_key),
+            ("[link] tls_ca", &raw.link.tls_ca),
+        ] {
+            if let Some(f) = f {
+                c.read(key, f)?;
+            }
+        }
+        let database = match (&raw.database.sqlite, &raw.database.postgres_url) {
+            (Some(p), None) => Database::Sqlite(c.path(p.get_ref())),
+            (None, Some(url)) => Database::Postgres {
+                url: url.get_ref().clone(),
+                schema: raw
+                    .database
+                    .postgres_schema
+                    .clone()
+                    .unwrap_or_else(|| id.replace('-', "_")),
+            },
+            _ => {
+                return Err(c.err(
+                    "[database]",
+                    None,
+                    "give exactly one of `sqlite` or `postgres_url`",
+                ))
+            }
+        };
+        let (status_listen, status_span) = match &raw.status.listen {
+            Some(s) => (s.get_ref().clone(), Some(s.span())),
+            None => ("127.0.0.1:8080".to_owned(), None),
+        };
+        let status_listen: SocketAddr = status_listen.parse().map_err(|e| {
+            c.err(
+                "[status] listen",
+                status_span.clone(),
+                format!("`{status_listen}` is not an address:port ({e})"),
+            )
+        })?;
+        if !status_listen.ip().is_loopback() {
+            warnings.push(format!(
+                "[status] listen {status_listen} is not loopback: the status page and the \
+                 operator token travel without TLS; put a TLS proxy in front"
+            ));
+        }
+        let (token_path, token) = c.read(
+            "[status] operator_token_file",
+            &raw.status.operator_token_file,
+        )?;
+        let token = String::from_utf8(token)
+            .map_err(|_| {
+                c.err(
+                    "[status] operator_token_file",
+                    Some(raw.status.operator_token_file.span()),
+                    format!("{}: not UTF-8 text", token_path.display()),
+                )
+            })?
+            .trim()
+            .to_owned();
+        if token.len() < MIN_TOKEN_LEN {
+            return Err(c.err(
+                "[status] operator_token_file",
+                Some(raw.status.operator_token_file.span()),
+                format!(
+                    "{}: the operator token has {} characters; at least {MIN_TOKEN_LEN} are needed",
+                    token_path.display(),
+                    token.len()
+                ),
+            ));
+        }
+        if world_readable(&token_path) {
+            warnings.push(format!(
+                "[status] operator_token_file {} is readable by every user of this machine \
+                 (chmod 600 it)",
+                token_path.display()
+            ));
+        }
+        let log_level = match &raw.log.level {
+            Some(l) => {
+                let text = l.get_ref().clone();
+                tracing_subscriber::EnvFilter::try_new(&text)
+                    .map_err(|e| c.err("[log] level", Some(l.span()), format!("`{text}`: {e}")))?;
+                text
+            }
+            None => "info".to_owned(),
+        };
+        let audit_file = c.path(
+            raw.audit
+                .file
+                .as_deref()
+                .unwrap_or(Path::new(&format!("{id}.audit.jsonl"))),
+        );
+        Ok(Config {
+            file: file.to_path_buf(),
+            settings,
+            cluster: raw.node.cluster.get_ref().clone(),
+            listen,
+            peer,
+            secret,
+            tls,
+            reconnect_max: Duration::from_millis(*r.reconnect_max_ms.get_ref()),
+            database,
+            status_listen,
+            operator_token: token,
+            log_format: raw.log.format.unwrap_or_default(),
+            log_level,
+            audit_file,
+            warnings,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(tempfile::TempDir);
+
+    impl Dir {
+        fn new() -> Dir {
+            let d = Dir(tempfile::tempdir().unwrap());
+            d.write("pair.secret", "a pair secret of 32 bytes, really\n");
+            d.write("operator.token", "an operator token\n");
+            d
+        }
+        fn write(&self, name: &str, text: &str) {
+            std::fs::write(self.0.path().join(name), text).unwrap();
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(
+                    self.0.path().join(name),
+                    std::fs::Permissions::from_mode(0o600),
+                )
+                .unwrap();
+            }
+        }
+        fn parse(&self, text: &str) -> Result<Config, ConfigError> {
+            Config::parse(&self.0.path().join("gw.toml"), text)
+        }
+    }
+
+    const MASTER: &str = r#"[node]
+id = "gw-a"
+role = "master"
+cluster = "plant-7"
+
+[link]
+listen = "127.0.0.1:8060"
+secret_file = "pair.secret"
+
+[redundancy]
+heartbeat_ms = 250
+failover_timeout_ms = 3000
+
+[database]
+sqlite = "gw-a.db"
+
+[status]
+operator_token_file = "operator.token"
+"#;
+
+    #[test]
+    fn a_valid_config_is_read_with_defaults() {
+        let d = Dir::new();
+        let c = d.parse(MASTER).unwrap();
+        assert_eq!(c.settings.node_id, "gw-a");
+        assert_eq!(c.status_listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.log_format, LogFormat::Human);
+        assert!(c.audit_file.ends_with("gw-a.audit.jsonl"));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        // Nothing was created: the database is opened later.
+        assert!(!d.0.path().join("gw-a.db").exists());
+    }
+
+    #[test]
+    fn a_zero_heartbeat_names_the_key_and_the_line() {
+        let d = Dir::new();
+        let e = d
+            .parse(&MASTER.replace("heartbeat_ms = 250", "heartbeat_ms = 0"))
+            .unwrap_err();
+        assert_eq!(e.key, "[redundancy] heartbeat_ms");
+        assert_eq!(e.line, Some(11), "{e}");
+        assert!(
+            e.to_string()
+                .contains("gw.toml, line 11: [redundancy] heartbeat_ms"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_failover_timeout_below_two_heartbeats_is_refused() {
+        let d = Dir::new();
+        let e = d
+            .parse(&MASTER.replace("failover_timeout_ms = 3000", "failover_timeout_ms = 300"))
+            .unwrap_err();
+        assert_eq!(e.key, "[redundancy] failover_timeout_ms");
+        assert_eq!(e.line, Some(12));
+    }
+
+    #[test]
+    fn a_short_operator_token_is_refused_at_start() {
+        let d = Dir::new();
+        d.write("operator.token", "short\n");
+        let e = d.parse(MASTER).unwrap_err();
+        assert_eq!(e.key, "[status] operator_token_file");
+        assert!(e.problem.contains("5 characters; at least 16"), "{e}");
+        d.write("operator.token", "");
+        assert!(d.parse(MASTER).is_err());
+    }
+
+    #[test]
+    fn trailing_newlines_are_not_part_of_the_secret() {
+        assert_eq!(secret_bytes(b"pair secret\r\n\n".to_vec()), b"pair secret");
+        assert_eq!(secret_bytes(b"pair secret".to_vec()), b"pair secret");
+        assert_eq!(secret_bytes(b"pair secret \n".to_vec()), b"pair secret ");
+        let d = Dir::new();
+        d.write("pair.secret", "a pair secret of 32 bytes, really\r\n\n");
+        d.parse(MASTER).unwrap();
+        // Sixteen bytes with the newline, fifteen without: too short.
+        d.write("pair.secret", "fifteen bytes..\n");
+        let e = d.parse(MASTER).unwrap_err();
+        assert_eq!(e.key, "[link] secret_file");
+        assert!(e.problem.contains("trailing newlines not counted"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_world_readable_secret_and_a_public_status_address_are_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = Dir::new();
+        std::fs::set_permissions(
+            d.0.path().join("pair.secret"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let c = d
+            .parse(&MASTER.replace(
+                "operator_token_file",
+                "listen = \"0.0.0.0:8080\"\noperator_token_file",
+            ))
+            .unwrap();
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert!(c.warnings[0].contains("readable by every user"));
+        assert!(c.warnings[1].contains("not loopback"));
+    }
+
+    #[test]
+    fn mistakes_name_their_key() {
+        let d = Dir::new();
+        let cases = [
+            (MASTER.replace("id = \"gw-a\"", "id = \"\""), "[node] id"),
+            (
+                MASTER.replace(
+                    "listen = \"127.0.0.1:8060\"",
+                    "listen = \"127.0.0.1:8060\"\npeer = \"127.0.0.1:8060\"",
+                ),
+                "[link] peer",
+            ),
+            (MASTER.replace("sqlite = \"gw-a.db\"", ""), "[database]"),
+            (
+                MASTER.replace("pair.secret", "missing.secret"),
+                "[link] secret_file",
+            ),
+            (
+                MASTER.replace("[status]", "[status]\nlisten = \"localhost\""),
+                "[status] listen",
+            ),
+            (
+                format!("{MASTER}\n[log]\nlevel = \"info,,=\"\n"),
+                "[log] level",
+            ),
+            (
+                MASTER.replace("role = \"master\"", "role = \"boss\""),
+                "[node] role",
+            ),
+            (
+                MASTER.replace("heartbeat_ms = 250", "heartbeat_ms = \"fast\""),
+                "[redundancy] heartbeat_ms",
+            ),
+            (
+                MASTER.replace("listen = \"127.0.0.1:8060\"\n", ""),
+                "[link] listen",
+            ),
+        ];
+        for (text, key) in cases {
+            let e = d.parse(&text).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        }
+    }
+}
