@@ -340,8 +340,8 @@ impl std::fmt::Display for LinkEnd {
                 "the peer uses this node's own id {id:?}: give each node of the pair its own id"
             ),
             LinkEnd::SelfConnection => f.write_str("the peer address points at this node itself"),
-            LinkEnd::Refused(r) => write!(f, "refused by peer: {r:?}"),
-            LinkEnd::RefusedPeer(r) => write!(f, "refused the peer: {r:?}"),
+            LinkEnd::Refused(r) => write!(f, "refused by the peer: {r}"),
+            LinkEnd::RefusedPeer(r) => write!(f, "refused the peer: {r}"),
             LinkEnd::Protocol(e) => write!(f, "protocol violation: {e}"),
             LinkEnd::Timeout(d) => write!(f, "peer silent for {d:?}: link considered dead"),
             LinkEnd::Superseded => f.write_str("superseded by a newer connection"),
