@@ -229,7 +229,8 @@ async fn a_version_only_difference_replicates_and_both_nodes_warn() {
 }
 
 /// A module installed on the master alone: refused by name on both nodes;
-/// the backup stays standby.
+/// the backup stays standby; once the module is installed on the backup
+/// too, the pair syncs and the refusal is gone from both nodes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_on_one_node_only_is_refused_by_name() {
     let net = MemoryNetwork::with_seed(303);
@@ -261,4 +262,20 @@ async fn a_module_on_one_node_only_is_refused_by_name() {
     )
     .await;
     backup_stays_standby(&m, &b, ALLOWANCE + 2 * FAILOVER).await;
+
+    // The operator installs the module on the backup: the pair syncs, and
+    // neither node shows the refusal any more.
+    b.shutdown().await;
+    let b = backup(&net, &fb, m_modules());
+    m.store().insert(&profile("after the fix")).unwrap();
+    until_synced(&m, &b).await;
+    for (node, name) in [(&m, "master"), (&b, "backup")] {
+        let s = until_state(&format!("the {name} forgets the refusal"), node, |s| {
+            s.last_error.is_none()
+        })
+        .await;
+        assert!(s.module_warnings.is_empty(), "{name}: {s:?}");
+    }
+    assert_eq!(m.master().unwrap().status().refused, None);
+    assert_eq!(b.backup().unwrap().status().refused, None);
 }

@@ -669,8 +669,11 @@ impl MasterSide {
         }
         self.serving = Some(conn);
         let s = self.sessions.get_mut(&conn).expect("session present");
+        // The link works again: an earlier error or refusal (a module
+        // mismatch the operator has since fixed) no longer describes it.
         self.refused = None;
         self.refusal_logged = None;
+        self.last_error = None;
         tracing::info!(peer = ?s.peer, ?plan, "backup connected");
         if !std::mem::replace(&mut s.warned, true) {
             for w in &s.module_warnings {
