@@ -14,7 +14,7 @@
 //! - the frame length is checked against [`Limits::max_frame`] first (the
 //!   transport has already refused anything longer before reading it);
 //! - before postcard runs, the element counts of the sequences that could
-//!   expand (entries, snapshot rows, snapshot tables) are read from the frame
+//!   expand (entries, snapshot rows, snapshot tables, module manifests) are read from the frame
 //!   and checked against [`Limits::max_items`] and against the bytes that
 //!   remain, so a small frame cannot make the decoder allocate gigabytes of
 //!   empty structs;
@@ -167,12 +167,14 @@ fn check_size(what: &'static str, size: usize, limit: usize) -> Result<(), Codec
 const ENTRIES: u64 = 5;
 const SNAPSHOT_BEGIN: u64 = 7;
 const SNAPSHOT_ROWS: u64 = 8;
+const MODULES: u64 = 17;
 
 // Smallest encodings of one sequence element, to tell a count that cannot fit
 // in the frame before postcard allocates for it.
 const MIN_ENTRY_BYTES: usize = 5; // position, epoch, committed_at, digest, body length
 const MIN_ROW_BYTES: usize = 1; // length
 const MIN_TABLE_BYTES: usize = 2; // name length, rows
+const MIN_MODULE_BYTES: usize = 3; // name length, version length, schema
 
 /// Reads the element count of the expandable sequences before postcard does.
 /// Anything it cannot parse is left to postcard to report.
@@ -183,6 +185,7 @@ fn prescan(body: &[u8], limits: &Limits) -> Result<(), CodecError> {
     };
     let (what, min_bytes) = match variant {
         ENTRIES => ("entries", MIN_ENTRY_BYTES),
+        MODULES => ("module manifests", MIN_MODULE_BYTES),
         SNAPSHOT_ROWS => {
             if r.varint(5).is_none() {
                 return Ok(());
@@ -269,6 +272,16 @@ fn check_message(msg: &Message, limits: &Limits) -> Result<(), CodecError> {
         Message::Refused {
             reason: RefuseReason::Protocol(detail),
         } => string("refusal detail", detail)?,
+        Message::Refused {
+            reason: RefuseReason::ModuleMismatch(m),
+        } => {
+            string("module name", &m.module)?;
+            for version in [&m.ours, &m.theirs].into_iter().flatten() {
+                string("module version", version)?;
+            }
+            string("node id", &m.ours_node)?;
+            string("node id", &m.theirs_node)?;
+        }
         Message::SyncRequest {
             history,
             force_snapshot,
@@ -312,6 +325,13 @@ fn check_message(msg: &Message, limits: &Limits) -> Result<(), CodecError> {
                 string("history kind", &i.kind)?;
             }
         }
+        Message::Modules(modules) => {
+            check_count("module manifests", modules.len() as u64, limits.max_items)?;
+            for m in modules {
+                string("module name", &m.name)?;
+                string("module version", &m.version)?;
+            }
+        }
         Message::Proof { .. }
         | Message::Refused { .. }
         | Message::SyncPlan(_)
@@ -342,7 +362,7 @@ fn check_consecutive(entries: &[LogEntry]) -> Result<(), CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::SnapshotTable;
+    use crate::protocol::{ModuleManifest, SnapshotTable};
     use persist_core::Digest;
 
     fn entry(position: u64) -> LogEntry {
@@ -386,6 +406,11 @@ mod tests {
                     },
                 ],
             },
+            Message::Modules(vec![
+                ModuleManifest::new("alarms", "1.0.0", u128::MAX),
+                ModuleManifest::new("", "", 0),
+                ModuleManifest::new("counters", "2.1.0-rc.1", 7),
+            ]),
         ];
         for msg in msgs {
             let frame = encode(&msg);

@@ -5,7 +5,9 @@ mod common;
 use common::{all_messages, arb_message, arb_mutations, entry, mutate};
 use persist_core::Digest;
 use persist_sync::codec::{decode, encode, CodecError, Limits, WIRE_VERSION};
-use persist_sync::protocol::{LinkRole, Message, RefuseReason, SnapshotTable};
+use persist_sync::protocol::{
+    LinkRole, Message, ModuleManifest, ModuleMismatch, RefuseReason, SnapshotTable,
+};
 use proptest::prelude::*;
 
 #[test]
@@ -204,6 +206,69 @@ fn string_lengths_are_limited() {
         decode(&encode(&begin), &small),
         Err(CodecError::TooLarge {
             what: "table name",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn module_manifests_are_limited_like_any_sequence() {
+    let modules = |n: usize, name: &str| {
+        Message::Modules(
+            (0..n)
+                .map(|i| ModuleManifest::new(format!("{name}{i}"), "1.0.0", i as u128))
+                .collect(),
+        )
+    };
+    let limits = Limits {
+        max_items: 2,
+        max_string: 10,
+        ..Limits::default()
+    };
+    assert_eq!(
+        decode(&encode(&modules(3, "m")), &limits),
+        Err(CodecError::TooLarge {
+            what: "module manifests",
+            size: 3,
+            limit: 2
+        })
+    );
+    assert!(matches!(
+        decode(&encode(&modules(1, "a-long-module-name")), &limits),
+        Err(CodecError::TooLarge {
+            what: "module name",
+            ..
+        })
+    ));
+    // Before authentication no manifest is expected.
+    assert!(matches!(
+        decode(&encode(&modules(1, "m")), &Limits::handshake()),
+        Err(CodecError::TooLarge {
+            what: "module manifests",
+            ..
+        })
+    ));
+    // Modules variant (17), a count of 1,000,000 and ten bytes.
+    let mut frame = vec![WIRE_VERSION, 17];
+    frame.extend_from_slice(&[0xc0, 0x84, 0x3d]);
+    frame.extend_from_slice(&[0; 10]);
+    assert!(matches!(
+        decode(&frame, &Limits::default()),
+        Err(CodecError::Malformed(m)) if m.contains("cannot fit")
+    ));
+    let refused = Message::Refused {
+        reason: RefuseReason::ModuleMismatch(Box::new(ModuleMismatch {
+            module: "alarms".into(),
+            ours: Some("1.0.0".into()),
+            theirs: Some("x".repeat(11)),
+            ours_node: "gw-a".into(),
+            theirs_node: "gw-b".into(),
+        })),
+    };
+    assert!(matches!(
+        decode(&encode(&refused), &limits),
+        Err(CodecError::TooLarge {
+            what: "module version",
             ..
         })
     ));

@@ -222,6 +222,27 @@ fn a_backup_with_a_wrong_secret() {
     );
 }
 
+/// A backup whose module has other records than the master's (an upgrade
+/// installed on the backup alone) is refused by name; it stays standby next
+/// to the live master, and takes over in time when the master dies while
+/// the mistake lasts (the invariants check both).
+#[test]
+fn a_backup_with_a_module_mismatch() {
+    scenario(
+        "module mismatch",
+        vec![(s(2500), Fault::Mistake(Mistake::ModuleMismatch, s(4000)))],
+        |_| {},
+    );
+    scenario(
+        "module mismatch, then the master dies",
+        vec![
+            (s(2500), Fault::Mistake(Mistake::ModuleMismatch, s(4000))),
+            (s(4000), Fault::Crash(0, s(1500))),
+        ],
+        |_| {},
+    );
+}
+
 /// Items 6 and 7: the master restarts after a failover (short and long
 /// outages: the backup's backoff has grown), in both recovery modes.
 #[test]

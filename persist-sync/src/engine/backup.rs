@@ -13,11 +13,14 @@ use persist_core::{Error as StoreError, LogEntry, SnapshotHeader, SnapshotTableI
 
 use super::node::{auth_end, Ctx, Owner, PeerEvent};
 use super::{
-    ConnId, Input, LinkEnd, NodeReport, Output, StoreOp, StoreResult, StoreValue, APPLY_BATCH,
+    compare_modules, ConnId, Input, LinkEnd, NodeReport, Output, StoreOp, StoreResult, StoreValue,
+    APPLY_BATCH,
 };
 use crate::auth::{Handshake, HandshakeStep};
 use crate::clock::Time;
-use crate::protocol::{LinkRole, Message, NodeRole, Plan, RefuseReason, ResyncReason};
+use crate::protocol::{
+    LinkRole, Message, ModuleManifest, NodeRole, Plan, RefuseReason, ResyncReason,
+};
 use crate::runtime_state::Cursor;
 use crate::worker::SyncConfig;
 
@@ -114,6 +117,11 @@ struct Link {
     runtime: Cursor,
     history_in_flight: Option<(u64, Time)>,
     history_reading: bool,
+    /// The modules the master declared (it does so once, right after
+    /// authenticating).
+    master_modules: Option<Vec<ModuleManifest>>,
+    /// Version differences were logged (once per link).
+    warned: bool,
 }
 
 enum State {
@@ -143,6 +151,12 @@ pub(crate) struct BackupSide {
     last_sync: Option<Time>,
     last_error: Option<String>,
     refused: Option<RefuseReason>,
+    /// The last refusal logged as a warning: the same refusal at every
+    /// redial is logged once.
+    refusal_logged: Option<RefuseReason>,
+    /// What the connected master declared, and the version differences.
+    peer_modules: Vec<ModuleManifest>,
+    module_warnings: Vec<String>,
     resyncs: u64,
     snapshot_progress: Option<(u64, u64)>,
     history_acked: u64,
@@ -177,6 +191,9 @@ impl BackupSide {
             last_sync: None,
             last_error: None,
             refused: None,
+            refusal_logged: None,
+            peer_modules: Vec::new(),
+            module_warnings: Vec::new(),
             resyncs: 0,
             snapshot_progress: None,
             history_acked: 0,
@@ -236,6 +253,8 @@ impl BackupSide {
                     runtime: Cursor::default(),
                     history_in_flight: None,
                     history_reading: false,
+                    master_modules: None,
+                    warned: false,
                 }));
             }
             Input::DialFailed { conn, error } => {
@@ -399,6 +418,7 @@ impl BackupSide {
                     ctx.out.push(Output::Authenticated { conn });
                     let hb = ctx.heartbeat(NodeRole::Backup, self.position);
                     ctx.send(conn, hb);
+                    ctx.send(conn, Message::Modules(ctx.cfg.modules.clone()));
                     // An active backup hands its runtime state over before it
                     // hears the master (and, in automatic recovery, hands back).
                     self.flush_runtime(ctx);
@@ -431,6 +451,16 @@ impl BackupSide {
             Message::Refused { reason } => {
                 self.refused = Some(reason.clone());
                 self.down(ctx, LinkEnd::Refused(reason));
+            }
+            Message::Modules(modules) => {
+                if link.master_modules.is_some() {
+                    self.down(
+                        ctx,
+                        LinkEnd::Protocol("the master declared its modules twice".into()),
+                    );
+                    return;
+                }
+                link.master_modules = Some(modules);
             }
             Message::HistoryAck { seq } => {
                 if link.history_in_flight.is_some_and(|(s, _)| seq >= s) {
@@ -472,6 +502,33 @@ impl BackupSide {
         }
         match (&mut link.step, msg) {
             (Step::Requested, Message::SyncPlan(plan)) => {
+                // The master compared the modules and accepted them; the
+                // same comparison here gives the version differences.
+                let peer = link.peer.clone().unwrap_or_default();
+                let verdict = match &link.master_modules {
+                    None => Err("the master planned before declaring its modules".to_owned()),
+                    Some(theirs) => compare_modules(&ctx.cfg.modules, theirs)
+                        .map(|skews| (theirs.clone(), skews))
+                        .map_err(|c| {
+                            let r = c.refusal(&ctx.cfg.auth.node_id, &peer);
+                            format!("the master accepted this node although {r}")
+                        }),
+                };
+                let (modules, skews) = match verdict {
+                    Ok(v) => v,
+                    Err(e) => {
+                        self.down(ctx, protocol(e));
+                        return;
+                    }
+                };
+                self.module_warnings = skews.iter().map(|k| k.warning(&peer)).collect();
+                self.peer_modules = modules;
+                if !std::mem::replace(&mut link.warned, true) {
+                    for w in &self.module_warnings {
+                        tracing::warn!(peer = %peer, "{w}");
+                    }
+                }
+                self.refusal_logged = None;
                 tracing::info!(peer = ?link.peer, ?plan, "connected to the master");
                 link.synced = true;
                 self.connected = true;
@@ -899,12 +956,26 @@ impl BackupSide {
             State::Dialing { conn, .. } => ctx.close(conn),
             State::Waiting { .. } => {}
         }
+        match &why {
+            LinkEnd::Shutdown => {}
+            // A master that refuses every redial for the same reason: logged once.
+            LinkEnd::Refused(r) if self.refusal_logged.as_ref() == Some(r) => {
+                tracing::debug!("sync with the master failed: {why}");
+            }
+            _ => {
+                if let LinkEnd::Refused(r) = &why {
+                    self.refusal_logged = Some(r.clone());
+                }
+                tracing::warn!("sync with the master failed: {why}");
+            }
+        }
         if !matches!(why, LinkEnd::Shutdown) {
-            tracing::warn!("sync with the master failed: {why}");
             self.last_error = Some(why.to_string());
         }
         self.connected = false;
         self.peer = None;
+        self.peer_modules.clear();
+        self.module_warnings.clear();
         self.snapshot_progress = None;
         if synced {
             self.delay = self.initial_delay;
@@ -947,6 +1018,8 @@ impl BackupSide {
             resyncs: self.resyncs,
             snapshot_progress: self.snapshot_progress,
             pending_updates: self.master_position.saturating_sub(self.position),
+            peer_modules: self.peer_modules.clone(),
+            module_warnings: self.module_warnings.clone(),
             redundancy: None,
         }
     }

@@ -9,13 +9,13 @@ use persist_core::{Digest, LogEntry, SnapshotHeader};
 
 use super::node::{auth_end, Ctx, Owner, PeerEvent};
 use super::{
-    plan_sync, BackupView, ConnId, Decision, Input, LinkEnd, Output, SendWindow, StoreOp,
-    StoreResult, StoreValue, MAX_QUEUED_FRAMES, SNAPSHOT_WINDOW,
+    compare_modules, plan_sync, BackupView, ConnId, Decision, Input, LinkEnd, Output, SendWindow,
+    StoreOp, StoreResult, StoreValue, MAX_QUEUED_FRAMES, SNAPSHOT_WINDOW,
 };
 use crate::auth::{Handshake, HandshakeStep};
 use crate::clock::Time;
 use crate::protocol::{
-    LinkRole, Message, NodeRole, Plan, RefuseReason, ResyncReason, SnapshotTable,
+    LinkRole, Message, ModuleManifest, NodeRole, Plan, RefuseReason, ResyncReason, SnapshotTable,
 };
 use crate::redundancy::machine::BackupProgress;
 use crate::runtime_state::Cursor;
@@ -67,6 +67,13 @@ struct Session {
     /// backup is heard are sent again.
     acked_at: Time,
     runtime: Cursor,
+    /// The modules the peer declared (it does so once, right after
+    /// authenticating).
+    modules: Option<Vec<ModuleManifest>>,
+    /// Modules the peer runs at another version with the same records.
+    module_warnings: Vec<String>,
+    /// The warnings were logged (once per link).
+    warned: bool,
 }
 
 impl Session {
@@ -94,6 +101,9 @@ pub(crate) struct MasterSide {
     last_sync: Option<Time>,
     last_error: Option<String>,
     refused: Option<RefuseReason>,
+    /// The last refusal logged as a warning: the same refusal of a backup
+    /// that keeps redialing is logged once.
+    refusal_logged: Option<RefuseReason>,
     resyncs: u64,
     snapshot_progress: Option<(u64, u64)>,
     resync_pending: bool,
@@ -134,6 +144,7 @@ impl MasterSide {
             last_sync: None,
             last_error: None,
             refused: None,
+            refusal_logged: None,
             resyncs: 0,
             snapshot_progress: None,
             resync_pending: false,
@@ -168,6 +179,9 @@ impl MasterSide {
                         retry_at: None,
                         acked_at: ctx.now,
                         runtime: Cursor::default(),
+                        modules: None,
+                        module_warnings: Vec::new(),
+                        warned: false,
                     },
                 );
             }
@@ -367,6 +381,7 @@ impl MasterSide {
                     ctx.out.push(Output::Authenticated { conn });
                     let hb = ctx.heartbeat(NodeRole::Master, self.head);
                     ctx.send(conn, hb);
+                    ctx.send(conn, Message::Modules(ctx.cfg.modules.clone()));
                 }
                 HandshakeStep::Failed(e) => {
                     let why = match auth_end(e) {
@@ -393,6 +408,17 @@ impl MasterSide {
                 let peer = s.peer.clone().unwrap_or_default();
                 ctx.announced(peer, role, epoch, active, false);
             }
+            Message::Modules(modules) => {
+                if s.modules.is_some() {
+                    self.end(
+                        ctx,
+                        conn,
+                        LinkEnd::Protocol("modules declared twice on one link".into()),
+                    );
+                    return;
+                }
+                s.modules = Some(modules);
+            }
             Message::SyncRequest {
                 schema,
                 history,
@@ -416,6 +442,25 @@ impl MasterSide {
                     self.enter_dual_master(ctx, &other);
                     self.end(ctx, conn, LinkEnd::RefusedPeer(RefuseReason::DualMaster));
                     return;
+                }
+                // Modules first: an operator reads the module's name, not
+                // two schema fingerprints.
+                let peer = s.peer.clone().unwrap_or_default();
+                let verdict = match &s.modules {
+                    None => Err(RefuseReason::Protocol(
+                        "a sync request before the module manifest".into(),
+                    )),
+                    Some(theirs) => compare_modules(&ctx.cfg.modules, theirs)
+                        .map_err(|c| c.refusal(&ctx.cfg.auth.node_id, &peer)),
+                };
+                match verdict {
+                    Ok(skews) => {
+                        s.module_warnings = skews.iter().map(|k| k.warning(&peer)).collect();
+                    }
+                    Err(reason) => {
+                        self.refuse(ctx, conn, reason);
+                        return;
+                    }
                 }
                 self.close_snapshot(ctx, conn);
                 let s = self.sessions.get_mut(&conn).expect("session present");
@@ -544,17 +589,7 @@ impl MasterSide {
                 view.position = view.position.max(self.head);
                 self.head = view.position;
                 match plan_sync(&view, request, digest_at) {
-                    Decision::Refuse(reason) => {
-                        tracing::warn!(peer = ?s.peer, "refusing backup: {reason:?}");
-                        ctx.send(
-                            conn,
-                            Message::Refused {
-                                reason: reason.clone(),
-                            },
-                        );
-                        self.refused = Some(reason.clone());
-                        self.end(ctx, conn, LinkEnd::RefusedPeer(reason));
-                    }
+                    Decision::Refuse(reason) => self.refuse(ctx, conn, reason),
                     Decision::Sync(plan) => self.serve(ctx, conn, plan),
                 }
             }
@@ -612,6 +647,19 @@ impl MasterSide {
         }
     }
 
+    /// Refuses the backup of session `conn`: tells it why, shows it, and
+    /// ends the session.
+    fn refuse(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, reason: RefuseReason) {
+        ctx.send(
+            conn,
+            Message::Refused {
+                reason: reason.clone(),
+            },
+        );
+        self.refused = Some(reason.clone());
+        self.end(ctx, conn, LinkEnd::RefusedPeer(reason));
+    }
+
     /// The session's plan is made: it serves the backup from now on; an
     /// older session stops.
     fn serve(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, plan: Plan) {
@@ -621,8 +669,17 @@ impl MasterSide {
         }
         self.serving = Some(conn);
         let s = self.sessions.get_mut(&conn).expect("session present");
+        // The link works again: an earlier error or refusal (a module
+        // mismatch the operator has since fixed) no longer describes it.
         self.refused = None;
+        self.refusal_logged = None;
+        self.last_error = None;
         tracing::info!(peer = ?s.peer, ?plan, "backup connected");
+        if !std::mem::replace(&mut s.warned, true) {
+            for w in &s.module_warnings {
+                tracing::warn!(peer = ?s.peer, "{w}");
+            }
+        }
         ctx.send(conn, Message::SyncPlan(plan.clone()));
         match plan {
             Plan::Incremental { from, .. } => {
@@ -886,7 +943,16 @@ impl MasterSide {
         let serving = self.serving == Some(conn);
         match &why {
             LinkEnd::Shutdown | LinkEnd::Superseded => {}
-            e => tracing::warn!(peer = ?s.peer, "sync session ended: {e}"),
+            // A backup that keeps redialing into the same refusal: logged once.
+            e @ LinkEnd::RefusedPeer(r) if self.refusal_logged.as_ref() == Some(r) => {
+                tracing::debug!(peer = ?s.peer, "sync session ended: {e}")
+            }
+            e => {
+                if let LinkEnd::RefusedPeer(r) = e {
+                    self.refusal_logged = Some(r.clone());
+                }
+                tracing::warn!(peer = ?s.peer, "sync session ended: {e}")
+            }
         }
         if serving {
             // Only the session that serves the backup speaks for the link: a
@@ -986,6 +1052,8 @@ impl MasterSide {
             resyncs: self.resyncs,
             snapshot_progress: self.snapshot_progress,
             pending_updates: self.head.saturating_sub(acked),
+            peer_modules: serving.and_then(|s| s.modules.clone()).unwrap_or_default(),
+            module_warnings: serving.map_or_else(Vec::new, |s| s.module_warnings.clone()),
             redundancy: None,
         }
     }
@@ -1015,6 +1083,7 @@ impl MasterSide {
                 HandshakeStep::Done(peer) => {
                     p.peer = Some(peer.node_id);
                     ctx.out.push(Output::Authenticated { conn });
+                    ctx.send(conn, Message::Modules(ctx.cfg.modules.clone()));
                     ctx.send(
                         conn,
                         Message::SyncRequest {
@@ -1045,7 +1114,7 @@ impl MasterSide {
                 self.enter_dual_master(ctx, &other);
                 self.end_probe(ctx, None);
             }
-            Message::Heartbeat { .. } => {}
+            Message::Heartbeat { .. } | Message::Modules(_) => {}
             _ => self.end_probe(ctx, None),
         }
     }

@@ -7,8 +7,8 @@
 //! inputs back; the simulator in `sim` does the same under virtual time,
 //! so it exercises exactly the decisions production runs.
 //!
-//! - [`plan`]: the small pure decisions ([`plan_sync`], [`SendWindow`],
-//!   [`RetentionPolicy`]).
+//! - [`plan`]: the small pure decisions ([`compare_modules`], [`plan_sync`],
+//!   [`SendWindow`], [`RetentionPolicy`]).
 //! - `master`: the master's sessions (one per accepted link; the newest
 //!   authenticated one serves) and its probe for a second master.
 //! - `backup`: the backup's link: dialing with backoff, verify, request,
@@ -28,7 +28,10 @@ use persist_core::{Claim, Digest, HistoryItem, LogEntry, SnapshotHeader, Verific
 use crate::protocol::{Message, RefuseReason};
 
 pub use node::{Command, CommandError, NodeCore, NodeParams, NodeReport, RedundancyReport, Role};
-pub use plan::{plan_sync, BackupView, Decision, MasterView, RetentionPolicy, SendWindow};
+pub use plan::{
+    compare_modules, plan_sync, BackupView, Decision, MasterView, ModuleConflict, RetentionPolicy,
+    SendWindow, VersionSkew,
+};
 
 /// A link of this node, numbered by the node (never reused).
 pub type ConnId = u64;
@@ -340,8 +343,8 @@ impl std::fmt::Display for LinkEnd {
                 "the peer uses this node's own id {id:?}: give each node of the pair its own id"
             ),
             LinkEnd::SelfConnection => f.write_str("the peer address points at this node itself"),
-            LinkEnd::Refused(r) => write!(f, "refused by peer: {r:?}"),
-            LinkEnd::RefusedPeer(r) => write!(f, "refused the peer: {r:?}"),
+            LinkEnd::Refused(r) => write!(f, "refused by the peer: {r}"),
+            LinkEnd::RefusedPeer(r) => write!(f, "refused the peer: {r}"),
             LinkEnd::Protocol(e) => write!(f, "protocol violation: {e}"),
             LinkEnd::Timeout(d) => write!(f, "peer silent for {d:?}: link considered dead"),
             LinkEnd::Superseded => f.write_str("superseded by a newer connection"),

@@ -11,7 +11,7 @@ use super::backup::BackupSide;
 use super::master::MasterSide;
 use super::{ConnId, Input, LinkEnd, OpId, Output, StoreOp, StoreResult};
 use crate::clock::Time;
-use crate::protocol::{Message, NodeRole, RefuseReason};
+use crate::protocol::{Message, ModuleManifest, NodeRole, RefuseReason};
 use crate::redundancy::machine::{
     ActivityLevel, Effect, Machine, PeerView, RedundancySettings, RequestError,
 };
@@ -114,6 +114,12 @@ pub struct NodeReport {
     /// Entries not yet on the other node (master: the backup has not
     /// acknowledged them; backup: announced by the master, not applied).
     pub pending_updates: u64,
+    /// The modules the connected peer declared (empty while not connected).
+    pub peer_modules: Vec<ModuleManifest>,
+    /// Modules both nodes run at different versions with the same records,
+    /// one line each (e.g. "module `alarms`: 1.1.0 here, 1.0.0 on gw-a: same
+    /// records, replication continues"), while connected.
+    pub module_warnings: Vec<String>,
     /// The redundancy state, if the node runs redundancy.
     pub redundancy: Option<RedundancyReport>,
 }

@@ -1,14 +1,16 @@
 //! The small decisions the sessions take: plain functions and state types.
 //!
+//! - [`compare_modules`]: whether two nodes' modules let them sync.
 //! - [`plan_sync`]: what the master answers a backup that connects.
 //! - [`SendWindow`]: how far the master may run ahead of the backup's acks.
 //! - [`RetentionPolicy::trim_below`]: which log entries the master may drop.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use persist_core::Digest;
 
-use crate::protocol::{Plan, RefuseReason, ResyncReason};
+use crate::protocol::{ModuleManifest, ModuleMismatch, Plan, RefuseReason, ResyncReason};
 
 #[cfg(test)]
 #[path = "plan_tests.rs"]
@@ -49,6 +51,101 @@ pub enum Decision {
     Refuse(RefuseReason),
     /// Sync as planned.
     Sync(Plan),
+}
+
+/// A module both nodes run with the same records at different versions:
+/// the pair syncs, and both nodes warn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionSkew {
+    /// The module's name.
+    pub module: String,
+    /// Its version on this node.
+    pub ours: String,
+    /// Its version on the peer.
+    pub theirs: String,
+}
+
+impl VersionSkew {
+    /// What this node shows and logs, `peer` being the peer's node id.
+    pub fn warning(&self, peer: &str) -> String {
+        format!(
+            "module `{}`: {} here, {} on {peer}: same records, replication continues",
+            self.module, self.ours, self.theirs
+        )
+    }
+}
+
+/// A module that keeps two nodes from syncing: on one node only, or with
+/// different records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleConflict {
+    /// The module's name.
+    pub module: String,
+    /// Its version on this node (`None`: not installed here).
+    pub ours: Option<String>,
+    /// Its version on the peer (`None`: not installed there).
+    pub theirs: Option<String>,
+}
+
+impl ModuleConflict {
+    /// The refusal the master sends: the conflict with both nodes' ids.
+    pub fn refusal(self, ours_node: &str, theirs_node: &str) -> RefuseReason {
+        RefuseReason::ModuleMismatch(Box::new(ModuleMismatch {
+            module: self.module,
+            ours: self.ours,
+            theirs: self.theirs,
+            ours_node: ours_node.to_owned(),
+            theirs_node: theirs_node.to_owned(),
+        }))
+    }
+}
+
+/// Compares this node's modules with those the peer declared (the rule is
+/// in [`ModuleManifest`]'s docs): the version differences of modules whose
+/// records are the same, in name order, or the first module by name that is
+/// on one node only or whose `schema` differs.
+///
+/// The comparison is symmetric: swapping the sides swaps `ours` and
+/// `theirs` and gives the same verdict. Were a name declared twice (a
+/// configuration [`SyncConfig::validate`](crate::worker::SyncConfig::validate)
+/// refuses), its first declaration counts.
+pub fn compare_modules(
+    ours: &[ModuleManifest],
+    theirs: &[ModuleManifest],
+) -> Result<Vec<VersionSkew>, ModuleConflict> {
+    fn index(list: &[ModuleManifest]) -> BTreeMap<&str, &ModuleManifest> {
+        let mut map = BTreeMap::new();
+        for m in list {
+            map.entry(m.name.as_str()).or_insert(m);
+        }
+        map
+    }
+    let (ours, theirs) = (index(ours), index(theirs));
+    let mut names: Vec<&str> = ours.keys().chain(theirs.keys()).copied().collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut skews = Vec::new();
+    for name in names {
+        match (ours.get(name), theirs.get(name)) {
+            (Some(o), Some(t)) if o.schema == t.schema => {
+                if o.version != t.version {
+                    skews.push(VersionSkew {
+                        module: name.to_owned(),
+                        ours: o.version.clone(),
+                        theirs: t.version.clone(),
+                    });
+                }
+            }
+            (o, t) => {
+                return Err(ModuleConflict {
+                    module: name.to_owned(),
+                    ours: o.map(|m| m.version.clone()),
+                    theirs: t.map(|m| m.version.clone()),
+                })
+            }
+        }
+    }
+    Ok(skews)
 }
 
 /// Decides how a connecting backup is brought up to date.

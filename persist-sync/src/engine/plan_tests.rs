@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocol::ModuleManifest;
 
 fn master() -> MasterView {
     MasterView {
@@ -159,4 +160,159 @@ fn retention_follows_acks_size_and_age() {
         50,
         "never past the head"
     );
+}
+
+fn module(name: &str, version: &str, schema: u128) -> ModuleManifest {
+    ModuleManifest::new(name, version, schema)
+}
+
+#[test]
+fn no_modules_on_either_node_compare_equal() {
+    assert_eq!(compare_modules(&[], &[]), Ok(vec![]));
+    let same = [module("alarms", "1.0.0", 1), module("counters", "2.0.0", 2)];
+    assert_eq!(compare_modules(&same, &same), Ok(vec![]));
+}
+
+#[test]
+fn a_version_only_difference_is_accepted_and_listed() {
+    let ours = [module("counters", "2.0.0", 2), module("alarms", "1.1.0", 1)];
+    let theirs = [module("alarms", "1.0.0", 1), module("counters", "2.0.1", 2)];
+    assert_eq!(
+        compare_modules(&ours, &theirs),
+        Ok(vec![
+            VersionSkew {
+                module: "alarms".into(),
+                ours: "1.1.0".into(),
+                theirs: "1.0.0".into(),
+            },
+            VersionSkew {
+                module: "counters".into(),
+                ours: "2.0.0".into(),
+                theirs: "2.0.1".into(),
+            },
+        ]),
+        "in name order, whatever the declaration order"
+    );
+    let skew = &compare_modules(&ours, &theirs).unwrap()[0];
+    assert_eq!(
+        skew.warning("gw-a"),
+        "module `alarms`: 1.1.0 here, 1.0.0 on gw-a: same records, replication continues"
+    );
+}
+
+#[test]
+fn different_records_are_refused_by_name_with_both_versions() {
+    let ours = [module("alarms", "1.1.0", 1)];
+    let theirs = [module("alarms", "1.0.0", 9)];
+    let conflict = compare_modules(&ours, &theirs).unwrap_err();
+    assert_eq!(
+        conflict,
+        ModuleConflict {
+            module: "alarms".into(),
+            ours: Some("1.1.0".into()),
+            theirs: Some("1.0.0".into()),
+        }
+    );
+    let reason = conflict.refusal("gw-a", "gw-b");
+    assert_eq!(
+        reason.to_string(),
+        "module `alarms`: 1.1.0 on gw-a, 1.0.0 on gw-b, and its records differ"
+    );
+    // The same version with other records (a module built from changed
+    // sources without a new version number).
+    let theirs = [module("alarms", "1.1.0", 9)];
+    assert_eq!(
+        compare_modules(&ours, &theirs)
+            .unwrap_err()
+            .refusal("gw-a", "gw-b")
+            .to_string(),
+        "module `alarms` 1.1.0: its records differ between gw-a and gw-b"
+    );
+}
+
+#[test]
+fn a_module_on_one_node_only_is_refused_by_name() {
+    let both = module("alarms", "1.0.0", 1);
+    let ours = [both.clone(), module("counters", "1.0.0", 2)];
+    let theirs = [both.clone()];
+    let conflict = compare_modules(&ours, &theirs).unwrap_err();
+    assert_eq!(
+        conflict,
+        ModuleConflict {
+            module: "counters".into(),
+            ours: Some("1.0.0".into()),
+            theirs: None,
+        }
+    );
+    assert_eq!(
+        conflict.refusal("gw-a", "gw-b").to_string(),
+        "module `counters` 1.0.0 is installed on gw-a only"
+    );
+    let conflict = compare_modules(&theirs, &ours).unwrap_err();
+    assert_eq!(
+        (conflict.ours.clone(), conflict.theirs.clone()),
+        (None, Some("1.0.0".into()))
+    );
+    assert_eq!(
+        conflict.refusal("gw-a", "gw-b").to_string(),
+        "module `counters` 1.0.0 is installed on gw-b only"
+    );
+    // Modules declared on one node and none on the other.
+    assert_eq!(
+        compare_modules(&[], &theirs).unwrap_err().module,
+        "alarms",
+        "a node that declares no modules is refused by one that declares some"
+    );
+}
+
+#[test]
+fn the_first_conflict_by_name_wins_over_version_differences() {
+    let ours = [
+        module("zeta", "1", 5),
+        module("alarms", "2.0.0", 1),
+        module("beta", "1", 3),
+    ];
+    let theirs = [
+        module("alarms", "1.0.0", 1),
+        module("beta", "1", 4),
+        module("gamma", "1", 6),
+    ];
+    assert_eq!(compare_modules(&ours, &theirs).unwrap_err().module, "beta");
+}
+
+#[test]
+fn the_comparison_is_symmetric() {
+    let lists = [
+        vec![],
+        vec![module("alarms", "1.0.0", 1)],
+        vec![module("alarms", "1.1.0", 1)],
+        vec![module("alarms", "1.0.0", 2)],
+        vec![module("alarms", "1.0.0", 1), module("counters", "1", 3)],
+        vec![module("counters", "1", 3)],
+    ];
+    for a in &lists {
+        for b in &lists {
+            match (compare_modules(a, b), compare_modules(b, a)) {
+                (Ok(x), Ok(y)) => {
+                    let swapped: Vec<VersionSkew> = y
+                        .into_iter()
+                        .map(|k| VersionSkew {
+                            module: k.module,
+                            ours: k.theirs,
+                            theirs: k.ours,
+                        })
+                        .collect();
+                    assert_eq!(x, swapped, "{a:?} / {b:?}");
+                }
+                (Err(x), Err(y)) => {
+                    assert_eq!(
+                        (x.module, x.ours, x.theirs),
+                        (y.module, y.theirs, y.ours),
+                        "{a:?} / {b:?}"
+                    );
+                }
+                (x, y) => panic!("{a:?} / {b:?}: {x:?} but {y:?}"),
+            }
+        }
+    }
 }

@@ -9,7 +9,9 @@
 //! 3. **Sync** (authenticated): both sides announce themselves at once with a
 //!    [`Message::Heartbeat`] (their claim of who is active), and keep doing so
 //!    every heartbeat interval whatever else is going on (a long verify, a
-//!    snapshot). The backup states where it stands ([`Message::SyncRequest`]),
+//!    snapshot), then each declares the modules it runs
+//!    ([`Message::Modules`]; see [`ModuleManifest`] for the rule the master
+//!    applies to them). The backup states where it stands ([`Message::SyncRequest`]),
 //!    the master answers with a [`Plan`], then streams [`Message::Entries`]
 //!    (or a snapshot, paced by [`Message::SnapshotAck`]) and the backup
 //!    acknowledges durably applied positions ([`Message::Ack`]). The backup
@@ -24,7 +26,11 @@ use persist_core::{Digest, LogEntry};
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+///
+/// Version 3 added module manifests ([`Message::Modules`],
+/// [`RefuseReason::ModuleMismatch`]); a version 2 peer is refused in the
+/// hello with [`RefuseReason::ProtocolVersion`].
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// A node's configured role in the pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -35,6 +41,50 @@ pub enum NodeRole {
     Master,
     /// Follows the master; takes over when it fails.
     Backup,
+}
+
+/// One module a node runs: a named set of record types, as the host
+/// declares it in [`SyncConfig::modules`](crate::worker::SyncConfig::modules).
+///
+/// Both nodes send their manifests right after authenticating
+/// ([`Message::Modules`]), and the master compares them
+/// ([`compare_modules`](crate::engine::plan::compare_modules)) before
+/// anything else of a sync request:
+/// - **the same name and `schema`, different versions**: accepted. The
+///   module's records are the same, so replication, switchover and failover
+///   go on (a code-only upgrade, one node after the other: a rolling
+///   upgrade). Both nodes show the difference in their state
+///   (`module_warnings`, next to the `peer_modules` the peer declared) and
+///   log it once per link.
+/// - **a module on one node only, or the same name with a different
+///   `schema`**: refused with [`RefuseReason::ModuleMismatch`], which names
+///   the module and both versions (this check comes before the store's
+///   global schema fingerprint, so the operator reads a name rather than two
+///   numbers). Both nodes show the refusal. The refused backup keeps its
+///   data, stays standby while the master answers (a refusal is a sign of
+///   life), and takes over if the master dies.
+///
+/// Two nodes that declare no modules behave as before modules existed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ModuleManifest {
+    /// The module's name (unique on a node).
+    pub name: String,
+    /// The module's version, shown to operators; never compared for order.
+    pub version: String,
+    /// Fingerprint of the module's record definitions, computed by the host
+    /// (opaque here: only equality counts).
+    pub schema: u128,
+}
+
+impl ModuleManifest {
+    /// A manifest.
+    pub fn new(name: impl Into<String>, version: impl Into<String>, schema: u128) -> Self {
+        ModuleManifest {
+            name: name.into(),
+            version: version.into(),
+            schema,
+        }
+    }
 }
 
 /// Which end of the link a node is.
@@ -74,6 +124,83 @@ pub enum RefuseReason {
     DualMaster,
     /// The peer broke the protocol (unexpected message).
     Protocol(String),
+    /// A module is on one node only, or its records differ between the
+    /// nodes (see [`ModuleManifest`]). Sent by the master. Boxed: the
+    /// other reasons are small, and so stay the errors that carry one.
+    ModuleMismatch(Box<ModuleMismatch>),
+}
+
+/// What [`RefuseReason::ModuleMismatch`] says: the module, its version on
+/// each node, and the nodes, so both show the same text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleMismatch {
+    /// The module's name.
+    pub module: String,
+    /// Its version on the refusing node (`None`: not installed there).
+    pub ours: Option<String>,
+    /// Its version on the refused node (`None`: not installed there).
+    pub theirs: Option<String>,
+    /// The refusing node's id.
+    pub ours_node: String,
+    /// The refused node's id.
+    pub theirs_node: String,
+}
+
+impl std::fmt::Display for ModuleMismatch {
+    /// E.g. "module `alarms`: 1.1.0 on gw-a, 1.0.0 on gw-b, and its records
+    /// differ", or "module `counters` 1.0.0 is installed on gw-a only".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ModuleMismatch {
+            module,
+            ours,
+            theirs,
+            ours_node,
+            theirs_node,
+        } = self;
+        match (ours, theirs) {
+            (Some(o), Some(t)) if o == t => write!(
+                f,
+                "module `{module}` {o}: its records differ between {ours_node} and {theirs_node}"
+            ),
+            (Some(o), Some(t)) => write!(
+                f,
+                "module `{module}`: {o} on {ours_node}, {t} on {theirs_node}, \
+                 and its records differ"
+            ),
+            (Some(o), None) => write!(f, "module `{module}` {o} is installed on {ours_node} only"),
+            (None, Some(t)) => {
+                write!(
+                    f,
+                    "module `{module}` {t} is installed on {theirs_node} only"
+                )
+            }
+            (None, None) => write!(f, "module `{module}` is installed on neither node"),
+        }
+    }
+}
+
+impl std::fmt::Display for RefuseReason {
+    /// What an operator reads: the same text on both nodes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RefuseReason::ProtocolVersion { ours, theirs } => write!(
+                f,
+                "protocol version {theirs} refused by a node speaking version {ours}: \
+                 run releases of the same protocol on both nodes"
+            ),
+            RefuseReason::ClusterName => f.write_str("the nodes belong to different clusters"),
+            RefuseReason::SchemaMismatch { ours, theirs } => write!(
+                f,
+                "the record schemas differ (fingerprint {ours:032x} on the refusing node, \
+                 {theirs:032x} on the refused one)"
+            ),
+            RefuseReason::NotMaster => f.write_str("the node dialed is not the master"),
+            RefuseReason::Busy => f.write_str("another backup is already connected"),
+            RefuseReason::DualMaster => f.write_str("both nodes are configured as master"),
+            RefuseReason::Protocol(detail) => write!(f, "protocol violation: {detail}"),
+            RefuseReason::ModuleMismatch(m) => m.fmt(f),
+        }
+    }
 }
 
 /// A table in a snapshot.
@@ -255,6 +382,9 @@ pub enum Message {
         /// Chunks restored so far in this snapshot.
         chunks: u64,
     },
+    /// Either way, once per link right after authenticating: the modules the
+    /// sender runs (see [`ModuleManifest`]).
+    Modules(Vec<ModuleManifest>),
 }
 
 impl Message {
@@ -278,6 +408,7 @@ impl Message {
             Message::HistoryBatch { .. } => "HistoryBatch",
             Message::HistoryAck { .. } => "HistoryAck",
             Message::SnapshotAck { .. } => "SnapshotAck",
+            Message::Modules(_) => "Modules",
         }
     }
 }

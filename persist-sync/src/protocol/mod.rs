@@ -3,5 +3,6 @@
 pub mod message;
 
 pub use message::{
-    LinkRole, Message, NodeRole, Plan, RefuseReason, ResyncReason, SnapshotTable, PROTOCOL_VERSION,
+    LinkRole, Message, ModuleManifest, ModuleMismatch, NodeRole, Plan, RefuseReason, ResyncReason,
+    SnapshotTable, PROTOCOL_VERSION,
 };

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use super::machine::{ActivityLevel, RedundancySettings};
 use crate::engine::{Command, CommandError, NodeReport, RedundancyReport, Role};
 use crate::history::History;
-use crate::protocol::NodeRole;
+use crate::protocol::{ModuleManifest, NodeRole};
 use crate::runtime_state::RuntimeStates;
 use crate::transport::{Acceptor, Dialer};
 use crate::worker::driver::{self, Nowhere, Request, Start, StartError};
@@ -44,10 +44,19 @@ pub struct RedundancyState {
     /// On the master: log entries the backup has not acknowledged. On the
     /// backup: entries the master announced that are not applied here yet.
     pub pending_updates: u64,
-    /// The last error (sync link, refusal, or a claim that could not be stored).
+    /// The last error (sync link, refusal, or a claim that could not be
+    /// stored). A refusal names its reason, e.g. "refused the peer: module
+    /// `alarms`: 1.1.0 on gw-a, 1.0.0 on gw-b, and its records differ".
     pub last_error: Option<String>,
     /// Changes of activity, epoch or active node since the node started.
     pub transitions: u64,
+    /// The modules the connected peer declared (empty while not connected).
+    pub peer_modules: Vec<ModuleManifest>,
+    /// Modules both nodes run at different versions with the same records
+    /// (replication, switchover and failover go on), one line each, e.g.
+    /// "module `alarms`: 1.1.0 here, 1.0.0 on gw-a: same records,
+    /// replication continues"; empty while not connected.
+    pub module_warnings: Vec<String>,
 }
 
 #[derive(Default)]
@@ -79,6 +88,8 @@ impl StatePublisher {
             pending_updates: report.pending_updates,
             last_error: r.error.clone().or_else(|| report.last_error.clone()),
             transitions: r.transitions,
+            peer_modules: report.peer_modules.clone(),
+            module_warnings: report.module_warnings.clone(),
         };
         if *self.tx.borrow() == next {
             return;
@@ -204,6 +215,8 @@ impl NodeBuilder {
             pending_updates: 0,
             last_error: None,
             transitions: 0,
+            peer_modules: Vec::new(),
+            module_warnings: Vec::new(),
         };
         let (tx, state) = watch::channel(initial.clone());
         let blocking = Arc::new(Blocking::default());

@@ -5,6 +5,7 @@ use std::time::Duration;
 use crate::auth::AuthConfig;
 use crate::codec::Limits;
 use crate::engine::RetentionPolicy;
+use crate::protocol::ModuleManifest;
 
 /// Settings of a sync worker (either side).
 #[derive(Debug, Clone)]
@@ -37,6 +38,10 @@ pub struct SyncConfig {
     /// A link whose peer stayed silent this long is dropped and dialed
     /// again: a dead link is noticed whatever TCP does.
     pub peer_timeout: Duration,
+    /// The modules this node runs, declared to the peer after
+    /// authentication (see [`ModuleManifest`] for what the master accepts).
+    /// Empty (the default): none declared.
+    pub modules: Vec<ModuleManifest>,
 }
 
 impl SyncConfig {
@@ -56,12 +61,21 @@ impl SyncConfig {
             limits: Limits::default(),
             heartbeat_interval: Duration::from_millis(500),
             peer_timeout: Duration::from_secs(5),
+            modules: Vec::new(),
         }
+    }
+
+    /// These settings, declaring `modules` as the modules this node runs
+    /// (see [`ModuleManifest`]).
+    pub fn modules(mut self, modules: Vec<ModuleManifest>) -> Self {
+        self.modules = modules;
+        self
     }
 
     /// Checks every setting: durations that must be positive are, a peer
     /// timeout spans at least two heartbeats, backoff bounds are ordered,
-    /// sizes are positive and the frame limit holds a handshake frame.
+    /// sizes are positive, the frame limit holds a handshake frame, and each
+    /// module is declared once, with a name, and within the string limit.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |setting, problem: String| Err(ConfigError { setting, problem });
         let positive = [
@@ -115,6 +129,25 @@ impl SyncConfig {
                 ),
             );
         }
+        let mut names = std::collections::BTreeSet::new();
+        for m in &self.modules {
+            if m.name.is_empty() {
+                return err("modules", "a module has an empty name".into());
+            }
+            if m.name.len().max(m.version.len()) > self.limits.max_string {
+                return err(
+                    "modules",
+                    format!(
+                        "module `{}`: name and version must be at most {} bytes",
+                        m.name.chars().take(64).collect::<String>(),
+                        self.limits.max_string
+                    ),
+                );
+            }
+            if !names.insert(m.name.as_str()) {
+                return err("modules", format!("module `{}` is declared twice", m.name));
+            }
+        }
         Ok(())
     }
 }
@@ -127,4 +160,38 @@ pub struct ConfigError {
     pub setting: &'static str,
     /// What is wrong with it.
     pub problem: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Secret;
+
+    fn cfg() -> SyncConfig {
+        SyncConfig::new(
+            AuthConfig::new("plant-7", "gw-a", Secret::new(vec![7; 32]).unwrap()).unwrap(),
+        )
+    }
+
+    #[test]
+    fn modules_are_declared_once_each_with_a_name() {
+        assert!(cfg().modules.is_empty(), "none declared by default");
+        let ok = cfg().modules(vec![
+            ModuleManifest::new("alarms", "1.0.0", 1),
+            ModuleManifest::new("counters", "1.0.0", 1),
+        ]);
+        assert_eq!(ok.modules.len(), 2);
+        assert_eq!(ok.validate(), Ok(()));
+        let twice = cfg().modules(vec![
+            ModuleManifest::new("alarms", "1.0.0", 1),
+            ModuleManifest::new("alarms", "1.1.0", 1),
+        ]);
+        let e = twice.validate().unwrap_err();
+        assert_eq!(e.setting, "modules");
+        assert_eq!(e.to_string(), "modules: module `alarms` is declared twice");
+        let unnamed = cfg().modules(vec![ModuleManifest::new("", "1.0.0", 1)]);
+        assert_eq!(unnamed.validate().unwrap_err().setting, "modules");
+        let long = cfg().modules(vec![ModuleManifest::new("alarms", "1".repeat(70_000), 1)]);
+        assert_eq!(long.validate().unwrap_err().setting, "modules");
+    }
 }

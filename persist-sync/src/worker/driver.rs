@@ -292,6 +292,8 @@ impl<A: Acceptor, D: Dialer, P: Dialer> Driver<A, D, P> {
             refused: report.refused.clone(),
             resyncs: report.resyncs,
             snapshot_progress: report.snapshot_progress,
+            peer_modules: report.peer_modules.clone(),
+            module_warnings: report.module_warnings.clone(),
         };
         self.published.status.send_if_modified(|s| {
             if *s != status {

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::watch;
 
-use crate::protocol::RefuseReason;
+use crate::protocol::{ModuleManifest, RefuseReason};
 
 /// What a sync worker reports about its link.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -30,6 +30,11 @@ pub struct LinkStatus {
     pub resyncs: u64,
     /// Rows done and total of a snapshot in progress.
     pub snapshot_progress: Option<(u64, u64)>,
+    /// The modules the connected peer declared (empty while not connected).
+    pub peer_modules: Vec<ModuleManifest>,
+    /// Modules both nodes run at different versions with the same records,
+    /// one line each, while connected.
+    pub module_warnings: Vec<String>,
 }
 
 /// Acknowledged positions, awaitable from async and blocking code alike.

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use persist_core::{Digest, LogEntry};
 use persist_sync::auth::{AuthConfig, Secret};
 use persist_sync::protocol::{
-    LinkRole, Message, Plan, RefuseReason, ResyncReason, SnapshotTable, PROTOCOL_VERSION,
+    LinkRole, Message, ModuleManifest, ModuleMismatch, Plan, RefuseReason, ResyncReason,
+    SnapshotTable, PROTOCOL_VERSION,
 };
 use proptest::prelude::*;
 
@@ -46,6 +47,21 @@ pub fn all_messages() -> Vec<Message> {
         RefuseReason::NotMaster,
         RefuseReason::Busy,
         RefuseReason::Protocol("unexpected Ack".into()),
+        RefuseReason::DualMaster,
+        RefuseReason::ModuleMismatch(Box::new(ModuleMismatch {
+            module: "alarms".into(),
+            ours: Some("1.1.0".into()),
+            theirs: Some("1.0.0".into()),
+            ours_node: "gw-a".into(),
+            theirs_node: "gw-b".into(),
+        })),
+        RefuseReason::ModuleMismatch(Box::new(ModuleMismatch {
+            module: "counters".into(),
+            ours: None,
+            theirs: Some("2.0.0".into()),
+            ours_node: "gw-a".into(),
+            theirs_node: "gw-b".into(),
+        })),
     ];
     let mut msgs = vec![
         Message::Hello {
@@ -100,6 +116,11 @@ pub fn all_messages() -> Vec<Message> {
             role: persist_sync::protocol::NodeRole::Master,
             active: None,
         },
+        Message::Modules(vec![]),
+        Message::Modules(vec![
+            ModuleManifest::new("alarms", "1.1.0", u128::MAX),
+            ModuleManifest::new("counters", "", 0),
+        ]),
     ];
     for reason in refusals {
         msgs.push(Message::Refused { reason });
@@ -149,7 +170,24 @@ fn arb_refuse() -> impl Strategy<Value = RefuseReason> {
             .prop_map(|(ours, theirs)| RefuseReason::SchemaMismatch { ours, theirs }),
         Just(RefuseReason::NotMaster),
         Just(RefuseReason::Busy),
+        Just(RefuseReason::DualMaster),
         arb_string().prop_map(RefuseReason::Protocol),
+        (
+            arb_string(),
+            proptest::option::of(arb_string()),
+            proptest::option::of(arb_string()),
+            arb_string(),
+            arb_string()
+        )
+            .prop_map(|(module, ours, theirs, ours_node, theirs_node)| {
+                RefuseReason::ModuleMismatch(Box::new(ModuleMismatch {
+                    module,
+                    ours,
+                    theirs,
+                    ours_node,
+                    theirs_node,
+                }))
+            }),
     ]
 }
 
@@ -254,6 +292,17 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
             role: persist_sync::protocol::NodeRole::Backup,
             active: Some("gw-a".into())
         }),
+        proptest::collection::vec(
+            (arb_string(), arb_string(), any::<u128>()).prop_map(|(name, version, schema)| {
+                ModuleManifest {
+                    name,
+                    version,
+                    schema,
+                }
+            }),
+            0..5
+        )
+        .prop_map(Message::Modules),
     ]
 }
 

@@ -11,7 +11,8 @@
 //!    from a master it still hears; a refusal counts as hearing it).
 //! 4. Every write acknowledged by the backup is on the backup; each node only
 //!    ever shows whole transactions in the master's commit order (its
-//!    digest at its position is the master's digest at that position).
+//!    digest at its position is the master's digest at that position). A
+//!    backup whose module records differ from the master's never syncs.
 //! 5. Once faults stop, the nodes converge (checked by the world).
 //! 6. Every status read answers: the core never waits (by construction); the
 //!    world reads every node's report after every event.
@@ -347,6 +348,28 @@ impl Checker {
                         self.heard[1]
                     ),
                 ));
+            }
+        }
+        // 4: a backup whose module records differ is refused, never served.
+        let records = |n: &SimNode| {
+            let mut m: Vec<(String, u128)> = n
+                .config
+                .modules
+                .iter()
+                .map(|m| (m.name.clone(), m.schema))
+                .collect();
+            m.sort();
+            m
+        };
+        if records(&nodes[0]) != records(&nodes[1]) {
+            if let Some(r) = &nodes[1].running {
+                if r.core.report(now).connected {
+                    return Err((
+                        Invariant::Durability,
+                        "the backup syncs although its module records differ from the master's"
+                            .into(),
+                    ));
+                }
             }
         }
         // 4 and 7.

@@ -230,6 +230,9 @@ pub enum Mistake {
     BothMasters,
     /// The master's probe address points at itself.
     SelfProbe,
+    /// The backup runs the workload's module with other records (an
+    /// upgrade that changed them, installed on the backup alone).
+    ModuleMismatch,
 }
 
 #[derive(Debug)]
@@ -442,11 +445,12 @@ impl World {
         let node = self.rng.below(2) as usize;
         if !*mistake_done && self.rng.chance(self.cfg.mistake_chance) {
             *mistake_done = true;
-            let m = match self.rng.below(4) {
+            let m = match self.rng.below(5) {
                 0 => Mistake::WrongSecret,
                 1 => Mistake::SameId,
                 2 => Mistake::BothMasters,
-                _ => Mistake::SelfProbe,
+                3 => Mistake::SelfProbe,
+                _ => Mistake::ModuleMismatch,
             };
             return Fault::Mistake(m, self.rng.ms(1500, 4000));
         }
@@ -595,9 +599,17 @@ impl World {
         self.check.started(i, self.now);
         let name = self.nodes[i].name();
         let c = self.nodes[i].config.clone();
+        let modules: Vec<String> = c
+            .modules
+            .iter()
+            .map(|m| format!("{} {} ({:x})", m.name, m.version, m.schema))
+            .collect();
         self.log(format!(
-            "start {name} as {:?} id {} wrong secret {}",
-            c.role, c.node_id, c.wrong_secret
+            "start {name} as {:?} id {} wrong secret {} modules {}",
+            c.role,
+            c.node_id,
+            c.wrong_secret,
+            modules.join(", ")
         ));
         self.step(i, Input::Tick);
     }
@@ -1196,6 +1208,11 @@ impl World {
                         self.nodes[0].config.probe = Some(0);
                         self.restart_now(0);
                     }
+                    Mistake::ModuleMismatch => {
+                        self.nodes[1].config.modules[0].version = "2.0.0".into();
+                        self.nodes[1].config.modules[0].schema = node::SIM_MODULE_SCHEMA + 1;
+                        self.restart_now(1);
+                    }
                 }
                 self.after(d, Ev::Undo(Undo::Mistake(m)));
             }
@@ -1266,7 +1283,7 @@ impl World {
         self.nodes[0].config = NodeConfig::correct(0);
         self.nodes[1].config = NodeConfig::correct(1);
         match m {
-            Mistake::WrongSecret | Mistake::SameId => self.restart_now(1),
+            Mistake::WrongSecret | Mistake::SameId | Mistake::ModuleMismatch => self.restart_now(1),
             Mistake::SelfProbe => self.restart_now(0),
             // Two masters: both refuse writes until both are restarted.
             Mistake::BothMasters => {
@@ -1404,12 +1421,19 @@ impl World {
                 .machine()
                 .is_some_and(|m| m.activity(self.now) == ActivityLevel::Active)
         };
+        let (ra, rb) = (a.core.report(self.now), b.core.report(self.now));
+        // Both show the version difference of the workload's module.
+        let warns = |r: &crate::engine::NodeReport| {
+            r.module_warnings.len() == 1 && r.module_warnings[0].starts_with("module `sim`")
+        };
         a.store.position() == b.store.position()
             && a.store.digest() == b.store.digest()
             && (act(a) != act(b))
             && a.store.write_gate().is_none()
-            && a.core.report(self.now).connected
-            && b.core.report(self.now).connected
+            && ra.connected
+            && rb.connected
+            && warns(&ra)
+            && warns(&rb)
     }
 
     /// Same rows on both nodes, and each node's rows match its digest.

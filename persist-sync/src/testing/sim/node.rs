@@ -14,7 +14,7 @@ use super::{SimClock, SimConfig, SimRow};
 use crate::auth::{AuthConfig, Secret};
 use crate::clock::Time;
 use crate::engine::{ConnId, NodeCore, NodeParams, OpId, Role, StoreOp};
-use crate::protocol::NodeRole;
+use crate::protocol::{ModuleManifest, NodeRole};
 use crate::redundancy::machine::RedundancySettings;
 use crate::runtime_state::{RuntimeStates, TypedStateProvider};
 use crate::worker::executor::StoreWorker;
@@ -35,7 +35,12 @@ pub struct NodeConfig {
     pub wrong_secret: bool,
     /// The node this one probes for a second master (masters only).
     pub probe: Option<usize>,
+    /// The modules the node declares.
+    pub modules: Vec<ModuleManifest>,
 }
+
+/// The fingerprint both nodes declare for the workload's module.
+pub const SIM_MODULE_SCHEMA: u128 = 0x5157_0001;
 
 impl NodeConfig {
     /// The right configuration of node `i` (0: master, 1: backup).
@@ -49,6 +54,13 @@ impl NodeConfig {
             node_id: IDS[i].to_owned(),
             wrong_secret: false,
             probe: (i == 0).then_some(1),
+            // A code-only upgrade under way in every seed: the same records
+            // at two versions, which must change nothing but the warnings.
+            modules: vec![ModuleManifest::new(
+                "sim",
+                ["1.0.0", "1.1.0"][i],
+                SIM_MODULE_SCHEMA,
+            )],
         }
     }
 }
@@ -194,7 +206,7 @@ impl SimNode {
             Secret::new(secret.to_vec()).expect("long enough"),
         )
         .expect("valid names");
-        let mut sync = SyncConfig::new(auth);
+        let mut sync = SyncConfig::new(auth).modules(self.config.modules.clone());
         sync.handshake_timeout = Duration::from_millis(1000);
         sync.reconnect_initial = Duration::from_millis(20);
         sync.reconnect_max = Duration::from_secs(2);
