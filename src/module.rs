@@ -67,16 +67,7 @@ use persist_sync::redundancy::{ActivityLevel, NodeRole};
 use persist_sync::runtime_state::{RuntimeStates, TypedStateProvider};
 use serde::Serialize;
 
-/// What a node announces about one of its modules to its peer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct ModuleManifest {
-    /// The module's name.
-    pub name: String,
-    /// Its version.
-    pub version: String,
-    /// Fingerprint of its record definitions and operations.
-    pub schema: u128,
-}
+pub use persist_sync::protocol::ModuleManifest;
 
 /// A module of a gateway.
 ///

@@ -162,6 +162,9 @@ impl Gateway {
             AuthConfig::new(cfg.cluster.clone(), id.clone(), cfg.secret.clone())
                 .map_err(|e| GatewayError::Start(e.to_string()))?,
         );
+        // The peer compares them: a module whose records differ, or that
+        // runs on one node only, is refused by name.
+        sync = sync.modules(modules.manifests().to_vec());
         sync.reconnect_max = cfg.reconnect_max;
         sync.reconnect_initial = sync.reconnect_initial.min(sync.reconnect_max);
         let builder = NodeBuilder::new(store.clone(), cfg.settings.clone(), sync)

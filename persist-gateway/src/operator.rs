@@ -86,6 +86,11 @@ pub struct StateView {
     pub transitions: u64,
     /// The modules this node runs (name and version).
     pub modules: Vec<String>,
+    /// The modules the connected peer runs (name and version).
+    pub peer_modules: Vec<String>,
+    /// Modules whose versions differ between the nodes, with the same
+    /// records (replication goes on; an upgrade in progress, say).
+    pub module_warnings: Vec<String>,
 }
 
 /// Builds the state view of a node.
@@ -127,6 +132,12 @@ pub fn view(node_id: &str, node: &NodeHandle) -> StateView {
         runtime_queued: node.runtime().map_or(0, |r| r.queued()),
         transitions: s.transitions,
         modules: Vec::new(),
+        peer_modules: s
+            .peer_modules
+            .iter()
+            .map(|m| format!("{} {}", m.name, m.version))
+            .collect(),
+        module_warnings: s.module_warnings.clone(),
     }
 }
 
@@ -262,12 +273,13 @@ pub fn page(v: &StateView, audit: &[AuditEntry]) -> String {
 body{{font-family:system-ui,sans-serif;margin:2rem;color:#1a202c;background:#f7fafc}}
 .badge{{display:inline-block;padding:.3rem .8rem;border-radius:1rem;color:#fff;font-weight:600;background:{color}}}
 table{{border-collapse:collapse;margin-top:1rem;background:#fff}} th,td{{text-align:left;padding:.4rem 1rem;border-bottom:1px solid #e2e8f0}}
-th{{color:#4a5568;font-weight:500}} .err{{color:#c53030}}
+th{{color:#4a5568;font-weight:500}} .err{{color:#c53030}} .warn{{color:#975a16}}
 </style></head><body>
 <h1>{id} <span class="badge">{role} · {activity}</span></h1>
 <p>Active node: <b>{active}</b> · epoch {epoch} · peer {peer}</p>
 <table>{rows}</table>
 {err}
+{warnings}
 {audit}
 <p style="color:#718096">Operator actions: POST /actions/resync, /actions/failover, /actions/handback with the operator token. Refreshes every 2 s.</p>
 </body></html>"#,
@@ -289,23 +301,30 @@ th{{color:#4a5568;font-weight:500}} .err{{color:#c53030}}
             row("full resyncs", v.resyncs.to_string()),
             row("snapshot in progress", progress),
             row("digest", v.digest.clone()),
-            row(
-                "modules",
-                if v.modules.is_empty() {
-                    "-".into()
-                } else {
-                    v.modules.join(", ")
-                },
-            ),
+            row("modules", list(&v.modules)),
+            row("the peer's modules", list(&v.peer_modules)),
         ]
         .join(""),
         audit = audit_table(audit),
+        warnings = v
+            .module_warnings
+            .iter()
+            .map(|w| format!("<p class=\"warn\">{}</p>", esc(w)))
+            .collect::<String>(),
         err = v
             .last_error
             .as_deref()
             .map(|e| format!("<p class=\"err\">Last error: {}</p>", esc(e)))
             .unwrap_or_default(),
     )
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(", ")
+    }
 }
 
 /// The last audit entries, newest first, as a table.

@@ -62,17 +62,35 @@ impl ReplicatedOperation for Increment {
 }
 
 /// The counter module (a cheap handle: clones share it).
-#[derive(Clone, Default)]
-pub struct Counters(Arc<OnceLock<Store>>);
+#[derive(Clone)]
+pub struct Counters {
+    store: Arc<OnceLock<Store>>,
+    version: &'static str,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters::new()
+    }
+}
 
 impl Counters {
     /// A module not yet registered on a gateway.
     pub fn new() -> Counters {
-        Counters::default()
+        Counters::release(env!("CARGO_PKG_VERSION"))
+    }
+
+    /// The module as a later release with the same records announces
+    /// itself (a code-only upgrade), for upgrade drills.
+    pub fn release(version: &'static str) -> Counters {
+        Counters {
+            store: Arc::default(),
+            version,
+        }
     }
 
     fn store(&self) -> persist::Result<&Store> {
-        self.0.get().ok_or_else(|| persist::Error::NotMaster {
+        self.store.get().ok_or_else(|| persist::Error::NotMaster {
             reason: "the counter module is not running on a gateway".into(),
         })
     }
@@ -103,13 +121,13 @@ impl Module for Counters {
     }
 
     fn version(&self) -> &'static str {
-        env!("CARGO_PKG_VERSION")
+        self.version
     }
 
     fn register(&self, ctx: &mut ModuleContext) -> Result<(), ModuleError> {
         ctx.record::<Counter>()?;
         ctx.operation::<Increment>()?;
-        let _ = self.0.set(ctx.store());
+        let _ = self.store.set(ctx.store());
         Ok(())
     }
 }

@@ -142,6 +142,21 @@ pub fn start(dir: &Path, id: &str) -> Proc {
     Proc { child, log }
 }
 
+pub const DRILL: &str = env!("CARGO_BIN_EXE_drill-gateway");
+
+/// Starts `<id>` as `drill-gateway` with the counter module at `release`.
+pub fn start_drill(dir: &Path, id: &str, release: &str) -> Proc {
+    let (file, log) = log_file(dir, id);
+    let child = Command::new(DRILL)
+        .arg(dir.join(format!("{id}.toml")))
+        .arg(release)
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    Proc { child, log }
+}
+
 /// Starts `<id>` and hands its stdout lines over a channel (and to the log).
 pub fn start_with_lines(dir: &Path, id: &str) -> (Proc, std::sync::mpsc::Receiver<String>) {
     let (mut file, log) = log_file(dir, id);
