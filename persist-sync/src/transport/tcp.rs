@@ -9,6 +9,11 @@
 //! with `tokio::time::timeout` and heartbeats. Accepting a TLS connection has
 //! one ([`TcpAcceptor::with_handshake_timeout`]) so a silent client cannot
 //! hold the accept loop.
+//!
+//! The acceptor never spins: when `accept()` fails for want of descriptors,
+//! buffers or memory it pauses ([`super::accept::AcceptBackoff`]) and logs
+//! the episode once. The node core bounds the unauthenticated links it holds
+//! (plain or TLS) and how long each may take to authenticate.
 
 use std::io;
 use std::net::SocketAddr;
@@ -20,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
+use super::accept::AcceptBackoff;
 use super::tls::{parse_server_name, TlsClient, TlsServer};
 use super::{frame_too_large, Acceptor, Dialer, FrameSink, FrameSource, Link, INITIAL_MAX_FRAME};
 
@@ -223,6 +229,9 @@ pub struct TcpAcceptor {
     done_tx: tokio::sync::mpsc::UnboundedSender<io::Result<TcpLink>>,
     done_rx: tokio::sync::mpsc::UnboundedReceiver<io::Result<TcpLink>>,
     handshaking: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    backoff: AcceptBackoff,
+    /// No `accept()` before this: the last one failed for want of resources.
+    paused_until: Option<tokio::time::Instant>,
 }
 
 /// TLS handshakes in progress at once, at most; further connections are
@@ -244,6 +253,8 @@ impl TcpAcceptor {
             done_tx,
             done_rx,
             handshaking: Default::default(),
+            backoff: AcceptBackoff::new(format!("link {local}")),
+            paused_until: None,
         })
     }
 
@@ -259,37 +270,73 @@ impl TcpAcceptor {
     }
 }
 
+impl TcpAcceptor {
+    /// Takes an accepted connection: a plain link at once, or a TLS handshake
+    /// started in a task of its own (`None`: wait for it).
+    fn take(&mut self, stream: TcpStream, peer: SocketAddr) -> io::Result<Option<TcpLink>> {
+        use std::sync::atomic::Ordering;
+        stream.set_nodelay(true)?;
+        let Some(tls) = &self.tls else {
+            return Ok(Some(TcpLink::plain(stream, peer)));
+        };
+        if self.handshaking.load(Ordering::Acquire) >= MAX_HANDSHAKES {
+            return Err(io::Error::other(format!(
+                "{peer}: {MAX_HANDSHAKES} TLS handshakes in progress already: connection closed"
+            )));
+        }
+        self.handshaking.fetch_add(1, Ordering::AcqRel);
+        let (acceptor, timeout, tx, count) = (
+            tls.acceptor.clone(),
+            self.handshake_timeout,
+            self.done_tx.clone(),
+            self.handshaking.clone(),
+        );
+        tokio::spawn(async move {
+            let r = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => Ok(TcpLink::tls(stream, peer)),
+                Ok(Err(e)) => Err(io::Error::new(
+                    e.kind(),
+                    format!("TLS handshake with {peer} failed: {e}"),
+                )),
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("TLS handshake with {peer} timed out"),
+                )),
+            };
+            count.fetch_sub(1, Ordering::AcqRel);
+            let _ = tx.send(r);
+        });
+        Ok(None)
+    }
+}
+
 impl Acceptor for TcpAcceptor {
     type Link = TcpLink;
 
+    /// The next link. An error concerns one connection (a failed or refused
+    /// TLS handshake); failures of `accept()` itself for want of resources
+    /// (`EMFILE`, `ENFILE`, ...) are waited out here, with a pause.
     async fn accept(&mut self) -> io::Result<TcpLink> {
-        use std::sync::atomic::Ordering;
         loop {
+            let paused = self.paused_until;
+            let resume = tokio::time::sleep_until(paused.unwrap_or_else(tokio::time::Instant::now));
             tokio::select! {
                 Some(done) = self.done_rx.recv() => return done,
-                accepted = self.listener.accept() => {
-                    let (stream, peer) = accepted?;
-                    stream.set_nodelay(true)?;
-                    let Some(tls) = &self.tls else {
-                        return Ok(TcpLink::plain(stream, peer));
-                    };
-                    if self.handshaking.load(Ordering::Acquire) >= MAX_HANDSHAKES {
-                        tracing::warn!(%peer, "too many TLS handshakes in progress: connection closed");
-                        continue;
+                _ = resume, if paused.is_some() => self.paused_until = None,
+                accepted = self.listener.accept(), if paused.is_none() => match accepted {
+                    Ok((stream, peer)) => {
+                        self.backoff.succeeded();
+                        if let Some(link) = self.take(stream, peer)? {
+                            return Ok(link);
+                        }
                     }
-                    self.handshaking.fetch_add(1, Ordering::AcqRel);
-                    let (acceptor, timeout, tx, count) =
-                        (tls.acceptor.clone(), self.handshake_timeout, self.done_tx.clone(), self.handshaking.clone());
-                    tokio::spawn(async move {
-                        let r = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                            Ok(Ok(stream)) => Ok(TcpLink::tls(stream, peer)),
-                            Ok(Err(e)) => Err(io::Error::new(e.kind(), format!("TLS handshake with {peer} failed: {e}"))),
-                            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("TLS handshake with {peer} timed out"))),
-                        };
-                        count.fetch_sub(1, Ordering::AcqRel);
-                        let _ = tx.send(r);
-                    });
-                }
+                    Err(e) => {
+                        let pause = self.backoff.failed(&e);
+                        if !pause.is_zero() {
+                            self.paused_until = Some(tokio::time::Instant::now() + pause);
+                        }
+                    }
+                },
             }
         }
     }
