@@ -268,7 +268,11 @@ impl BackupSide {
                     self.down(ctx, error.map_or(LinkEnd::Closed, LinkEnd::Io));
                 }
             }
-            Input::Sent { .. } | Input::Accepted { .. } | Input::Head(_) | Input::Store { .. } => {}
+            Input::Sent { .. }
+            | Input::Accepted { .. }
+            | Input::AcceptFailed { .. }
+            | Input::Head(_)
+            | Input::Store { .. } => {}
             Input::RuntimeChanged => self.flush_runtime(ctx),
             Input::HistoryChanged => self.pump_history(ctx),
             Input::Tick => self.tick(ctx),
@@ -947,6 +951,7 @@ impl BackupSide {
             resyncs: self.resyncs,
             snapshot_progress: self.snapshot_progress,
             pending_updates: self.master_position.saturating_sub(self.position),
+            unauthenticated_failures: 0,
             redundancy: None,
         }
     }

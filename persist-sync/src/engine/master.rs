@@ -24,6 +24,20 @@ use crate::worker::SyncConfig;
 /// How long a failed store read waits before it is tried again.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
+/// Unauthenticated links held at once, at most: when one more connects, the
+/// oldest of them is closed. A flood of clients that connect and say
+/// nothing (or too little) then holds a bounded number of sessions and
+/// descriptors, each for the handshake timeout at most; the real backup,
+/// which authenticates within a round trip or two, is closed only if this
+/// many connections arrive during its own handshake. (Refusing the newest
+/// instead would let a few silent clients, reconnecting every handshake
+/// timeout, keep the backup out for good.)
+pub(crate) const MAX_UNAUTHENTICATED: usize = 64;
+
+/// Failures of unauthenticated clients are logged at most once per this
+/// long (each one is counted in the report).
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+
 enum Phase {
     Handshake(Box<Handshake>),
     /// Authenticated; the backup has not asked for anything yet.
@@ -67,11 +81,43 @@ struct Session {
     /// backup is heard are sent again.
     acked_at: Time,
     runtime: Cursor,
+    /// The remote address, for logs.
+    addr: String,
 }
 
 impl Session {
     fn authenticated(&self) -> bool {
         !matches!(self.phase, Phase::Handshake(_))
+    }
+}
+
+/// Clients that failed before they authenticated (a wrong secret, silence,
+/// garbage, a foreign cluster): counted for the report and logged at most
+/// once per [`FAILURE_LOG_EVERY`]. They never become the link's last error,
+/// which belongs to the real backup's sessions.
+#[derive(Default)]
+struct Unauthenticated {
+    failures: u64,
+    logged_at: Option<Time>,
+    /// Failures since the last line logged.
+    unlogged: u64,
+}
+
+impl Unauthenticated {
+    fn failed(&mut self, now: Time, addr: Option<&str>, why: &dyn std::fmt::Display) {
+        self.failures += 1;
+        if self.logged_at.is_some_and(|t| now < t + FAILURE_LOG_EVERY) {
+            self.unlogged += 1;
+            return;
+        }
+        self.logged_at = Some(now);
+        let unlogged = std::mem::take(&mut self.unlogged);
+        let peer = addr.unwrap_or("-");
+        tracing::warn!(
+            %peer,
+            failures = self.failures,
+            "unauthenticated client failed: {why} ({unlogged} more not logged since the last such line)"
+        );
     }
 }
 
@@ -107,6 +153,7 @@ pub(crate) struct MasterSide {
     dual_master: Option<String>,
     handshake_timeout: Duration,
     peer_timeout: Duration,
+    unauthenticated: Unauthenticated,
 }
 
 fn beat_due(next: Option<Time>, now: Time) -> bool {
@@ -146,12 +193,14 @@ impl MasterSide {
             dual_master: None,
             handshake_timeout: cfg.handshake_timeout,
             peer_timeout: cfg.peer_timeout,
+            unauthenticated: Unauthenticated::default(),
         }
     }
 
     pub fn input(&mut self, ctx: &mut Ctx<'_>, input: Input) {
         match input {
-            Input::Accepted { conn } => {
+            Input::Accepted { conn, addr } => {
+                self.make_room(ctx);
                 let hs = Handshake::new(LinkRole::Acceptor, &ctx.cfg.auth, ctx.nonce());
                 self.sessions.insert(
                     conn,
@@ -168,9 +217,11 @@ impl MasterSide {
                         retry_at: None,
                         acked_at: ctx.now,
                         runtime: Cursor::default(),
+                        addr,
                     },
                 );
             }
+            Input::AcceptFailed { error } => self.unauthenticated.failed(ctx.now, None, &error),
             Input::Dialed { conn } => self.probe_dialed(ctx, conn),
             Input::DialFailed { conn, error } => {
                 if self.probe.as_ref().is_some_and(|p| p.conn == conn) {
@@ -311,6 +362,26 @@ impl MasterSide {
                 self.probe_at = now + every;
                 ctx.out.push(Output::Dial { conn, probe: true });
             }
+        }
+    }
+
+    /// Closes the oldest unauthenticated session if [`MAX_UNAUTHENTICATED`]
+    /// are open, so that one more fits.
+    fn make_room(&mut self, ctx: &mut Ctx<'_>) {
+        let pending = || self.sessions.iter().filter(|(_, s)| !s.authenticated());
+        if pending().count() < MAX_UNAUTHENTICATED {
+            return;
+        }
+        let oldest = pending().min_by_key(|(&conn, s)| (s.opened, conn));
+        if let Some((&conn, _)) = oldest {
+            self.end(
+                ctx,
+                conn,
+                LinkEnd::Auth(format!(
+                    "closed unauthenticated: {MAX_UNAUTHENTICATED} clients were authenticating \
+                     at once and another connected"
+                )),
+            );
         }
     }
 
@@ -884,22 +955,31 @@ impl MasterSide {
         };
         ctx.close(conn);
         let serving = self.serving == Some(conn);
+        // A peer that proved the secret and was then refused (its own id,
+        // a link to this node) is a real node of the pair, misconfigured.
+        let proven =
+            s.authenticated() || matches!(why, LinkEnd::SameNodeId(_) | LinkEnd::SelfConnection);
         match &why {
             LinkEnd::Shutdown | LinkEnd::Superseded => {}
-            e => tracing::warn!(peer = ?s.peer, "sync session ended: {e}"),
+            e if !proven => {
+                // Anyone who can reach the port can get this far: counted
+                // and logged (rate-limited), never the link's last error.
+                self.unauthenticated.failed(ctx.now, Some(&s.addr), e);
+                return;
+            }
+            e => {
+                tracing::warn!(peer = ?s.peer, addr = %s.addr, "sync session ended: {e}");
+                self.last_error = Some(e.to_string());
+            }
         }
         if serving {
             // Only the session that serves the backup speaks for the link: a
-            // client that never got that far (a wrong secret, a refusal) or a
             // session a newer one replaced only records its error.
             self.serving = None;
             self.snapshot_progress = None;
             if let LinkEnd::RefusedPeer(r) = &why {
                 self.refused = Some(r.clone());
             }
-        }
-        if !matches!(why, LinkEnd::Superseded | LinkEnd::Shutdown) {
-            self.last_error = Some(why.to_string());
         }
         if s.authenticated() && (serving || self.serving.is_none()) {
             ctx.events.push(PeerEvent::LinkDown);
@@ -986,6 +1066,7 @@ impl MasterSide {
             resyncs: self.resyncs,
             snapshot_progress: self.snapshot_progress,
             pending_updates: self.head.saturating_sub(acked),
+            unauthenticated_failures: self.unauthenticated.failures,
             redundancy: None,
         }
     }

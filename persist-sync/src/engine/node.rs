@@ -114,6 +114,11 @@ pub struct NodeReport {
     /// Entries not yet on the other node (master: the backup has not
     /// acknowledged them; backup: announced by the master, not applied).
     pub pending_updates: u64,
+    /// Master: clients that connected and failed before authenticating (a
+    /// wrong secret, silence, garbage, another cluster, or closed to make
+    /// room for newer ones), since the node started. They do not change
+    /// `last_error`.
+    pub unauthenticated_failures: u64,
     /// The redundancy state, if the node runs redundancy.
     pub redundancy: Option<RedundancyReport>,
 }

@@ -30,6 +30,9 @@ pub struct LinkStatus {
     pub resyncs: u64,
     /// Rows done and total of a snapshot in progress.
     pub snapshot_progress: Option<(u64, u64)>,
+    /// Master: clients that connected and failed before authenticating
+    /// (they do not change `last_error`, which is the backup's link's).
+    pub unauthenticated_failures: u64,
 }
 
 /// Acknowledged positions, awaitable from async and blocking code alike.
