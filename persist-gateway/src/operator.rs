@@ -390,7 +390,7 @@ pub async fn serve(
         .route("/actions/failover", post(failover))
         .route("/actions/handback", post(handback))
         .with_state(shared);
-    axum::serve(listener, app).await
+    crate::http::serve_bounded(listener, app, crate::http::HttpLimits::default()).await
 }
 
 /// Activity as a number (0 undecided .. 3 active), for tools.
