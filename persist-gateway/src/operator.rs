@@ -66,6 +66,9 @@ pub struct StateView {
     pub runtime_queued: usize,
     /// Changes of activity, epoch or active node since the node started.
     pub transitions: u64,
+    /// On the master: clients that connected to the link port and failed
+    /// before authenticating (they do not change `last_error`).
+    pub unauthenticated_failures: u64,
 }
 
 /// Builds the state view of a node.
@@ -106,6 +109,7 @@ pub fn view(node_id: &str, node: &NodeHandle) -> StateView {
             .unwrap_or_default(),
         runtime_queued: node.runtime().map_or(0, |r| r.queued()),
         transitions: s.transitions,
+        unauthenticated_failures: link.unauthenticated_failures,
     }
 }
 
@@ -318,10 +322,16 @@ async fn state(State(s): State<Arc<Shared>>) -> Json<StateView> {
 }
 
 async fn prometheus(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics(&view(&s.node_id, &s.node)),
-    )
+    let v = view(&s.node_id, &s.node);
+    let mut text = metrics(&v);
+    text.push_str(&format!(
+        "# HELP persist_unauthenticated_failures_total Clients that connected to the link port \
+         and failed before authenticating.\n\
+         # TYPE persist_unauthenticated_failures_total counter\n\
+         persist_unauthenticated_failures_total{{node=\"{}\"}} {}\n",
+        v.node_id, v.unauthenticated_failures
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 async fn status_page(State(s): State<Arc<Shared>>) -> Html<String> {
