@@ -112,12 +112,17 @@ impl Unauthenticated {
         }
         self.logged_at = Some(now);
         let unlogged = std::mem::take(&mut self.unlogged);
-        let peer = addr.unwrap_or("-");
-        tracing::warn!(
-            %peer,
-            failures = self.failures,
-            "unauthenticated client failed: {why} ({unlogged} more not logged since the last such line)"
-        );
+        let (peer, failures) = (addr.unwrap_or("-"), self.failures);
+        if unlogged == 0 {
+            tracing::warn!(%peer, failures, "unauthenticated client failed: {why}");
+        } else {
+            tracing::warn!(
+                %peer,
+                failures,
+                "unauthenticated client failed: {why} \
+                 ({unlogged} more since the last such line, not logged)"
+            );
+        }
     }
 }
 
