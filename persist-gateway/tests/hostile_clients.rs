@@ -91,16 +91,29 @@ fn open(port: u16, n: usize) -> Vec<TcpStream> {
 /// Whether the other end closed `s` (end of stream or reset); false while
 /// it is open and silent.
 fn is_closed(s: &TcpStream) -> bool {
+    ended(s).is_some()
+}
+
+/// How the other end closed `s`, if it did (what it sent, if anything,
+/// then the end of stream or the error).
+fn ended(s: &TcpStream) -> Option<String> {
     s.set_nonblocking(true).unwrap();
     let mut buf = [0u8; 256];
-    let r = (&*s).read(&mut buf);
+    let mut seen = Vec::new();
+    let end = loop {
+        match (&*s).read(&mut buf) {
+            Ok(0) => break Some("end of stream".to_string()),
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break None,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => break Some(e.to_string()),
+        }
+    };
     s.set_nonblocking(false).unwrap();
-    match r {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) if e.kind() == ErrorKind::WouldBlock => false,
-        Err(_) => true,
-    }
+    end.map(|e| match seen.is_empty() {
+        true => e,
+        false => format!("{:?} then {e}", String::from_utf8_lossy(&seen)),
+    })
 }
 
 fn open_fds(pid: u32) -> usize {
@@ -232,15 +245,21 @@ fn a_slowloris_client_is_closed_at_the_header_timeout() {
     let _one = one_at_a_time();
     let limits = HttpLimits::default();
     let dir = tempfile::tempdir().unwrap();
-    let (_a, _, sa, _) = active_master(dir.path(), None);
+    let (mut a, _, sa, _) = active_master(dir.path(), None);
     let mut s = TcpStream::connect_timeout(&addr(sa), CONNECT).unwrap();
     s.write_all(b"GET /state HT").unwrap();
     let started = Instant::now();
     let trickle = b"TP/1.1\r\nX-Slow: ".iter().chain(std::iter::repeat(&b'a'));
     let limit = limits.header_timeout + Duration::from_secs(10);
+    let mut how = String::new();
     for byte in trickle {
         std::thread::sleep(Duration::from_secs(1));
-        if is_closed(&s) || s.write_all(&[*byte]).is_err() {
+        if let Some(end) = ended(&s) {
+            how = end;
+            break;
+        }
+        if let Err(e) = s.write_all(&[*byte]) {
+            how = format!("a write failed: {e}");
             break;
         }
         assert!(
@@ -254,8 +273,10 @@ fn a_slowloris_client_is_closed_at_the_header_timeout() {
     let closed = started.elapsed();
     assert!(
         closed + Duration::from_secs(1) >= limits.header_timeout,
-        "closed after {closed:?}, before the header timeout {:?}",
-        limits.header_timeout
+        "closed after {closed:?} ({how}), before the header timeout {:?}; \
+         the gateway: {:?}",
+        limits.header_timeout,
+        a.child.try_wait()
     );
     println!("slowloris client closed {closed:?} after its first byte");
 }
