@@ -181,20 +181,21 @@ impl Connections {
     fn admit(&mut self, stream: TcpStream, peer: SocketAddr, app: &Router, limits: HttpLimits) {
         let mut live = lock(&self.live);
         let open = live.values().filter(|s| !s.closing).count();
-        let mut closed = None;
-        if open >= self.max {
-            closed = close_oldest_idle(&mut live);
-        }
-        // Closed connections leave within a scheduling round; the second
-        // bound keeps descriptors bounded even if they have not left yet.
-        let room = (open < self.max || closed.is_some()) && live.len() < 2 * self.max;
-        if !room {
+        // Closed connections leave within a scheduling round; this bound
+        // keeps descriptors bounded even if they have not left yet.
+        let crowded = live.len() >= 2 * self.max;
+        let closed = if !crowded && open >= self.max {
+            close_oldest_idle(&mut live)
+        } else {
+            None
+        };
+        if crowded || (open >= self.max && closed.is_none()) {
             drop(live);
             if let Some(unlogged) = self.refused.note() {
                 tracing::warn!(
                     %peer,
-                    "operator surface: {} connections, each in the middle of a request: \
-                     connection refused ({unlogged} more refused since the last such line)",
+                    "operator surface: {} connections and none idle: connection refused \
+                     ({unlogged} more refused since the last such line)",
                     self.max
                 );
             }
@@ -541,6 +542,82 @@ mod tests {
             ..HttpLimits::default()
         };
         assert!(instant.validate().is_err());
+    }
+
+    async fn connect(addr: SocketAddr) -> TcpStream {
+        TcpStream::connect(addr).await.unwrap()
+    }
+
+    /// Whether the server closes `s` within 5 s (reading what it sends).
+    async fn closed_soon(s: &mut TcpStream) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 1024];
+        let read = async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .is_ok()
+    }
+
+    async fn get(s: &mut TcpStream, path: &str) {
+        use tokio::io::AsyncWriteExt;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+        s.write_all(request.as_bytes()).await.unwrap();
+    }
+
+    /// Over the cap the oldest idle connection is closed for the new one;
+    /// with every connection in a request, the new one is closed at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn over_the_cap_the_oldest_idle_goes_and_with_none_idle_the_new_one_is_refused() {
+        use axum::routing::get as route;
+        use tokio::io::AsyncReadExt;
+        let (entered, mut inside) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let app = Router::new().route("/", route(|| async { "ok" })).route(
+            "/slow",
+            route(move || {
+                let entered = entered.clone();
+                async move {
+                    let _ = entered.send(());
+                    tokio::time::sleep(Duration::from_secs(20)).await;
+                    "late"
+                }
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = HttpLimits {
+            max_connections: 2,
+            ..HttpLimits::default()
+        };
+        let server = tokio::spawn(serve_bounded(listener, app, limits));
+        let mut first = connect(addr).await;
+        let mut second = connect(addr).await;
+        get(&mut second, "/").await;
+        let mut answer = [0u8; 512];
+        let n = second.read(&mut answer).await.unwrap();
+        assert!(String::from_utf8_lossy(&answer[..n]).ends_with("ok"));
+        let mut third = connect(addr).await;
+        assert!(
+            closed_soon(&mut first).await,
+            "the oldest idle connection was not closed for a new one"
+        );
+        get(&mut second, "/slow").await;
+        get(&mut third, "/slow").await;
+        for _ in 0..2 {
+            inside.recv().await.unwrap();
+        }
+        let mut fourth = connect(addr).await;
+        assert!(
+            closed_soon(&mut fourth).await,
+            "a connection over the cap was served while every one was in a request"
+        );
+        server.abort();
     }
 
     #[tokio::test(start_paused = true)]
