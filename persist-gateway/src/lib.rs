@@ -7,11 +7,14 @@
 //! starts the node, follows its activity on the modules' behalf, serves the
 //! operator surface ([`operator`]) with a node-local [`audit`] log, logs
 //! with `tracing` ([`logging`]), and shuts down in order on SIGTERM and
-//! SIGINT.
+//! SIGINT. [`http`] is how the operator surface is served: connections
+//! capped and bounded in time, so idle, slow or flooding clients cannot take
+//! it down.
 
 pub mod audit;
 pub mod config;
 mod host;
+pub mod http;
 pub mod logging;
 pub mod operator;
 

@@ -91,6 +91,9 @@ pub struct StateView {
     /// Modules whose versions differ between the nodes, with the same
     /// records (replication goes on; an upgrade in progress, say).
     pub module_warnings: Vec<String>,
+    /// On the master: clients that connected to the link port and failed
+    /// before authenticating (they do not change `last_error`).
+    pub unauthenticated_failures: u64,
 }
 
 /// Builds the state view of a node.
@@ -138,6 +141,7 @@ pub fn view(node_id: &str, node: &NodeHandle) -> StateView {
             .map(|m| format!("{} {}", m.name, m.version))
             .collect(),
         module_warnings: s.module_warnings.clone(),
+        unauthenticated_failures: link.unauthenticated_failures,
     }
 }
 
@@ -303,6 +307,10 @@ th{{color:#4a5568;font-weight:500}} .err{{color:#c53030}} .warn{{color:#975a16}}
             row("digest", v.digest.clone()),
             row("modules", list(&v.modules)),
             row("the peer's modules", list(&v.peer_modules)),
+            row(
+                "unauthenticated link clients failed",
+                v.unauthenticated_failures.to_string(),
+            ),
         ]
         .join(""),
         audit = audit_table(audit),
@@ -433,10 +441,16 @@ async fn audit(State(s): State<Arc<Shared>>) -> Json<Vec<AuditEntry>> {
 }
 
 async fn prometheus(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics(&view_of(&s)),
-    )
+    let v = view_of(&s);
+    let mut text = metrics(&v);
+    text.push_str(&format!(
+        "# HELP persist_unauthenticated_failures_total Clients that connected to the link port \
+         and failed before authenticating.\n\
+         # TYPE persist_unauthenticated_failures_total counter\n\
+         persist_unauthenticated_failures_total{{node=\"{}\"}} {}\n",
+        v.node_id, v.unauthenticated_failures
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 async fn status_page(State(s): State<Arc<Shared>>) -> Html<String> {
@@ -541,7 +555,7 @@ pub async fn serve_surface(
         .route("/actions/failover", post(failover))
         .route("/actions/handback", post(handback))
         .with_state(shared);
-    axum::serve(listener, app).await
+    crate::http::serve_bounded(listener, app, crate::http::HttpLimits::default()).await
 }
 
 /// Activity as a number (0 undecided .. 3 active), for tools.

@@ -287,7 +287,11 @@ impl BackupSide {
                     self.down(ctx, error.map_or(LinkEnd::Closed, LinkEnd::Io));
                 }
             }
-            Input::Sent { .. } | Input::Accepted { .. } | Input::Head(_) | Input::Store { .. } => {}
+            Input::Sent { .. }
+            | Input::Accepted { .. }
+            | Input::AcceptFailed { .. }
+            | Input::Head(_)
+            | Input::Store { .. } => {}
             Input::RuntimeChanged => self.flush_runtime(ctx),
             Input::HistoryChanged => self.pump_history(ctx),
             Input::Tick => self.tick(ctx),
@@ -1020,6 +1024,7 @@ impl BackupSide {
             pending_updates: self.master_position.saturating_sub(self.position),
             peer_modules: self.peer_modules.clone(),
             module_warnings: self.module_warnings.clone(),
+            unauthenticated_failures: 0,
             redundancy: None,
         }
     }

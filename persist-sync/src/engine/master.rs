@@ -24,6 +24,20 @@ use crate::worker::SyncConfig;
 /// How long a failed store read waits before it is tried again.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
+/// Unauthenticated links held at once, at most: when one more connects, the
+/// oldest of them is closed. A flood of clients that connect and say
+/// nothing (or too little) then holds a bounded number of sessions and
+/// descriptors, each for the handshake timeout at most; the real backup,
+/// which authenticates within a round trip or two, is closed only if this
+/// many connections arrive during its own handshake. (Refusing the newest
+/// instead would let a few silent clients, reconnecting every handshake
+/// timeout, keep the backup out for good.)
+pub(crate) const MAX_UNAUTHENTICATED: usize = 64;
+
+/// Failures of unauthenticated clients are logged at most once per this
+/// long (each one is counted in the report).
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+
 enum Phase {
     Handshake(Box<Handshake>),
     /// Authenticated; the backup has not asked for anything yet.
@@ -74,11 +88,48 @@ struct Session {
     module_warnings: Vec<String>,
     /// The warnings were logged (once per link).
     warned: bool,
+    /// The remote address, for logs.
+    addr: String,
 }
 
 impl Session {
     fn authenticated(&self) -> bool {
         !matches!(self.phase, Phase::Handshake(_))
+    }
+}
+
+/// Clients that failed before they authenticated (a wrong secret, silence,
+/// garbage, a foreign cluster): counted for the report and logged at most
+/// once per [`FAILURE_LOG_EVERY`]. They never become the link's last error,
+/// which belongs to the real backup's sessions.
+#[derive(Default)]
+struct Unauthenticated {
+    failures: u64,
+    logged_at: Option<Time>,
+    /// Failures since the last line logged.
+    unlogged: u64,
+}
+
+impl Unauthenticated {
+    fn failed(&mut self, now: Time, addr: Option<&str>, why: &dyn std::fmt::Display) {
+        self.failures += 1;
+        if self.logged_at.is_some_and(|t| now < t + FAILURE_LOG_EVERY) {
+            self.unlogged += 1;
+            return;
+        }
+        self.logged_at = Some(now);
+        let unlogged = std::mem::take(&mut self.unlogged);
+        let (peer, failures) = (addr.unwrap_or("-"), self.failures);
+        if unlogged == 0 {
+            tracing::warn!(%peer, failures, "unauthenticated client failed: {why}");
+        } else {
+            tracing::warn!(
+                %peer,
+                failures,
+                "unauthenticated client failed: {why} \
+                 ({unlogged} more since the last such line, not logged)"
+            );
+        }
     }
 }
 
@@ -117,6 +168,7 @@ pub(crate) struct MasterSide {
     dual_master: Option<String>,
     handshake_timeout: Duration,
     peer_timeout: Duration,
+    unauthenticated: Unauthenticated,
 }
 
 fn beat_due(next: Option<Time>, now: Time) -> bool {
@@ -157,12 +209,14 @@ impl MasterSide {
             dual_master: None,
             handshake_timeout: cfg.handshake_timeout,
             peer_timeout: cfg.peer_timeout,
+            unauthenticated: Unauthenticated::default(),
         }
     }
 
     pub fn input(&mut self, ctx: &mut Ctx<'_>, input: Input) {
         match input {
-            Input::Accepted { conn } => {
+            Input::Accepted { conn, addr } => {
+                self.make_room(ctx);
                 let hs = Handshake::new(LinkRole::Acceptor, &ctx.cfg.auth, ctx.nonce());
                 self.sessions.insert(
                     conn,
@@ -182,9 +236,11 @@ impl MasterSide {
                         modules: None,
                         module_warnings: Vec::new(),
                         warned: false,
+                        addr,
                     },
                 );
             }
+            Input::AcceptFailed { error } => self.unauthenticated.failed(ctx.now, None, &error),
             Input::Dialed { conn } => self.probe_dialed(ctx, conn),
             Input::DialFailed { conn, error } => {
                 if self.probe.as_ref().is_some_and(|p| p.conn == conn) {
@@ -325,6 +381,26 @@ impl MasterSide {
                 self.probe_at = now + every;
                 ctx.out.push(Output::Dial { conn, probe: true });
             }
+        }
+    }
+
+    /// Closes the oldest unauthenticated session if [`MAX_UNAUTHENTICATED`]
+    /// are open, so that one more fits.
+    fn make_room(&mut self, ctx: &mut Ctx<'_>) {
+        let pending = || self.sessions.iter().filter(|(_, s)| !s.authenticated());
+        if pending().count() < MAX_UNAUTHENTICATED {
+            return;
+        }
+        let oldest = pending().min_by_key(|(&conn, s)| (s.opened, conn));
+        if let Some((&conn, _)) = oldest {
+            self.end(
+                ctx,
+                conn,
+                LinkEnd::Auth(format!(
+                    "closed unauthenticated: {MAX_UNAUTHENTICATED} clients were authenticating \
+                     at once and another connected"
+                )),
+            );
         }
     }
 
@@ -941,31 +1017,39 @@ impl MasterSide {
         };
         ctx.close(conn);
         let serving = self.serving == Some(conn);
+        // A peer that proved the secret and was then refused (its own id,
+        // a link to this node) is a real node of the pair, misconfigured.
+        let proven =
+            s.authenticated() || matches!(why, LinkEnd::SameNodeId(_) | LinkEnd::SelfConnection);
         match &why {
             LinkEnd::Shutdown | LinkEnd::Superseded => {}
+            e if !proven => {
+                // Anyone who can reach the port can get this far: counted
+                // and logged (rate-limited), never the link's last error.
+                self.unauthenticated.failed(ctx.now, Some(&s.addr), e);
+                return;
+            }
             // A backup that keeps redialing into the same refusal: logged once.
             e @ LinkEnd::RefusedPeer(r) if self.refusal_logged.as_ref() == Some(r) => {
-                tracing::debug!(peer = ?s.peer, "sync session ended: {e}")
+                tracing::debug!(peer = ?s.peer, addr = %s.addr, "sync session ended: {e}");
+                self.last_error = Some(e.to_string());
             }
             e => {
                 if let LinkEnd::RefusedPeer(r) = e {
                     self.refusal_logged = Some(r.clone());
                 }
-                tracing::warn!(peer = ?s.peer, "sync session ended: {e}")
+                tracing::warn!(peer = ?s.peer, addr = %s.addr, "sync session ended: {e}");
+                self.last_error = Some(e.to_string());
             }
         }
         if serving {
             // Only the session that serves the backup speaks for the link: a
-            // client that never got that far (a wrong secret, a refusal) or a
             // session a newer one replaced only records its error.
             self.serving = None;
             self.snapshot_progress = None;
             if let LinkEnd::RefusedPeer(r) = &why {
                 self.refused = Some(r.clone());
             }
-        }
-        if !matches!(why, LinkEnd::Superseded | LinkEnd::Shutdown) {
-            self.last_error = Some(why.to_string());
         }
         if s.authenticated() && (serving || self.serving.is_none()) {
             ctx.events.push(PeerEvent::LinkDown);
@@ -1054,6 +1138,7 @@ impl MasterSide {
             pending_updates: self.head.saturating_sub(acked),
             peer_modules: serving.and_then(|s| s.modules.clone()).unwrap_or_default(),
             module_warnings: serving.map_or_else(Vec::new, |s| s.module_warnings.clone()),
+            unauthenticated_failures: self.unauthenticated.failures,
             redundancy: None,
         }
     }

@@ -46,6 +46,15 @@ pub enum Input {
     Accepted {
         /// The new link.
         conn: ConnId,
+        /// The remote address, for logs.
+        addr: String,
+    },
+    /// Master: an incoming connection failed before it became a link (a
+    /// TLS handshake failed, timed out, or was refused because too many
+    /// were in progress). Counted as an unauthenticated client's failure.
+    AcceptFailed {
+        /// What happened (names the remote address where known).
+        error: String,
     },
     /// A dial asked for with [`Output::Dial`] connected.
     Dialed {

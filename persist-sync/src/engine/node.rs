@@ -120,6 +120,11 @@ pub struct NodeReport {
     /// one line each (e.g. "module `alarms`: 1.1.0 here, 1.0.0 on gw-a: same
     /// records, replication continues"), while connected.
     pub module_warnings: Vec<String>,
+    /// Master: clients that connected and failed before authenticating (a
+    /// wrong secret, silence, garbage, another cluster, or closed to make
+    /// room for newer ones), since the node started. They do not change
+    /// `last_error`.
+    pub unauthenticated_failures: u64,
     /// The redundancy state, if the node runs redundancy.
     pub redundancy: Option<RedundancyReport>,
 }

@@ -15,6 +15,7 @@
 use std::future::Future;
 use std::io;
 
+pub mod accept;
 pub mod tcp;
 pub mod tls;
 
@@ -76,8 +77,10 @@ pub trait Acceptor: Send + 'static {
     /// The links it accepts.
     type Link: Link;
 
-    /// Waits for the next link. An error may concern one incoming connection
-    /// only (a failed TLS handshake): keep accepting after it.
+    /// Waits for the next link. An error concerns one incoming connection
+    /// only (a failed TLS handshake): keep accepting after it. A listener
+    /// that cannot accept for want of resources waits that out itself (it
+    /// must not make its caller spin).
     fn accept(&mut self) -> impl Future<Output = io::Result<Self::Link>> + Send;
 
     /// The address or name peers dial.

@@ -8,8 +8,15 @@
 //! Neither dialing nor reading has a timeout of its own: sessions bound them
 //! with `tokio::time::timeout` and heartbeats. Accepting a TLS connection has
 //! one ([`TcpAcceptor::with_handshake_timeout`]) so a silent client cannot
-//! hold the accept loop.
+//! hold the accept loop, and at most 32 TLS handshakes run at once: one more
+//! connection closes the oldest.
+//!
+//! The acceptor never spins: when `accept()` fails for want of descriptors,
+//! buffers or memory it pauses ([`super::accept::AcceptBackoff`]) and logs
+//! the episode once. The node core bounds the unauthenticated links it holds
+//! (plain or TLS) and how long each may take to authenticate.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
+use super::accept::AcceptBackoff;
 use super::tls::{parse_server_name, TlsClient, TlsServer};
 use super::{frame_too_large, Acceptor, Dialer, FrameSink, FrameSource, Link, INITIAL_MAX_FRAME};
 
@@ -218,15 +226,29 @@ pub struct TcpAcceptor {
     local: SocketAddr,
     tls: Option<TlsServer>,
     handshake_timeout: Duration,
-    /// TLS handshakes run in their own tasks and report here, so a slow or
-    /// hostile client cannot hold up the accept loop.
-    done_tx: tokio::sync::mpsc::UnboundedSender<io::Result<TcpLink>>,
-    done_rx: tokio::sync::mpsc::UnboundedReceiver<io::Result<TcpLink>>,
-    handshaking: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// TLS handshakes run in their own tasks and report here (with their
+    /// number), so a slow or hostile client cannot hold up the accept loop.
+    done_tx: tokio::sync::mpsc::UnboundedSender<(u64, io::Result<TcpLink>)>,
+    done_rx: tokio::sync::mpsc::UnboundedReceiver<(u64, io::Result<TcpLink>)>,
+    /// The TLS handshakes in progress, oldest first.
+    handshakes: VecDeque<Handshaking>,
+    next_handshake: u64,
+    backoff: AcceptBackoff,
+    /// No `accept()` before this: the last one failed for want of resources.
+    paused_until: Option<tokio::time::Instant>,
 }
 
-/// TLS handshakes in progress at once, at most; further connections are
-/// closed until one finishes.
+/// A TLS handshake in its task.
+#[derive(Debug)]
+struct Handshaking {
+    id: u64,
+    peer: SocketAddr,
+    task: tokio::task::AbortHandle,
+}
+
+/// TLS handshakes in progress at once, at most: one more connection closes
+/// the oldest. (Refusing the newest instead would let this many silent
+/// clients, reconnecting every handshake timeout, keep the real peer out.)
 const MAX_HANDSHAKES: usize = 32;
 
 impl TcpAcceptor {
@@ -243,7 +265,10 @@ impl TcpAcceptor {
             handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
             done_tx,
             done_rx,
-            handshaking: Default::default(),
+            handshakes: VecDeque::new(),
+            next_handshake: 0,
+            backoff: AcceptBackoff::new(format!("link {local}")),
+            paused_until: None,
         })
     }
 
@@ -259,37 +284,105 @@ impl TcpAcceptor {
     }
 }
 
+impl TcpAcceptor {
+    /// Takes an accepted connection: a plain link at once, or a TLS handshake
+    /// started in a task of its own (`None`: wait for it).
+    /// When [`MAX_HANDSHAKES`] are in progress, the oldest is closed, and
+    /// reported as this call's error.
+    fn take(&mut self, stream: TcpStream, peer: SocketAddr) -> io::Result<Option<TcpLink>> {
+        stream.set_nodelay(true)?;
+        let Some(tls) = &self.tls else {
+            return Ok(Some(TcpLink::plain(stream, peer)));
+        };
+        let (acceptor, timeout, tx) = (
+            tls.acceptor.clone(),
+            self.handshake_timeout,
+            self.done_tx.clone(),
+        );
+        let id = self.next_handshake;
+        self.next_handshake += 1;
+        let task = tokio::spawn(async move {
+            let r = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => Ok(TcpLink::tls(stream, peer)),
+                Ok(Err(e)) => Err(io::Error::new(
+                    e.kind(),
+                    format!("TLS handshake with {peer} failed: {e}"),
+                )),
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("TLS handshake with {peer} timed out"),
+                )),
+            };
+            let _ = tx.send((id, r));
+        });
+        let oldest = if self.handshakes.len() >= MAX_HANDSHAKES {
+            self.handshakes.pop_front()
+        } else {
+            None
+        };
+        self.handshakes.push_back(Handshaking {
+            id,
+            peer,
+            task: task.abort_handle(),
+        });
+        match oldest {
+            Some(h) => {
+                h.task.abort();
+                Err(io::Error::other(format!(
+                    "TLS handshake with {} closed: {MAX_HANDSHAKES} in progress and another \
+                     client connected",
+                    h.peer
+                )))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// A TLS handshake ended: it is no longer in progress.
+    fn handshake_done(&mut self, id: u64) {
+        self.handshakes.retain(|h| h.id != id);
+    }
+}
+
+impl Drop for TcpAcceptor {
+    fn drop(&mut self) {
+        // Handshakes in progress have nobody to hand their link to.
+        for h in &self.handshakes {
+            h.task.abort();
+        }
+    }
+}
+
 impl Acceptor for TcpAcceptor {
     type Link = TcpLink;
 
+    /// The next link. An error concerns one connection (a failed or refused
+    /// TLS handshake); failures of `accept()` itself for want of resources
+    /// (`EMFILE`, `ENFILE`, ...) are waited out here, with a pause.
     async fn accept(&mut self) -> io::Result<TcpLink> {
-        use std::sync::atomic::Ordering;
         loop {
+            let paused = self.paused_until;
+            let resume = tokio::time::sleep_until(paused.unwrap_or_else(tokio::time::Instant::now));
             tokio::select! {
-                Some(done) = self.done_rx.recv() => return done,
-                accepted = self.listener.accept() => {
-                    let (stream, peer) = accepted?;
-                    stream.set_nodelay(true)?;
-                    let Some(tls) = &self.tls else {
-                        return Ok(TcpLink::plain(stream, peer));
-                    };
-                    if self.handshaking.load(Ordering::Acquire) >= MAX_HANDSHAKES {
-                        tracing::warn!(%peer, "too many TLS handshakes in progress: connection closed");
-                        continue;
-                    }
-                    self.handshaking.fetch_add(1, Ordering::AcqRel);
-                    let (acceptor, timeout, tx, count) =
-                        (tls.acceptor.clone(), self.handshake_timeout, self.done_tx.clone(), self.handshaking.clone());
-                    tokio::spawn(async move {
-                        let r = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                            Ok(Ok(stream)) => Ok(TcpLink::tls(stream, peer)),
-                            Ok(Err(e)) => Err(io::Error::new(e.kind(), format!("TLS handshake with {peer} failed: {e}"))),
-                            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("TLS handshake with {peer} timed out"))),
-                        };
-                        count.fetch_sub(1, Ordering::AcqRel);
-                        let _ = tx.send(r);
-                    });
+                Some((id, done)) = self.done_rx.recv() => {
+                    self.handshake_done(id);
+                    return done;
                 }
+                _ = resume, if paused.is_some() => self.paused_until = None,
+                accepted = self.listener.accept(), if paused.is_none() => match accepted {
+                    Ok((stream, peer)) => {
+                        self.backoff.succeeded();
+                        if let Some(link) = self.take(stream, peer)? {
+                            return Ok(link);
+                        }
+                    }
+                    Err(e) => {
+                        let pause = self.backoff.failed(&e);
+                        if !pause.is_zero() {
+                            self.paused_until = Some(tokio::time::Instant::now() + pause);
+                        }
+                    }
+                },
             }
         }
     }

@@ -21,7 +21,7 @@ use crate::history::History;
 use crate::redundancy::machine::{RedundancySettings, SettingsError};
 use crate::redundancy::node::StatePublisher;
 use crate::runtime_state::RuntimeStates;
-use crate::transport::{Acceptor, Dialer};
+use crate::transport::{Acceptor, Dialer, Link};
 use tokio::task::JoinHandle;
 
 /// Accepted links are numbered from here (the core numbers its dials from 1).
@@ -93,26 +93,37 @@ impl Io {
     }
 }
 
+/// A link the accept loop hands the node task: its number, remote address
+/// and tasks.
+type AcceptedLink = (ConnId, String, LinkHandle);
+
 /// Accepts links and starts their tasks; accepted links are numbered from
-/// [`FIRST_ACCEPTED`].
+/// [`FIRST_ACCEPTED`]. A connection that failed before it became a link
+/// goes to the core, which counts and logs it (rate-limited: a flood of
+/// them must not flood the log).
 fn accept_loop<A: Acceptor>(
     mut acceptor: A,
     limits: Limits,
     events: mpsc::Sender<Input>,
-    accepted: mpsc::Sender<(ConnId, LinkHandle)>,
+    accepted: mpsc::Sender<AcceptedLink>,
 ) -> AbortOnDrop<()> {
     AbortOnDrop(tokio::spawn(async move {
         let mut next = FIRST_ACCEPTED;
         loop {
-            match acceptor.accept().await {
+            let sent = match acceptor.accept().await {
                 Ok(l) => {
+                    let addr = l.peer();
                     let handle = link::start(l, next, limits, events.clone());
-                    if accepted.send((next, handle)).await.is_err() {
-                        return;
-                    }
                     next += 1;
+                    accepted.send((next - 1, addr, handle)).await.is_ok()
                 }
-                Err(e) => tracing::warn!("accepting a backup failed: {e}"),
+                Err(e) => {
+                    let error = e.to_string();
+                    events.send(Input::AcceptFailed { error }).await.is_ok()
+                }
+            };
+            if !sent {
+                return;
             }
         }
     }))
@@ -169,7 +180,7 @@ impl<A: Acceptor, D: Dialer, P: Dialer> Driver<A, D, P> {
         &mut self,
         io: &mut Io,
         events: &mut mpsc::Receiver<Input>,
-        accepted: &mut mpsc::Receiver<(ConnId, LinkHandle)>,
+        accepted: &mut mpsc::Receiver<AcceptedLink>,
         dialed: &mut mpsc::Receiver<(ConnId, Result<LinkHandle, String>)>,
     ) -> Vec<Output> {
         let deadline = self.core.deadline();
@@ -189,10 +200,10 @@ impl<A: Acceptor, D: Dialer, P: Dialer> Driver<A, D, P> {
             Some((id, result)) = self.store_done.recv() => {
                 self.core.step(self.clock.now(), Input::Store { id, result })
             }
-            Some((conn, handle)) = accepted.recv() => {
+            Some((conn, addr, handle)) = accepted.recv() => {
                 handle.registered();
                 io.links.insert(conn, handle);
-                self.core.step(self.clock.now(), Input::Accepted { conn })
+                self.core.step(self.clock.now(), Input::Accepted { conn, addr })
             }
             Some((conn, r)) = dialed.recv() => {
                 io.dials.remove(&conn);
@@ -294,6 +305,7 @@ impl<A: Acceptor, D: Dialer, P: Dialer> Driver<A, D, P> {
             snapshot_progress: report.snapshot_progress,
             peer_modules: report.peer_modules.clone(),
             module_warnings: report.module_warnings.clone(),
+            unauthenticated_failures: report.unauthenticated_failures,
         };
         self.published.status.send_if_modified(|s| {
             if *s != status {

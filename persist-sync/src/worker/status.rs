@@ -35,6 +35,9 @@ pub struct LinkStatus {
     /// Modules both nodes run at different versions with the same records,
     /// one line each, while connected.
     pub module_warnings: Vec<String>,
+    /// Master: clients that connected and failed before authenticating
+    /// (they do not change `last_error`, which is the backup's link's).
+    pub unauthenticated_failures: u64,
 }
 
 /// Acknowledged positions, awaitable from async and blocking code alike.

@@ -157,6 +157,22 @@ pub fn start_drill(dir: &Path, id: &str, release: &str) -> Proc {
     Proc { child, log }
 }
 
+/// Starts `<id>` with at most `nofile` open file descriptors (soft and hard
+/// limit, set by the shell that then becomes the gateway: the pid is the
+/// gateway's).
+pub fn start_with_fd_limit(dir: &Path, id: &str, nofile: u32) -> Proc {
+    let (file, log) = log_file(dir, id);
+    let child = Command::new("sh")
+        .args(["-c", &format!("ulimit -n {nofile} && exec \"$0\" \"$@\"")])
+        .arg(GATEWAY)
+        .arg(dir.join(format!("{id}.toml")))
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    Proc { child, log }
+}
+
 /// Starts `<id>` and hands its stdout lines over a channel (and to the log).
 pub fn start_with_lines(dir: &Path, id: &str) -> (Proc, std::sync::mpsc::Receiver<String>) {
     let (mut file, log) = log_file(dir, id);

@@ -677,7 +677,8 @@ impl World {
                 r.next_accepted += 1;
                 if self.net.accepted(net, node, inc, conn) {
                     r.links.insert(conn, net);
-                    self.step(node, Input::Accepted { conn });
+                    let addr = format!("sim link {net}");
+                    self.step(node, Input::Accepted { conn, addr });
                 }
             }
             Ev::StoreDone(i, inc) => {
