@@ -389,7 +389,13 @@ mod tests {
                 "body of {len} bytes"
             );
             assert_eq!(postcard::from_bytes::<LogEntry>(&bytes).unwrap(), e);
-            let frame = encode(&Message::Entries(vec![e.clone()]));
+            let msg = Message::Entries(vec![e.clone()]);
+            let frame = encode(&msg);
+            assert_eq!(
+                frame,
+                postcard::to_extend(&msg, vec![WIRE_VERSION]).unwrap(),
+                "the version byte, then the message"
+            );
             assert_eq!(
                 decode(&frame, &Limits::default()),
                 Ok(Message::Entries(vec![e]))
