@@ -81,7 +81,58 @@ pub struct LogEntry {
     /// The origin's state digest after this entry.
     pub digest: Digest,
     /// The encoded body (see the module docs).
+    #[serde(with = "byte_string")]
     pub body: Vec<u8>,
+}
+
+/// A body serializes as one byte string rather than a sequence of `u8`s: in
+/// postcard both are a varint length and the bytes, so the wire format is
+/// the same, but a byte string is copied at once where a sequence goes
+/// through serde byte by byte (a 3.6 MB batch of entries took 0.3-0.6 s to
+/// encode and as long to decode in a debug build, long enough to hold up the
+/// heartbeats of a link with a 600 ms failover timeout).
+mod byte_string {
+    use std::fmt;
+
+    use serde::de::{SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_byte_buf(Bytes)
+    }
+
+    struct Bytes;
+
+    impl<'de> Visitor<'de> for Bytes {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a byte string")
+        }
+
+        fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        // Formats without byte strings (JSON) write a sequence.
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            // The size hint comes from the input: never trust it for more
+            // than a small start.
+            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(b) = seq.next_element::<u8>()? {
+                v.push(b);
+            }
+            Ok(v)
+        }
+    }
 }
 
 impl LogEntry {

@@ -115,8 +115,10 @@ pub enum CodecError {
 /// Encodes a message into a frame.
 pub fn encode(msg: &Message) -> Vec<u8> {
     // Postcard into a Vec only fails for sequences of unknown length or
-    // custom serializer errors; Message has neither.
-    postcard::to_extend(msg, vec![WIRE_VERSION])
+    // custom serializer errors; Message has neither. The version byte then
+    // the message is the tuple's encoding; `to_allocvec` copies byte strings
+    // at once (`to_extend` pushes them byte by byte).
+    postcard::to_allocvec(&(WIRE_VERSION, msg))
         .expect("postcard cannot fail to serialize a Message into a Vec")
 }
 
@@ -372,6 +374,52 @@ mod tests {
             committed_at: 2,
             digest: Digest(3),
             body: vec![4],
+        }
+    }
+
+    /// Entry bodies are written as byte strings (one copy, not a serde call
+    /// per byte): the frames must be byte for byte what a sequence of `u8`
+    /// gave, so nodes of either build understand each other.
+    #[test]
+    fn entry_bodies_keep_their_wire_format() {
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct SequenceBody {
+            position: u64,
+            epoch: u64,
+            committed_at: i64,
+            digest: Digest,
+            body: Vec<u8>,
+        }
+        for len in [0usize, 1, 127, 128, 300, 70_000] {
+            let e = LogEntry {
+                body: (0..len).map(|i| (i * 7) as u8).collect(),
+                ..entry(9)
+            };
+            let old = SequenceBody {
+                position: e.position,
+                epoch: e.epoch,
+                committed_at: e.committed_at,
+                digest: e.digest,
+                body: e.body.clone(),
+            };
+            let bytes = postcard::to_allocvec(&old).unwrap();
+            assert_eq!(
+                postcard::to_allocvec(&e).unwrap(),
+                bytes,
+                "body of {len} bytes"
+            );
+            assert_eq!(postcard::from_bytes::<LogEntry>(&bytes).unwrap(), e);
+            let msg = Message::Entries(vec![e.clone()]);
+            let frame = encode(&msg);
+            assert_eq!(
+                frame,
+                postcard::to_extend(&msg, vec![WIRE_VERSION]).unwrap(),
+                "the version byte, then the message"
+            );
+            assert_eq!(
+                decode(&frame, &Limits::default()),
+                Ok(Message::Entries(vec![e]))
+            );
         }
     }
 

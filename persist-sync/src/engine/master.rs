@@ -981,8 +981,20 @@ impl MasterSide {
             return;
         };
         let next = s.window.next();
+        // An acknowledgement that came while the batch was read (of entries
+        // sent before a rewind) may cover some of it: those are not sent again.
+        let covered = batch.first().is_some_and(|e| e.position < next);
+        let batch: Vec<LogEntry> = if covered {
+            batch.into_iter().filter(|e| e.position >= next).collect()
+        } else {
+            batch
+        };
         match batch.first() {
             Some(e) if e.position == next => {}
+            None if covered => {
+                self.pump(ctx, conn);
+                return;
+            }
             Some(e) => {
                 // Retention trimmed what this session still needed.
                 tracing::warn!(

@@ -89,7 +89,8 @@ pub enum Input {
         /// The failure, if it was one.
         error: Option<String>,
     },
-    /// Frames handed over with [`Output::Send`] left for the network.
+    /// Stream frames ([`is_stream_frame`]) handed over with [`Output::Send`]
+    /// left for the network (other frames are not reported).
     Sent {
         /// The link.
         conn: ConnId,
@@ -362,10 +363,25 @@ impl std::fmt::Display for LinkEnd {
     }
 }
 
-/// Frames handed to a link's writer and not yet sent, at most (besides
-/// heartbeats): keeps memory bounded to a few frames per link whatever the
-/// peer's speed.
+/// Stream frames handed to a link's writer and not yet sent, at most:
+/// keeps memory bounded to a few frames per link whatever the peer's speed.
 pub(crate) const MAX_QUEUED_FRAMES: usize = 4;
+
+/// Whether `msg` is a frame of the sync stream: log entries and snapshot
+/// frames, the bulk of what a link carries. They are what
+/// [`MAX_QUEUED_FRAMES`] bounds and [`Input::Sent`] counts, and the only
+/// frames a heartbeat may overtake in a link's writer (a heartbeat means
+/// nothing about them, and must not wait behind megabytes of them: the
+/// peer's silence timer runs meanwhile).
+pub(crate) fn is_stream_frame(msg: &Message) -> bool {
+    matches!(
+        msg,
+        Message::Entries(_)
+            | Message::SnapshotBegin { .. }
+            | Message::SnapshotRows { .. }
+            | Message::SnapshotEnd
+    )
+}
 
 /// Snapshot frames the master sends ahead of the backup's restore.
 pub(crate) const SNAPSHOT_WINDOW: u64 = 4;

@@ -191,10 +191,18 @@ pub fn plan_sync(
 
 /// Flow control on the master: entries in flight to the backup are bounded,
 /// so a slow backup never makes the master buffer without bound.
+///
+/// After a [`rewind`](SendWindow::rewind) (entries unacknowledged for the
+/// peer timeout: maybe lost), what was sent before goes again one batch at a
+/// time, each after the backup acknowledged the one before: a backup that
+/// was only slow (a long apply) gets one batch twice, not the whole window,
+/// and its acknowledgements of what was sent before the rewind still count.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendWindow {
     next: u64,
     acked: u64,
+    /// The highest position ever sent (before a rewind too).
+    sent: u64,
     max_in_flight: u64,
 }
 
@@ -204,6 +212,7 @@ impl SendWindow {
         SendWindow {
             next: from,
             acked: from.saturating_sub(1),
+            sent: from.saturating_sub(1),
             max_in_flight: max_in_flight.max(1),
         }
     }
@@ -219,18 +228,24 @@ impl SendWindow {
     }
 
     /// Records an acknowledgement. Returns false for an ack of a position
-    /// never sent (a protocol violation).
+    /// never sent (a protocol violation). An acknowledgement of entries sent
+    /// before a rewind moves the next position past them.
     pub fn on_ack(&mut self, position: u64) -> bool {
-        if position >= self.next {
+        if position > self.sent {
             return false;
         }
         self.acked = self.acked.max(position);
+        self.next = self.next.max(self.acked + 1);
         true
     }
 
     /// Up to how many entries may be sent now, given the master's head
-    /// (0: nothing to send, or the window is full).
+    /// (0: nothing to send, or the window is full, or a batch sent again
+    /// after a rewind is not acknowledged yet).
     pub fn sendable(&self, head: u64) -> u64 {
+        if self.next <= self.sent && self.in_flight() {
+            return 0;
+        }
         let available = head.saturating_sub(self.next - 1);
         let room = self
             .max_in_flight
@@ -241,6 +256,7 @@ impl SendWindow {
     /// Records that entries up to `last` were sent.
     pub fn on_sent(&mut self, last: u64) {
         self.next = self.next.max(last + 1);
+        self.sent = self.sent.max(last);
     }
 
     /// Whether entries are sent and not acknowledged.

@@ -136,6 +136,45 @@ fn window_bounds_entries_in_flight() {
     assert_eq!(w.acked(), 15);
 }
 
+/// After a rewind, entries go again one batch at a time, and a late
+/// acknowledgement of what was sent before the rewind is no violation (the
+/// old window refused it: "ack of position 10, never sent" ended the link of
+/// a backup that was only slow to apply).
+#[test]
+fn a_rewind_sends_again_one_batch_at_a_time_and_late_acks_count() {
+    let mut w = SendWindow::new(1, 100);
+    w.on_sent(5);
+    w.on_sent(10);
+    w.on_sent(15);
+    assert!(w.on_ack(5));
+    w.rewind();
+    assert_eq!(w.next(), 6);
+    assert!(!w.in_flight());
+    assert_eq!(w.sendable(20), 15, "one batch may go");
+    w.on_sent(8);
+    assert_eq!(w.sendable(20), 0, "the next one waits for its ack");
+    // The backup was only slow: it acknowledges what came before the rewind.
+    assert!(w.on_ack(10), "an ack of an entry sent before the rewind");
+    assert_eq!((w.acked(), w.next()), (10, 11));
+    assert_eq!(w.sendable(20), 10, "one more batch of what was sent before");
+    w.on_sent(12);
+    assert_eq!(w.sendable(20), 0);
+    assert!(w.on_ack(12));
+    assert_eq!(w.sendable(20), 8, "12 acked: 13..15 may go again");
+    w.on_sent(15);
+    assert_eq!(
+        w.sendable(20),
+        5,
+        "past what was sent before: the window as usual"
+    );
+    assert!(
+        !w.on_ack(16),
+        "an ack of an entry never sent is still refused"
+    );
+    assert!(w.on_ack(15));
+    assert_eq!(w.sendable(20), 5);
+}
+
 #[test]
 fn retention_follows_acks_size_and_age() {
     let p = RetentionPolicy {

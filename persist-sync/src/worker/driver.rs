@@ -13,7 +13,7 @@ use super::executor::{StoreExecutor, StoreWorker};
 use super::link::{self, AbortOnDrop, LinkHandle};
 use super::status::{AckTracker, LinkStatus};
 use crate::clock::{Clock, TokioClock};
-use crate::codec::{self, Limits};
+use crate::codec::Limits;
 use crate::engine::{
     Command, CommandError, ConnId, Input, NodeCore, NodeParams, NodeReport, Output, Role,
 };
@@ -251,7 +251,7 @@ impl<A: Acceptor, D: Dialer, P: Dialer> Driver<A, D, P> {
                 Output::Dial { conn, probe } => self.dial(io, conn, probe),
                 Output::Send { conn, msg } => {
                     if let Some(l) = io.links.get(&conn) {
-                        l.send(codec::encode(&msg));
+                        l.send(msg);
                     }
                 }
                 Output::Authenticated { conn } => {

@@ -1,14 +1,19 @@
 //! Frame I/O of one link: a reader task that decodes frames within limits
-//! and a writer task that sends what the node hands it. They only move
-//! bytes; every decision is the node's.
+//! and a writer task that encodes and sends what the node hands it. They
+//! only move bytes; every decision is the node's, but for one rule of the
+//! writer: a heartbeat goes out ahead of the stream frames (log entries,
+//! snapshot frames) queued before it, so it never waits behind megabytes
+//! of them while the peer's silence timer runs.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::codec::{self, Limits};
-use crate::engine::{ConnId, Input};
+use crate::engine::{is_stream_frame, ConnId, Input};
+use crate::protocol::Message;
 use crate::transport::{FrameSink, FrameSource, Link};
 
 /// How long a closing link may take to send what it was given.
@@ -43,16 +48,17 @@ enum Phase {
 
 /// The node's end of a link.
 pub(crate) struct LinkHandle {
-    frames: mpsc::UnboundedSender<Vec<u8>>,
+    frames: mpsc::UnboundedSender<Message>,
     phase: watch::Sender<Phase>,
     reader: AbortOnDrop<()>,
     writer: Option<JoinHandle<()>>,
 }
 
 impl LinkHandle {
-    /// Queues a frame.
-    pub fn send(&self, frame: Vec<u8>) {
-        let _ = self.frames.send(frame);
+    /// Queues a message; the writer encodes it (the node task never spends
+    /// time in proportion to a frame's size).
+    pub fn send(&self, msg: Message) {
+        let _ = self.frames.send(msg);
     }
 
     /// The node task holds the link: what the reader sees goes to the node
@@ -103,24 +109,34 @@ pub(crate) fn start<L: Link>(
     events: mpsc::Sender<Input>,
 ) -> LinkHandle {
     let (mut sink, mut source) = link.split();
-    let (frames, mut queue) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (frames, mut queue) = mpsc::unbounded_channel::<Message>();
     let (phase, mut seen) = watch::channel(Phase::Unregistered);
     let to_node = events.clone();
     let writer = tokio::spawn(async move {
-        while let Some(first) = queue.recv().await {
-            // Send what is queued, then report it in one go.
-            let mut frames = 0;
-            let mut next = Some(first);
-            while let Some(frame) = next {
-                if let Err(e) = sink.send(frame).await {
-                    let error = Some(e.to_string());
-                    let _ = to_node.send(Input::Closed { conn, error }).await;
-                    return;
+        let mut pending = VecDeque::new();
+        loop {
+            if pending.is_empty() {
+                match queue.recv().await {
+                    Some(msg) => pending.push_back(msg),
+                    None => break,
                 }
-                frames += 1;
-                next = queue.try_recv().ok();
             }
-            if to_node.send(Input::Sent { conn, frames }).await.is_err() {
+            while let Ok(msg) = queue.try_recv() {
+                pending.push_back(msg);
+            }
+            let Some(msg) = next_frame(&mut pending) else {
+                continue;
+            };
+            let stream = is_stream_frame(&msg);
+            let frame = codec::encode(&msg);
+            drop(msg);
+            if let Err(e) = sink.send(frame).await {
+                let error = Some(e.to_string());
+                let _ = to_node.send(Input::Closed { conn, error }).await;
+                return;
+            }
+            // The node bounds the stream frames it queues: tell it each one left.
+            if stream && to_node.send(Input::Sent { conn, frames: 1 }).await.is_err() {
                 return;
             }
         }
@@ -175,5 +191,59 @@ pub(crate) fn start<L: Link>(
         phase,
         reader: AbortOnDrop(reader),
         writer: Some(writer),
+    }
+}
+
+/// The next message to send: the first queued, except that a heartbeat
+/// goes ahead of the stream frames queued before it (never ahead of any
+/// other frame: a proof, a plan, an acknowledgement keep their order).
+fn next_frame(pending: &mut VecDeque<Message>) -> Option<Message> {
+    match pending.iter().position(|m| !is_stream_frame(m)) {
+        Some(i) if i > 0 && matches!(pending[i], Message::Heartbeat { .. }) => pending.remove(i),
+        _ => pending.pop_front(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::NodeRole;
+
+    fn beat(epoch: u64) -> Message {
+        Message::Heartbeat {
+            epoch,
+            position: 0,
+            role: NodeRole::Master,
+            active: None,
+        }
+    }
+
+    fn kinds(mut q: VecDeque<Message>) -> Vec<String> {
+        std::iter::from_fn(|| next_frame(&mut q))
+            .map(|m| match m {
+                Message::Heartbeat { epoch, .. } => format!("beat{epoch}"),
+                Message::Entries(_) => "entries".into(),
+                Message::SnapshotEnd => "end".into(),
+                other => other.kind().to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn heartbeats_overtake_stream_frames_only() {
+        let q = VecDeque::from([
+            Message::Entries(Vec::new()),
+            Message::Entries(Vec::new()),
+            beat(1),
+            Message::SnapshotEnd,
+            Message::Ack { position: 3 },
+            beat(2),
+            Message::Entries(Vec::new()),
+            beat(3),
+        ]);
+        assert_eq!(
+            kinds(q),
+            ["beat1", "entries", "entries", "end", "Ack", "beat2", "beat3", "entries"]
+        );
     }
 }

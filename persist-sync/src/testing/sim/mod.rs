@@ -251,6 +251,7 @@ enum Ev {
     Sent {
         net: u64,
         to: usize,
+        frames: usize,
     },
     Dialed {
         node: usize,
@@ -645,9 +646,9 @@ impl World {
                     self.step(to, Input::Closed { conn, error });
                 }
             }
-            Ev::Sent { net, to } => {
+            Ev::Sent { net, to, frames } => {
                 if let Some(conn) = self.net.end(net, to, self.nodes[to].incarnation) {
-                    self.step(to, Input::Sent { conn, frames: 1 });
+                    self.step(to, Input::Sent { conn, frames });
                 }
             }
             Ev::Dialed {
@@ -783,8 +784,9 @@ impl World {
                     if let crate::protocol::Message::Heartbeat { .. } = &msg {
                         self.check.heartbeat_sent(i);
                     }
+                    let stream = crate::engine::is_stream_frame(&msg);
                     let bytes = crate::codec::encode(&msg);
-                    self.send(i, net, bytes);
+                    self.send(i, net, bytes, stream);
                 }
                 Output::Authenticated { .. } => {}
                 Output::Close { conn } => {
@@ -859,12 +861,22 @@ impl World {
         );
     }
 
-    fn send(&mut self, from: usize, net: u64, bytes: Vec<u8>) {
+    fn send(&mut self, from: usize, net: u64, bytes: Vec<u8>, stream: bool) {
         let Some(to) = self.net.other(net, from) else {
             return;
         };
         let tiny = self.rng.us(5, 50);
-        self.after(tiny, Ev::Sent { net, to: from });
+        // Like a link's writer, only stream frames are reported sent.
+        if stream {
+            self.after(
+                tiny,
+                Ev::Sent {
+                    net,
+                    to: from,
+                    frames: 1,
+                },
+            );
+        }
         if !self.net.is_open(net) {
             return;
         }
