@@ -151,9 +151,11 @@ pub(crate) struct BackupSide {
     last_sync: Option<Time>,
     last_error: Option<String>,
     refused: Option<RefuseReason>,
-    /// The last refusal logged as a warning: the same refusal at every
-    /// redial is logged once.
-    refusal_logged: Option<RefuseReason>,
+    /// The last failure logged as a warning: the same failure at every
+    /// redial (a refusal, a master that is down) is logged once.
+    failure_logged: Option<LinkEnd>,
+    /// Links that failed since the last one that synced.
+    failures: u64,
     /// What the connected master declared, and the version differences.
     peer_modules: Vec<ModuleManifest>,
     module_warnings: Vec<String>,
@@ -191,7 +193,8 @@ impl BackupSide {
             last_sync: None,
             last_error: None,
             refused: None,
-            refusal_logged: None,
+            failure_logged: None,
+            failures: 0,
             peer_modules: Vec::new(),
             module_warnings: Vec::new(),
             resyncs: 0,
@@ -532,8 +535,9 @@ impl BackupSide {
                         tracing::warn!(peer = %peer, "{w}");
                     }
                 }
-                self.refusal_logged = None;
-                tracing::info!(peer = ?link.peer, ?plan, "connected to the master");
+                self.failure_logged = None;
+                let failures = std::mem::take(&mut self.failures);
+                tracing::info!(peer = ?link.peer, ?plan, failures, "connected to the master");
                 link.synced = true;
                 self.connected = true;
                 self.peer = link.peer.clone();
@@ -962,14 +966,15 @@ impl BackupSide {
         }
         match &why {
             LinkEnd::Shutdown => {}
-            // A master that refuses every redial for the same reason: logged once.
-            LinkEnd::Refused(r) if self.refusal_logged.as_ref() == Some(r) => {
-                tracing::debug!("sync with the master failed: {why}");
+            // A master that refuses every redial for the same reason, or
+            // stays down: logged once, until a link syncs again.
+            _ if self.failure_logged.as_ref() == Some(&why) => {
+                self.failures += 1;
+                tracing::debug!(failures = self.failures, "sync with the master failed: {why}");
             }
             _ => {
-                if let LinkEnd::Refused(r) = &why {
-                    self.refusal_logged = Some(r.clone());
-                }
+                self.failures += 1;
+                self.failure_logged = Some(why.clone());
                 tracing::warn!("sync with the master failed: {why}");
             }
         }
