@@ -173,3 +173,41 @@ fn a_secret_file_with_a_trailing_newline_on_one_node_only_is_the_same_secret() {
             && state(sb).is_some_and(|s| s["peer_connected"] == true)
     });
 }
+
+#[test]
+fn logs_are_json_lines_when_the_config_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, sa, _) = gateway_pair(dir.path());
+    let config = std::fs::read_to_string(dir.path().join("gw-a.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("gw-a.toml"),
+        format!("{config}\n[log]\nformat = \"json\"\nlevel = \"info\"\n"),
+    )
+    .unwrap();
+    let mut a = start(dir.path(), "gw-a");
+    until("gw-a active", Duration::from_secs(30), || {
+        activity(sa).as_deref() == Some("Active")
+    });
+    a.signal("TERM");
+    exit_within(&mut a, Duration::from_secs(15)).expect("gw-a exits after SIGTERM");
+    let text = log(dir.path(), "gw-a");
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["message"] == "module registered" && e["module"] == "alarms"),
+        "{text}"
+    );
+    assert!(events
+        .iter()
+        .all(|e| e["level"].is_string() && e["timestamp"].is_string()));
+    // Stdout keeps its plain activity lines for people and scripts.
+    assert!(
+        text.contains("gw-a: Active (epoch 1, active node gw-a)"),
+        "{text}"
+    );
+}

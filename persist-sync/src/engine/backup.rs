@@ -970,7 +970,10 @@ impl BackupSide {
             // stays down: logged once, until a link syncs again.
             _ if self.failure_logged.as_ref() == Some(&why) => {
                 self.failures += 1;
-                tracing::debug!(failures = self.failures, "sync with the master failed: {why}");
+                tracing::debug!(
+                    failures = self.failures,
+                    "sync with the master failed: {why}"
+                );
             }
             _ => {
                 self.failures += 1;
