@@ -8,9 +8,8 @@
 mod gateways;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -28,47 +27,6 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// A free port for a gateway, below the kernel's ephemeral range: the
-/// client sockets these tests open by the hundred take ephemeral ports, and
-/// one could take a port picked for a gateway before the gateway binds it.
-fn server_port() -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let span = 4000;
-    let base = low.saturating_sub(span + 1000).max(1024);
-    let offset = (std::process::id() % u32::from(span)) as u16;
-    loop {
-        let port = base + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// A master gw-a and a backup gw-b on ports from [`server_port`]; returns
-/// (link port, status a, status b).
-fn pair(dir: &Path) -> (u16, u16, u16) {
-    let (link, sa, sb) = (server_port(), server_port(), server_port());
-    gateway_config(
-        dir,
-        "gw-a",
-        "master",
-        &format!("listen = \"127.0.0.1:{link}\""),
-        sa,
-    );
-    gateway_config(
-        dir,
-        "gw-b",
-        "backup",
-        &format!("peer = \"127.0.0.1:{link}\""),
-        sb,
-    );
-    (link, sa, sb)
 }
 
 fn addr(port: u16) -> SocketAddr {
@@ -172,7 +130,7 @@ fn failures(s: &Value) -> u64 {
 
 /// The master gw-a of a pair, started and Active; its link and status ports.
 fn active_master(dir: &Path, nofile: Option<u32>) -> (Proc, u16, u16, u16) {
-    let (link, sa, sb) = pair(dir);
+    let (link, sa, sb) = gateway_pair(dir);
     let a = match nofile {
         Some(n) => start_with_fd_limit(dir, "gw-a", n),
         None => start(dir, "gw-a"),

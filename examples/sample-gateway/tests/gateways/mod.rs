@@ -59,12 +59,25 @@ fn log_file(dir: &Path, id: &str) -> (std::fs::File, PathBuf) {
     (file, path)
 }
 
+/// A free port for a gateway, below the kernel's ephemeral range: client
+/// sockets (some tests open them by the hundred) take ephemeral ports, and
+/// one could take a port picked for a gateway before the gateway binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let span = 4000;
+    let base = low.saturating_sub(span + 1000).max(1024);
+    let offset = (std::process::id() % u32::from(span)) as u16;
+    loop {
+        let port = base + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Timers of the gateway pairs below.
