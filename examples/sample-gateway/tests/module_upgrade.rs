@@ -18,35 +18,7 @@ fn text(port: u16, key: &str) -> String {
 
 /// Rows on the master before it starts (the alarm module's records).
 fn seed(dir: &Path, rows: usize) {
-    let m = persist::Store::open_sqlite(dir.join("gw-a.db")).unwrap();
-    m.register::<alarm_module::Tag>().unwrap();
-    let p = m
-        .insert(&alarm_module::NotificationProfile {
-            id: 0,
-            name: "operators".into(),
-            enabled: true,
-        })
-        .unwrap();
-    let d = m
-        .insert(&alarm_module::Device {
-            id: 0,
-            name: "pump-1".into(),
-            host: "10.0.0.1".into(),
-            port: 502,
-            protocol: alarm_module::Protocol::ModbusTcp,
-            profile_id: p,
-            alarm_above: 80.0,
-        })
-        .unwrap();
-    let tags: Vec<alarm_module::Tag> = (0..rows)
-        .map(|i| alarm_module::Tag {
-            id: 0,
-            device_id: d,
-            address: format!("40{i:05}"),
-            scale: 1.0,
-        })
-        .collect();
-    m.write(|tx| tx.insert_many(&tags)).unwrap();
+    seed_master_tags(dir, 1, rows, |_, i| format!("40{i:05}"));
 }
 
 fn in_sync(sa: u16, sb: u16) -> bool {

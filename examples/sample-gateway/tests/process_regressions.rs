@@ -6,8 +6,6 @@
 mod gateways;
 mod nodes;
 
-use alarm_module as module;
-
 use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -27,39 +25,9 @@ use nodes::{Node, Pair};
 #[test]
 fn backup_answers_and_takes_over_when_the_master_freezes_during_a_full_resync() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let m = persist::Store::open_sqlite(dir.path().join("gw-a.db")).unwrap();
-        m.register::<module::Tag>().unwrap();
-        let p = m
-            .insert(&module::NotificationProfile {
-                id: 0,
-                name: "operators".into(),
-                enabled: true,
-            })
-            .unwrap();
-        let d = m
-            .insert(&module::Device {
-                id: 0,
-                name: "pump-1".into(),
-                host: "10.0.0.1".into(),
-                port: 502,
-                protocol: module::Protocol::ModbusTcp,
-                profile_id: p,
-                alarm_above: 80.0,
-            })
-            .unwrap();
-        for chunk in 0..20 {
-            let tags: Vec<module::Tag> = (0..10_000)
-                .map(|i| module::Tag {
-                    id: 0,
-                    device_id: d,
-                    address: format!("40{chunk:02}{i:05} holding register of pump-1"),
-                    scale: 1.0,
-                })
-                .collect();
-            m.write(|tx| tx.insert_many(&tags)).unwrap();
-        }
-    }
+    seed_master_tags(dir.path(), 20, 10_000, |chunk, i| {
+        format!("40{chunk:02}{i:05} holding register of pump-1")
+    });
     let (a, _b, sa, sb) = running_gateway_pair(dir.path());
     let position = |port| state(port).and_then(|s| s["position"].as_u64());
     until("the backup caught up", Duration::from_secs(60), || {

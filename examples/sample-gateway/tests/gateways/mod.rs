@@ -144,46 +144,88 @@ pub fn gateway_pair(dir: &Path) -> (u16, u16, u16) {
     (link, sa, sb)
 }
 
-pub fn start(dir: &Path, id: &str) -> Proc {
+/// Runs `cmd` as gateway `<id>`, its output appended to `<dir>/<id>.log`.
+fn spawn(dir: &Path, id: &str, mut cmd: Command) -> Proc {
     let (file, log) = log_file(dir, id);
-    let child = Command::new(GATEWAY)
-        .arg(dir.join(format!("{id}.toml")))
+    let child = cmd
         .stdout(file.try_clone().unwrap())
         .stderr(file)
         .spawn()
         .unwrap();
     Proc { child, log }
+}
+
+fn config_of(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!("{id}.toml"))
+}
+
+pub fn start(dir: &Path, id: &str) -> Proc {
+    let mut cmd = Command::new(GATEWAY);
+    cmd.arg(config_of(dir, id));
+    spawn(dir, id, cmd)
 }
 
 pub const DRILL: &str = env!("CARGO_BIN_EXE_drill-gateway");
 
 /// Starts `<id>` as `drill-gateway` with the counter module at `release`.
 pub fn start_drill(dir: &Path, id: &str, release: &str) -> Proc {
-    let (file, log) = log_file(dir, id);
-    let child = Command::new(DRILL)
-        .arg(dir.join(format!("{id}.toml")))
-        .arg(release)
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .unwrap();
-    Proc { child, log }
+    let mut cmd = Command::new(DRILL);
+    cmd.arg(config_of(dir, id)).arg(release);
+    spawn(dir, id, cmd)
 }
 
 /// Starts `<id>` with at most `nofile` open file descriptors (soft and hard
 /// limit, set by the shell that then becomes the gateway: the pid is the
 /// gateway's).
 pub fn start_with_fd_limit(dir: &Path, id: &str, nofile: u32) -> Proc {
-    let (file, log) = log_file(dir, id);
-    let child = Command::new("sh")
-        .args(["-c", &format!("ulimit -n {nofile} && exec \"$0\" \"$@\"")])
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", &format!("ulimit -n {nofile} && exec \"$0\" \"$@\"")])
         .arg(GATEWAY)
-        .arg(dir.join(format!("{id}.toml")))
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
+        .arg(config_of(dir, id));
+    spawn(dir, id, cmd)
+}
+
+/// Fills gw-a's database before it starts, as the sample module's records:
+/// a profile, a device, and `chunks` transactions of `per_chunk` tags whose
+/// address `address(chunk, i)` gives.
+pub fn seed_master_tags(
+    dir: &Path,
+    chunks: usize,
+    per_chunk: usize,
+    address: impl Fn(usize, usize) -> String,
+) {
+    use alarm_module as module;
+    let m = persist::Store::open_sqlite(dir.join("gw-a.db")).unwrap();
+    m.register::<module::Tag>().unwrap();
+    let p = m
+        .insert(&module::NotificationProfile {
+            id: 0,
+            name: "operators".into(),
+            enabled: true,
+        })
         .unwrap();
-    Proc { child, log }
+    let d = m
+        .insert(&module::Device {
+            id: 0,
+            name: "pump-1".into(),
+            host: "10.0.0.1".into(),
+            port: 502,
+            protocol: module::Protocol::ModbusTcp,
+            profile_id: p,
+            alarm_above: 80.0,
+        })
+        .unwrap();
+    for chunk in 0..chunks {
+        let tags: Vec<module::Tag> = (0..per_chunk)
+            .map(|i| module::Tag {
+                id: 0,
+                device_id: d,
+                address: address(chunk, i),
+                scale: 1.0,
+            })
+            .collect();
+        m.write(|tx| tx.insert_many(&tags)).unwrap();
+    }
 }
 
 /// Starts `<id>` and hands its stdout lines over a channel (and to the log).
