@@ -89,7 +89,7 @@ pub enum Input {
         /// The failure, if it was one.
         error: Option<String>,
     },
-    /// Stream frames ([`is_stream_frame`]) handed over with [`Output::Send`]
+    /// Stream frames (`is_stream_frame`) handed over with [`Output::Send`]
     /// left for the network (other frames are not reported).
     Sent {
         /// The link.
