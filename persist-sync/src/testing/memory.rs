@@ -659,6 +659,12 @@ pub struct MemorySource {
     peer: String,
 }
 
+impl MemorySource {
+    fn partitioned(&self) -> bool {
+        lock(&self.ctl.faults).partitioned || self.ctl.net_partitioned.load(Ordering::SeqCst)
+    }
+}
+
 impl FrameSource for MemorySource {
     async fn recv(&mut self) -> io::Result<Option<Vec<u8>>> {
         let next = tokio::select! {
@@ -669,7 +675,18 @@ impl FrameSource for MemorySource {
         match next {
             // The stage also ends on a cut: that is not a clean close.
             None if self.ctl.is_cut() => Err(reset()),
-            None => Ok(None),
+            None => {
+                // A clean close is a FIN, which a pulled cable does not
+                // carry either: it arrives when the partition heals.
+                while self.partitioned() {
+                    tokio::select! {
+                        biased;
+                        _ = self.cut.wait_for(|c| *c) => return Err(reset()),
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(10)) => {}
+                    }
+                }
+                Ok(None)
+            }
             Some(frame) if frame.len() > self.max_frame => {
                 Err(frame_too_large(frame.len(), self.max_frame))
             }
