@@ -239,6 +239,13 @@ pub fn metrics(v: &StateView) -> String {
         "Runtime state providers that reported an error.",
         v.runtime_errors.len().to_string(),
     );
+    m.push_str(&format!(
+        "# HELP persist_unauthenticated_failures_total Clients that connected to the link port \
+         and failed before authenticating.\n\
+         # TYPE persist_unauthenticated_failures_total counter\n\
+         persist_unauthenticated_failures_total{{node=\"{}\"}} {}\n",
+        v.node_id, v.unauthenticated_failures
+    ));
     m
 }
 
@@ -441,16 +448,10 @@ async fn audit(State(s): State<Arc<Shared>>) -> Json<Vec<AuditEntry>> {
 }
 
 async fn prometheus(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    let v = view_of(&s);
-    let mut text = metrics(&v);
-    text.push_str(&format!(
-        "# HELP persist_unauthenticated_failures_total Clients that connected to the link port \
-         and failed before authenticating.\n\
-         # TYPE persist_unauthenticated_failures_total counter\n\
-         persist_unauthenticated_failures_total{{node=\"{}\"}} {}\n",
-        v.node_id, v.unauthenticated_failures
-    ));
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics(&view_of(&s)),
+    )
 }
 
 async fn status_page(State(s): State<Arc<Shared>>) -> Html<String> {
