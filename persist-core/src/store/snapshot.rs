@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use crate::backend::{quote_ident, Connection, Statement};
+use crate::backend::{quote_ident, Connection, Dialect, Statement};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::log::encode_image;
@@ -20,7 +20,9 @@ use crate::value::{SqlType, Value};
 use parking_lot::lock_api::ArcMutexGuard;
 use parking_lot::RawMutex;
 
-use super::schema::{column_list, Table, LOG_TABLE};
+use super::schema::{
+    column_list, create_secondary_indexes, drop_secondary_indexes, Table, LOG_TABLE,
+};
 use super::write::WriteTx;
 use super::{
     check_image, load_head, meta_set, query_i64, query_rows, write_anchor, Registry, Store, Writer,
@@ -235,16 +237,38 @@ impl Store {
             tables.push(t.name);
         }
         let mut w = self.inner.writer.lock_arc();
-        w.conn.begin_write()?;
+        // SQLite loads fresh tables: no index maintained row by row, no
+        // reference looked up per row (nor, for a parent arriving after its
+        // children, children scanned per row); `finish` builds the indexes
+        // and checks every reference once. Readers see none of it (WAL), so
+        // only SQLite does this: PostgreSQL's DROP INDEX would block them.
+        let fresh = w.conn.dialect() == Dialect::Sqlite;
+        if fresh {
+            w.conn.batch("PRAGMA foreign_keys = OFF")?;
+        }
+        if let Err(e) = w.conn.begin_write() {
+            if fresh {
+                enforce_references(&mut *w.conn);
+            }
+            return Err(e);
+        }
         let mut names: Vec<&'static str> = reg.tables.keys().copied().collect();
         names.sort_unstable();
         for name in &names {
-            if let Err(e) = w.conn.batch(&format!("DELETE FROM {}", quote_ident(name))) {
+            let mut r = w.conn.batch(&format!("DELETE FROM {}", quote_ident(name)));
+            if fresh && r.is_ok() {
+                r = drop_secondary_indexes(&mut *w.conn, reg.tables[name].meta);
+            }
+            if let Err(e) = r {
                 let _ = w.conn.rollback();
+                if fresh {
+                    enforce_references(&mut *w.conn);
+                }
                 return Err(e);
             }
         }
         Ok(Restore {
+            fresh,
             w,
             reg,
             counts: vec![0; tables.len()],
@@ -269,6 +293,16 @@ pub struct Restore {
     digest: Digest,
     /// The transaction is open (not committed, not rolled back).
     open: bool,
+    /// Loading fresh tables (SQLite): references unenforced and secondary
+    /// indexes dropped until `finish` (see [`Store::begin_restore`]).
+    fresh: bool,
+}
+
+/// Turns SQLite's reference enforcement back on after a restore.
+fn enforce_references(conn: &mut dyn Connection) {
+    if let Err(e) = conn.batch("PRAGMA foreign_keys = ON") {
+        tracing::warn!("turning reference checks back on after a restore failed: {e}");
+    }
 }
 
 impl std::fmt::Debug for Restore {
@@ -302,6 +336,9 @@ impl Restore {
         if std::mem::take(&mut self.open) {
             if let Err(e) = self.w.conn.rollback() {
                 tracing::warn!("rolling back a restore failed: {e}");
+            }
+            if self.fresh {
+                enforce_references(&mut *self.w.conn);
             }
         }
     }
@@ -376,12 +413,18 @@ impl Restore {
                 remote: header.digest,
             });
         }
+        if self.fresh {
+            self.build_and_check()?;
+        }
         let w = &mut *self.w;
         w.conn.batch(&format!("DELETE FROM {LOG_TABLE}"))?;
         write_anchor(&mut *w.conn, header.position, header.digest)?;
         meta_set(&mut *w.conn, "history", header.history.clone().into_bytes())?;
         w.conn.commit()?;
         self.open = false;
+        if self.fresh {
+            enforce_references(&mut *w.conn);
+        }
         w.position = header.position;
         w.digest = header.digest;
         w.history = header.history.clone();
@@ -395,6 +438,45 @@ impl Restore {
             }
         }
         w.listeners.reset();
+        Ok(())
+    }
+
+    /// Builds the secondary indexes dropped at the start and checks every
+    /// reference in one pass (SQLite's `foreign_key_check`), before commit.
+    fn build_and_check(&mut self) -> Result<()> {
+        let reg = self.reg.clone();
+        let mut names: Vec<&'static str> = reg.tables.keys().copied().collect();
+        names.sort_unstable();
+        for name in names {
+            create_secondary_indexes(&mut *self.w.conn, reg.tables[name].meta).map_err(
+                |e| match e {
+                    e @ (Error::Locked(_) | Error::Unavailable(_) | Error::DiskFull(_)) => e,
+                    other => self.refuse(format!("{name}: {other}")),
+                },
+            )?;
+        }
+        let check = Statement::new(
+            "SELECT \"table\", rowid, parent FROM pragma_foreign_key_check() LIMIT 1",
+        );
+        let bad = query_rows(
+            &mut *self.w.conn,
+            &check,
+            &[],
+            &[SqlType::Text, SqlType::BigInt, SqlType::Text],
+        )?;
+        if let Some(row) = bad.into_iter().next() {
+            let text = |v: &Value| match v {
+                Value::Text(s) => s.clone(),
+                Value::I64(i) => i.to_string(),
+                _ => "?".to_owned(),
+            };
+            return Err(self.refuse(format!(
+                "{} row {} references a missing {} row",
+                text(&row[0]),
+                text(&row[1]),
+                text(&row[2])
+            )));
+        }
         Ok(())
     }
 
