@@ -9,6 +9,7 @@
 //! Shapes: `simple` (the four-column [`Item`]) and `tags` (the sample
 //! module's devices and tags: references, unique and plain indexes, a long
 //! text column, see `shapes/mod.rs`); both run unless one is named.
+//! `PERSIST_NODE_BIN` runs another build of `persist-node` in the resync.
 //! Backends: `sqlite` (the default) and `pg` (PostgreSQL stores on both
 //! nodes, two schemas at `PERSIST_BENCH_PG_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`); name both to run both.
@@ -374,8 +375,10 @@ fn resync(db: &Db, dir: &Path, shape: Shape) -> f64 {
     };
     let secret = dir.join("secret");
     std::fs::write(&secret, SECRET).unwrap();
-    let node = env!("CARGO_BIN_EXE_persist-node");
-    let mut master = Command::new(node)
+    // PERSIST_NODE_BIN runs another build's node (e.g. the code before a change).
+    let node = std::env::var("PERSIST_NODE_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_persist-node").to_owned());
+    let mut master = Command::new(&node)
         .arg("master")
         .args(db.node_args(&mname))
         .args(shape_args)
@@ -396,7 +399,7 @@ fn resync(db: &Db, dir: &Path, shape: Shape) -> f64 {
         .trim_start_matches("LISTENING ")
         .to_string();
     let t = Instant::now();
-    let mut backup = Command::new(node)
+    let mut backup = Command::new(&node)
         .arg("backup")
         .args(db.node_args(&bname))
         .args(shape_args)

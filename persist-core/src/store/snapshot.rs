@@ -242,13 +242,25 @@ impl Store {
         // children, children scanned per row); `finish` builds the indexes
         // and checks every reference once. Readers see none of it (WAL), so
         // only SQLite does this: PostgreSQL's DROP INDEX would block them.
-        let fresh = w.conn.dialect() == Dialect::Sqlite;
-        if fresh {
+        // Nor does its commit checkpoint the whole snapshot from the WAL
+        // into the database inside COMMIT: the background checkpointer (or
+        // the next commit) does, as for any other commit.
+        let fresh = if w.conn.dialect() == Dialect::Sqlite {
+            let pages = query_i64(
+                &mut *w.conn,
+                &Statement::new("PRAGMA wal_autocheckpoint"),
+                &[],
+            )?
+            .unwrap_or(1000);
             w.conn.batch("PRAGMA foreign_keys = OFF")?;
-        }
+            w.conn.batch("PRAGMA wal_autocheckpoint = 0")?;
+            Some(pages)
+        } else {
+            None
+        };
         if let Err(e) = w.conn.begin_write() {
-            if fresh {
-                enforce_references(&mut *w.conn);
+            if let Some(pages) = fresh {
+                end_fresh(&mut *w.conn, pages);
             }
             return Err(e);
         }
@@ -256,13 +268,13 @@ impl Store {
         names.sort_unstable();
         for name in &names {
             let mut r = w.conn.batch(&format!("DELETE FROM {}", quote_ident(name)));
-            if fresh && r.is_ok() {
+            if fresh.is_some() && r.is_ok() {
                 r = drop_secondary_indexes(&mut *w.conn, reg.tables[name].meta);
             }
             if let Err(e) = r {
                 let _ = w.conn.rollback();
-                if fresh {
-                    enforce_references(&mut *w.conn);
+                if let Some(pages) = fresh {
+                    end_fresh(&mut *w.conn, pages);
                 }
                 return Err(e);
             }
@@ -293,15 +305,22 @@ pub struct Restore {
     digest: Digest,
     /// The transaction is open (not committed, not rolled back).
     open: bool,
-    /// Loading fresh tables (SQLite): references unenforced and secondary
-    /// indexes dropped until `finish` (see [`Store::begin_restore`]).
-    fresh: bool,
+    /// Loading fresh tables (SQLite): references unenforced, secondary
+    /// indexes dropped and no checkpoint in commit until `finish` (see
+    /// [`Store::begin_restore`]); the writer's `wal_autocheckpoint` to put back.
+    fresh: Option<i64>,
 }
 
-/// Turns SQLite's reference enforcement back on after a restore.
-fn enforce_references(conn: &mut dyn Connection) {
-    if let Err(e) = conn.batch("PRAGMA foreign_keys = ON") {
-        tracing::warn!("turning reference checks back on after a restore failed: {e}");
+/// Puts SQLite's reference enforcement and the writer's checkpoint mark
+/// back after a restore.
+fn end_fresh(conn: &mut dyn Connection, autocheckpoint: i64) {
+    for sql in [
+        "PRAGMA foreign_keys = ON".to_owned(),
+        format!("PRAGMA wal_autocheckpoint = {autocheckpoint}"),
+    ] {
+        if let Err(e) = conn.batch(&sql) {
+            tracing::warn!("after a restore, `{sql}` failed: {e}");
+        }
     }
 }
 
@@ -337,8 +356,8 @@ impl Restore {
             if let Err(e) = self.w.conn.rollback() {
                 tracing::warn!("rolling back a restore failed: {e}");
             }
-            if self.fresh {
-                enforce_references(&mut *self.w.conn);
+            if let Some(pages) = self.fresh {
+                end_fresh(&mut *self.w.conn, pages);
             }
         }
     }
@@ -413,7 +432,7 @@ impl Restore {
                 remote: header.digest,
             });
         }
-        if self.fresh {
+        if self.fresh.is_some() {
             self.build_and_check()?;
         }
         let w = &mut *self.w;
@@ -422,8 +441,8 @@ impl Restore {
         meta_set(&mut *w.conn, "history", header.history.clone().into_bytes())?;
         w.conn.commit()?;
         self.open = false;
-        if self.fresh {
-            enforce_references(&mut *w.conn);
+        if let Some(pages) = self.fresh {
+            end_fresh(&mut *w.conn, pages);
         }
         w.position = header.position;
         w.digest = header.digest;
