@@ -162,3 +162,170 @@ fn a_master_at_odds_with_its_own_digest_ships_nothing() {
     assert_eq!(refused, found.differing);
     let _: Vec<RangeMismatch> = refused;
 }
+
+mod pair_tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    use persist::sync::auth::{AuthConfig, Secret};
+    use persist::sync::transport::tcp::{TcpAcceptor, TcpDialer};
+    use persist::sync::worker::backup::{start_backup, BackupHandle};
+    use persist::sync::worker::master::{start_master, MasterHandle};
+    use persist::sync::worker::{LinkStatus, SyncConfig};
+
+    fn cfg(node: &str, period: Duration) -> SyncConfig {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let mut c = SyncConfig::new(
+            AuthConfig::new(
+                "plant-7",
+                node,
+                Secret::new(b"correct horse battery staple".to_vec()).unwrap(),
+            )
+            .unwrap(),
+        );
+        c.reconnect_initial = Duration::from_millis(20);
+        c.reconnect_max = Duration::from_millis(200);
+        c.scrub.period = period;
+        c.scrub.step_interval = Duration::from_millis(5);
+        c
+    }
+
+    async fn pair(m: &Store, b: &Store, period: Duration) -> (MasterHandle, BackupHandle) {
+        let acceptor = TcpAcceptor::bind("127.0.0.1:0", None).await.unwrap();
+        let addr = acceptor.local_socket_addr().to_string();
+        let master = start_master(m.clone(), acceptor, cfg("master", period)).unwrap();
+        let backup =
+            start_backup(b.clone(), TcpDialer::new(addr, None), cfg("backup", period)).unwrap();
+        (master, backup)
+    }
+
+    async fn wait(
+        f: impl Fn() -> LinkStatus,
+        what: &str,
+        within: Duration,
+        ok: impl Fn(&LinkStatus) -> bool,
+    ) -> LinkStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            let s = f();
+            if ok(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{what}: status stayed {s:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn converge(m: &Store, b: &Store) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while (b.position(), b.digest()) != (m.position(), m.digest()) {
+            assert!(Instant::now() < deadline, "no convergence");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A balance changed with SQL on the running backup while the master
+    /// keeps writing other rows: found by the backup's scrub and repaired by
+    /// shipping that row alone, within a scrub period; no snapshot.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_row_corrupted_on_a_running_backup_is_repaired_within_the_scrub_period() {
+        let (fm, fb) = (Fixture::sqlite(), Fixture::sqlite());
+        let (m, b) = (open(&fm), open(&fb));
+        load(&m, 20_000);
+        let period = Duration::from_millis(1000);
+        let (master, backup) = pair(&m, &b, period).await;
+        converge(&m, &b).await;
+        let mut events = b.subscribe::<Account>().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (m, stop) = (m.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    m.insert(&account(100_000 + i)).unwrap();
+                    i += 1;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        fb.raw("UPDATE account SET balance = 123456789 WHERE id = 4242");
+        let corrupted = Instant::now();
+        let s = wait(
+            || backup.status(),
+            "the backup repairs the row",
+            period * 3,
+            |s| s.scrub.repairs >= 1,
+        )
+        .await;
+        let took = corrupted.elapsed();
+        assert_eq!(s.scrub.rows_shipped, 1, "one row travels: {s:?}");
+        assert_eq!(s.scrub.rows_repaired, 1);
+        assert_eq!(s.resyncs, 0, "no snapshot");
+        let fixed = b.get::<Account>(4242i64).unwrap().unwrap();
+        assert_eq!(fixed.balance, 42410);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        converge(&m, &b).await;
+        assert!(b.verify().unwrap().is_consistent());
+        assert_eq!(b.list::<Account>().unwrap(), m.list::<Account>().unwrap());
+        let ms = master.status();
+        assert_eq!((ms.scrub.repairs, ms.scrub.rows_shipped), (1, 1), "{ms:?}");
+        assert_eq!(ms.scrub.master_diverged, None);
+        // Listeners saw the repaired row change back.
+        let mut repaired = false;
+        while let Ok(Some(e)) = events.try_recv() {
+            if let RecordEvent::Updated { old, new } = e {
+                repaired |= old.balance == 123456789 && new.balance == 42410;
+            }
+        }
+        assert!(repaired, "no event for the repaired row");
+        eprintln!("corrupted row repaired after {took:?} (scrub period {period:?})");
+        backup.shutdown().await;
+        master.shutdown().await;
+    }
+
+    /// A row changed behind the master's back is reported on both nodes and
+    /// never shipped; the backup keeps its (right) row.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_row_corrupted_on_the_master_is_reported_and_not_shipped() {
+        let (fm, fb) = (Fixture::sqlite(), Fixture::sqlite());
+        let (m, b) = (open(&fm), open(&fb));
+        load(&m, 5_000);
+        let period = Duration::from_millis(300);
+        let (master, backup) = pair(&m, &b, period).await;
+        converge(&m, &b).await;
+        fm.raw("UPDATE account SET balance = -5 WHERE id = 77");
+        let ms = wait(
+            || master.status(),
+            "the master reports its own rows",
+            Duration::from_secs(10),
+            |s| s.scrub.master_diverged.is_some(),
+        )
+        .await;
+        assert!(ms.scrub.alarms >= 1);
+        assert!(ms.scrub.master_diverged.unwrap().contains("not shipped"));
+        // The backup's rows match its digest: nothing to repair, nothing shipped.
+        tokio::time::sleep(period * 3).await;
+        let bs = backup.status();
+        assert_eq!((bs.scrub.alarms, bs.scrub.rows_shipped), (0, 0), "{bs:?}");
+        assert_eq!(b.get::<Account>(77i64).unwrap().unwrap().balance, 760);
+        // Now the backup is damaged in the same range: the master refuses.
+        fb.raw("UPDATE account SET balance = -6 WHERE id = 77");
+        let bs = wait(
+            || backup.status(),
+            "the backup hears the refusal",
+            Duration::from_secs(10),
+            |s| s.scrub.master_diverged.is_some(),
+        )
+        .await;
+        assert_eq!((bs.scrub.rows_shipped, bs.scrub.repairs), (0, 0), "{bs:?}");
+        assert_eq!(master.status().scrub.rows_shipped, 0);
+        assert_eq!(b.get::<Account>(77i64).unwrap().unwrap().balance, -6);
+        backup.shutdown().await;
+        master.shutdown().await;
+    }
+}
