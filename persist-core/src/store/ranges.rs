@@ -584,6 +584,13 @@ fn key_bytes(key: &Value) -> Vec<u8> {
 }
 
 impl Store {
+    /// Whether the recorded range digests are known: false when the rows
+    /// did not match the recorded digest when the store opened (the buckets
+    /// were computed from those rows) until a restore replaces them.
+    pub fn ranges_trusted(&self) -> bool {
+        self.inner.ranges.read().trusted
+    }
+
     /// The recorded range digests, at the head.
     pub fn range_digests(&self) -> RangeDigests {
         self.inner.ranges.read().digests.clone()

@@ -198,6 +198,9 @@ pub(crate) struct BackupSide {
     active: bool,
     /// Repairs in a row that did not fit.
     repair_failures: u32,
+    /// The verify found rows at odds with the digest: scrub as soon as
+    /// entries stream, to repair them by range.
+    scrub_when_streaming: bool,
 }
 
 impl BackupSide {
@@ -236,6 +239,7 @@ impl BackupSide {
             history_acked: 0,
             active: false,
             repair_failures: 0,
+            scrub_when_streaming: false,
         }
     }
 
@@ -599,6 +603,9 @@ impl BackupSide {
                             queue: VecDeque::new(),
                             applying: false,
                         };
+                        if std::mem::take(&mut self.scrub_when_streaming) {
+                            ctx.scrub.hurry(ctx.now);
+                        }
                         if let Some(force) = link.restart.take() {
                             self.start_round(ctx, force, None);
                             return;
@@ -837,17 +844,31 @@ impl BackupSide {
                 schema,
                 history,
                 epoch,
+                ranges_trusted,
             }) => {
                 let Step::Verifying { force, .. } = &mut link.step else {
                     return;
                 };
                 let mut force = force.take();
+                let mut digest = verification.computed;
                 if force.is_none() && !verification.is_consistent() {
-                    tracing::warn!(
-                        position = verification.position,
-                        "local data does not match its recorded digest: asking for a full resync"
-                    );
-                    force = Some(ResyncReason::DigestMismatch);
+                    if ranges_trusted && ctx.cfg.scrub.enabled {
+                        // The recorded digests say where: plan as if the
+                        // rows were right, and let the scrub repair the
+                        // ranges that are not.
+                        tracing::warn!(
+                            position = verification.position,
+                            "local data does not match its recorded digest: repairing by range"
+                        );
+                        digest = verification.recorded;
+                        self.scrub_when_streaming = true;
+                    } else {
+                        tracing::warn!(
+                            position = verification.position,
+                            "local data does not match its recorded digest: asking for a full resync"
+                        );
+                        force = Some(ResyncReason::DigestMismatch);
+                    }
                 }
                 ctx.send(
                     conn,
@@ -855,7 +876,7 @@ impl BackupSide {
                         schema,
                         history,
                         position: verification.position,
-                        digest: verification.computed,
+                        digest,
                         epoch,
                         force_snapshot: force,
                         role: NodeRole::Backup,
@@ -866,6 +887,7 @@ impl BackupSide {
             }
             Ok(StoreValue::Restored { position }) => {
                 link.restore_open = false;
+                self.scrub_when_streaming = false;
                 ctx.scrub.data_replaced(ctx.now);
                 ctx.scrub.status.master_diverged = None;
                 self.resyncs += 1;

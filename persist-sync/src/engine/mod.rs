@@ -291,6 +291,10 @@ pub enum StoreValue {
         history: String,
         /// The epoch stamped on new entries.
         epoch: u64,
+        /// The recorded range digests are known (see
+        /// [`persist_core::Store::ranges_trusted`]): rows at odds with the
+        /// digest can be repaired by range instead of a snapshot.
+        ranges_trusted: bool,
     },
     /// [`StoreOp::RestoreChunk`]: the rows are in the restore.
     ChunkRestored,

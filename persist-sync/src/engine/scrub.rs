@@ -169,6 +169,12 @@ impl Scrubber {
     /// longer counts, and the next one starts soon (to confirm a repair).
     pub fn data_replaced(&mut self, now: Time) {
         self.generation += 1;
+        self.hurry(now);
+    }
+
+    /// A pass is wanted soon (the rows are known to differ somewhere): the
+    /// next one starts after one pause, unless one is running.
+    pub fn hurry(&mut self, now: Time) {
         if self.pass_start.is_none() {
             self.next_at = self.next_at.min(now + self.cfg.step_interval);
         }
@@ -258,6 +264,14 @@ mod tests {
         // Idle: a repair brings the next pass forward.
         s.data_replaced(at(12_000));
         assert_eq!(s.deadline(), Some(at(12_100)));
+        // A pass in progress is not hurried, nor discarded by a hurry.
+        s.poll(at(12_100)).unwrap();
+        s.hurry(at(12_150));
+        assert!(s
+            .stepped(at(12_200), Ok(StoreValue::Scrubbed(Some(report(1)))))
+            .is_some());
+        s.hurry(at(12_300));
+        assert_eq!(s.deadline(), Some(at(12_400)));
     }
 
     #[test]

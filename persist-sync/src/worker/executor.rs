@@ -120,6 +120,7 @@ impl StoreWorker {
         let store = &self.store;
         match op {
             StoreOp::Verify => Ok(StoreValue::Verified {
+                ranges_trusted: store.ranges_trusted(),
                 verification: store.verify()?,
                 schema: store.schema_fingerprint(),
                 history: store.history(),
