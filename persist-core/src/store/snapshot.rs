@@ -287,6 +287,7 @@ impl Store {
             tables,
             header: header.clone(),
             digest: Digest::EMPTY,
+            ranges: Default::default(),
             open: true,
         })
     }
@@ -303,6 +304,8 @@ pub struct Restore {
     counts: Vec<u64>,
     header: SnapshotHeader,
     digest: Digest,
+    /// The range digests of the rows restored so far.
+    ranges: super::ranges::RangeDigests,
     /// The transaction is open (not committed, not rolled back).
     open: bool,
     /// Loading fresh tables (SQLite): references unenforced, secondary
@@ -397,6 +400,7 @@ impl Restore {
             },
         })?;
         self.digest = tx.digest;
+        tx.delta.drain_into(&mut self.ranges);
         drop(tx);
         self.counts[table as usize] += rows.len() as u64;
         Ok(())
@@ -450,6 +454,12 @@ impl Restore {
         w.epoch = w.epoch.max(header.epoch);
         w.last_entry_epoch = header.epoch;
         w.publish();
+        super::ranges::restored(
+            &w.ranges,
+            header.position,
+            std::mem::take(&mut self.ranges),
+            header.digest,
+        );
         for t in self.reg.tables.values() {
             if w.next_id.contains_key(t.name) {
                 let max = query_i64(&mut *w.conn, &t.max_key, &[])?.unwrap_or(0);

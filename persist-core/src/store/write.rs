@@ -32,6 +32,8 @@ pub struct WriteTx<'a> {
     /// Whether changes go into a log entry body (not when replaying or restoring).
     pub(crate) logging: bool,
     scratch: Vec<u8>,
+    /// Row hashes for the range digests.
+    pub(crate) delta: super::ranges::RangeDelta,
     /// Position and digest of the last entry recorded in this transaction.
     head: Option<(u64, Digest)>,
     /// Epoch of the last entry recorded in this transaction.
@@ -116,6 +118,7 @@ impl<'a> WriteTx<'a> {
             body: BodyWriter::new(),
             captured: Vec::new(),
             scratch: Vec::new(),
+            delta: Default::default(),
             head: None,
             entry_epoch: None,
             in_operation: false,
@@ -193,6 +196,7 @@ impl<'a> WriteTx<'a> {
             self.w.digest = digest;
             self.w.publish();
         }
+        super::ranges::committed(&self.w.ranges, self.w.position, &mut self.delta);
         if let Some(e) = self.entry_epoch {
             self.w.last_entry_epoch = self.w.last_entry_epoch.max(e);
         }
@@ -571,7 +575,8 @@ impl<'a> WriteTx<'a> {
     fn after_insert(&mut self, t: &Table, values: &[Value]) {
         self.bump_identity(t, values);
         encode_image(values, &mut self.scratch);
-        self.digest.toggle(t.seed, &self.scratch);
+        self.delta
+            .toggle(&mut self.digest, t.name, t.seed, &self.scratch);
         if self.logging {
             self.body.push(t.name, Op::Insert, &self.scratch);
         }
@@ -592,9 +597,11 @@ impl<'a> WriteTx<'a> {
             .execute(&t.update, &values)
             .map_err(|e| refine(e, t, &values))?;
         encode_image(&old, &mut self.scratch);
-        self.digest.toggle(t.seed, &self.scratch);
+        self.delta
+            .toggle(&mut self.digest, t.name, t.seed, &self.scratch);
         encode_image(&values, &mut self.scratch);
-        self.digest.toggle(t.seed, &self.scratch);
+        self.delta
+            .toggle(&mut self.digest, t.name, t.seed, &self.scratch);
         if self.logging {
             self.body.push(t.name, Op::Update, &self.scratch);
         }
@@ -622,7 +629,8 @@ impl<'a> WriteTx<'a> {
         self.w.conn.execute(&t.delete, std::slice::from_ref(&key))?;
         self.verified.remove(t.name);
         encode_image(&old, &mut self.scratch);
-        self.digest.toggle(t.seed, &self.scratch);
+        self.delta
+            .toggle(&mut self.digest, t.name, t.seed, &self.scratch);
         if self.logging {
             encode_key(&key, &mut self.scratch);
             self.body.push(t.name, Op::Delete, &self.scratch);
