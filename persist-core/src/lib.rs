@@ -42,3 +42,5 @@ pub use store::{
     ReplicatedOperation, Restore, Snapshot, SnapshotHeader, SnapshotTableInfo, Store, StoreConfig,
     Verification, WriteTx,
 };
+// The untyped access of store/dynamic.rs (the gateway's REST API).
+pub use store::{RowQuery, RowVersion, Stale};
