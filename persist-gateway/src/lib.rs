@@ -9,8 +9,10 @@
 //! with `tracing` ([`logging`]), and shuts down in order on SIGTERM and
 //! SIGINT. [`http`] is how the operator surface is served: connections
 //! capped and bounded in time, so idle, slow or flooding clients cannot take
-//! it down.
+//! it down. [`api`] is the REST API of the modules' records, on the same
+//! listener.
 
+pub mod api;
 pub mod audit;
 pub mod config;
 mod host;
