@@ -43,4 +43,4 @@ pub use store::{
     Verification, WriteTx,
 };
 // The untyped access of store/dynamic.rs (the gateway's REST API).
-pub use store::{RowQuery, RowVersion, Stale};
+pub use store::{DeletePreview, RowQuery, RowVersion, Stale};

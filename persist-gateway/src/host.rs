@@ -196,7 +196,8 @@ impl Gateway {
             tokens: cfg.api.tokens.clone(),
             audit: Some(audit.clone()),
             peer_url: cfg.api.peer_url.clone(),
-        }));
+        }))
+        .merge(crate::pages::router());
         let status_task = tokio::spawn(crate::http::serve_bounded(
             status,
             app,

@@ -10,7 +10,7 @@
 //! SIGINT. [`http`] is how the operator surface is served: connections
 //! capped and bounded in time, so idle, slow or flooding clients cannot take
 //! it down. [`api`] is the REST API of the modules' records, on the same
-//! listener.
+//! listener, and [`pages`] the configuration pages built on it.
 
 pub mod api;
 pub mod audit;
@@ -19,6 +19,7 @@ mod host;
 pub mod http;
 pub mod logging;
 pub mod operator;
+pub mod pages;
 
 pub use config::{Config, ConfigError};
 pub use host::{main, Gateway, GatewayError, RunningGateway, HISTORY_FLUSH};

@@ -5,136 +5,13 @@
 //! master, a stale ETag is refused, token roles hold, writes are audited,
 //! and the OpenAPI document passes `openapi-spec-validator`.
 
-use std::path::{Path, PathBuf};
+mod api_support;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use alarm_module::AlarmModule;
-use counter_module::Counters;
-use persist::module::{Module, ModuleContext, ModuleError};
-use persist::PersistentRecord;
-use persist_gateway::{Config, Gateway, RunningGateway};
+use api_support::*;
 use serde_json::{json, Value as Json};
-
-const OPERATOR: &str = "the operator token of the pair";
-const READ: &str = "a read-only api token for scada";
-const WRITE: &str = "a write api token for the config tool";
-
-/// A site operators belong to; a site with operators cannot be deleted.
-#[derive(PersistentRecord, Debug, Clone, PartialEq)]
-#[persist(title = "Sites")]
-pub struct Site {
-    /// Assigned by the store.
-    #[persist(identity)]
-    pub id: i64,
-    /// Unique.
-    #[persist(unique, descriptive, label = "Name")]
-    pub name: String,
-}
-
-/// Someone who may log in to a panel.
-#[derive(PersistentRecord, Debug, Clone, PartialEq)]
-#[persist(title = "Panel operators")]
-pub struct PanelOperator {
-    /// Assigned by the store.
-    #[persist(identity)]
-    pub id: i64,
-    /// Unique.
-    #[persist(unique, descriptive, label = "Login")]
-    pub login: String,
-    /// Never sent back.
-    #[persist(secret, label = "Password", help = "Never shown again once saved.")]
-    pub password: String,
-    /// Where they work (restrict: a site with operators stays).
-    #[persist(references = Site, label = "Site")]
-    pub site_id: i64,
-    /// Free text.
-    #[persist(multiline, label = "Notes")]
-    pub notes: Option<String>,
-}
-
-struct Panels;
-
-impl Module for Panels {
-    fn name(&self) -> &'static str {
-        "panels"
-    }
-    fn version(&self) -> &'static str {
-        "1.0.0"
-    }
-    fn register(&self, ctx: &mut ModuleContext) -> Result<(), ModuleError> {
-        ctx.record::<Site>()?;
-        ctx.record::<PanelOperator>()
-    }
-}
-
-fn write(dir: &Path, name: &str, text: &str) {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-}
-
-fn config(dir: &Path, id: &str, role: &str, link: &str, peer_url: Option<&str>) -> PathBuf {
-    let link = if role == "master" {
-        format!("listen = \"{link}\"")
-    } else {
-        format!("peer = \"{link}\"")
-    };
-    let peer_url = peer_url
-        .map(|u| format!("peer_url = \"{u}\"\n"))
-        .unwrap_or_default();
-    let text = format!(
-        r#"[node]
-id = "{id}"
-role = "{role}"
-cluster = "api-test"
-
-[link]
-{link}
-secret_file = "pair.secret"
-
-[redundancy]
-heartbeat_ms = 50
-failover_timeout_ms = 5000
-startup_allowance_ms = 300
-
-[database]
-sqlite = "{id}.db"
-
-[status]
-listen = "127.0.0.1:0"
-operator_token_file = "operator.token"
-
-[api]
-{peer_url}
-[[api.token]]
-name = "scada"
-role = "read"
-file = "scada.token"
-
-[[api.token]]
-name = "tool"
-role = "write"
-file = "tool.token"
-"#
-    );
-    let path = dir.join(format!("{id}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-async fn start(path: &Path) -> RunningGateway {
-    Gateway::new(Config::load(path).unwrap())
-        .module(AlarmModule::new())
-        .module(Counters::new())
-        .module(Panels)
-        .start()
-        .await
-        .unwrap()
-}
 
 /// One HTTP answer.
 struct Answer {
@@ -253,14 +130,8 @@ fn until(what: &str, f: impl Fn() -> bool) {
 async fn the_rest_api_on_a_gateway_pair() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
-    write(&d, "pair.secret", "a pair secret of 32 bytes, really\n");
-    write(&d, "operator.token", &format!("{OPERATOR}\n"));
-    write(&d, "scada.token", &format!("{READ}\n"));
-    write(&d, "tool.token", &format!("{WRITE}\n"));
-    let a = start(&config(&d, "gw-a", "master", "127.0.0.1:0", None)).await;
+    let (a, b) = pair(&d).await;
     let master_url = format!("http://{}", a.status_addr());
-    let link = a.link_addr().unwrap().to_string();
-    let b = start(&config(&d, "gw-b", "backup", &link, Some(&master_url))).await;
     let backup_url = format!("http://{}", b.status_addr());
     let (ms, bs) = (a.store().clone(), b.store().clone());
     let dir2 = d.clone();
@@ -276,6 +147,7 @@ async fn the_rest_api_on_a_gateway_pair() {
         round_trips(&m);
         errors(&m);
         concurrency(&m);
+        events(&m, &bk);
         secrets(&m, &ms);
         until("the backup has every row", || {
             bs.position() == ms.position() && bs.digest() == ms.digest()
@@ -504,6 +376,16 @@ fn errors(m: &Client) {
         json!({"login": "ann", "password": "pw of ann", "site_id": sid}),
     );
     assert_eq!(op.status, 201, "{op:?}");
+    let preview = m.get(&format!("/api/v1/records/site/{sid}/delete-preview"));
+    assert_eq!(
+        preview.body,
+        json!({"cascade": [], "restrict": [{"type": "panel_operator", "count": 1}]}),
+        "{preview:?}"
+    );
+    let preview = m.get(&format!(
+        "/api/v1/records/notification_profile/{pid}/delete-preview"
+    ));
+    assert_eq!(preview.body, json!({"cascade": [], "restrict": []}));
     let r = m.delete(&format!("/api/v1/records/site/{sid}"), "*");
     assert_eq!((r.status, r.kind()), (409, "referenced"), "{r:?}");
     assert_eq!(r.body["error"]["by_table"], "panel_operator");
@@ -699,6 +581,13 @@ fn backup(m: &Client, b: &Client, master_url: &str) {
         mr.etag, br.etag,
         "a version read on the backup is the master's"
     );
+    let (mn, bn) = (m.get("/api/v1/node"), b.get("/api/v1/node"));
+    assert_eq!(
+        (&mn.body["writable"], &mn.body["role"]),
+        (&json!(true), &json!("Master"))
+    );
+    assert_eq!(bn.body["writable"], false, "{bn:?}");
+    assert_eq!(bn.body["master_url"], master_url, "{bn:?}");
     // Every write on the backup is refused and names the master.
     let refusals = [
         b.post("/api/v1/records/site", json!({"name": "west"})),
@@ -836,4 +725,55 @@ fn validate_openapi(file: &Path) {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+/// A committed change reaches an open event stream, on the master and, by
+/// replication, on the backup.
+fn events(m: &Client, b: &Client) {
+    let open = |c: &Client| {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        let resp = agent
+            .get(format!("{}/api/v1/events?type=site", c.base))
+            .header("Authorization", format!("Bearer {READ}"))
+            .call()
+            .unwrap();
+        assert_eq!(
+            resp.headers().get("content-type").unwrap(),
+            "text/event-stream"
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let reader = std::io::BufReader::new(resp.into_body().into_reader());
+            for line in reader.lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        // The stream says it is live before anything happens.
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), ": live");
+        rx
+    };
+    let (mrx, brx) = (open(m), open(b));
+    let s = m.post("/api/v1/records/site", json!({"name": "streamed"}));
+    let key = s.body["id"].clone();
+    for rx in [mrx, brx] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let event = loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("an event for the insert");
+            if let Some(data) = line.strip_prefix("data: ") {
+                break serde_json::from_str::<Json>(data).unwrap();
+            }
+        };
+        assert_eq!(event["table"], "site", "{event}");
+        assert_eq!(event["op"], "insert", "{event}");
+        assert_eq!(event["key"], key, "{event}");
+    }
 }

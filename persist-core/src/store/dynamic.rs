@@ -234,7 +234,66 @@ fn select(t: &Table, q: &RowQuery, count: bool) -> Result<(Statement, Vec<Value>
     Ok((stmt, values))
 }
 
+/// What deleting a row would do (see [`Store::delete_preview`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeletePreview {
+    /// Rows deleted with it, per table (`on_delete = cascade`, transitively).
+    pub cascade: Vec<(&'static str, u64)>,
+    /// Rows that refuse the delete, per table (`on_delete = restrict`, on
+    /// the row or on a row that would cascade with it).
+    pub restrict: Vec<(&'static str, u64)>,
+}
+
+impl DeletePreview {
+    fn add(list: &mut Vec<(&'static str, u64)>, table: &'static str, n: u64) {
+        match list.iter_mut().find(|(t, _)| *t == table) {
+            Some((_, c)) => *c += n,
+            None => list.push((table, n)),
+        }
+    }
+}
+
 impl Store {
+    /// What deleting the row of `table` with `key` would do, read in one
+    /// read transaction: the rows that would cascade with it and the rows
+    /// that would refuse it. A preview for a person about to confirm;
+    /// the delete itself checks again.
+    pub fn delete_preview(&self, table: &str, key: &Value) -> Result<DeletePreview> {
+        let reg = self.registry();
+        let t = self::table(&reg, table)?;
+        check_key(t, key)?;
+        self.with_reader(|conn| {
+            let mut out = DeletePreview::default();
+            let mut seen: Vec<(&'static str, Value)> = vec![(t.name, key.clone())];
+            let mut todo: Vec<(&Table, Value)> = vec![(t, key.clone())];
+            while let Some((t, key)) = todo.pop() {
+                for (child, sel) in t.children.iter().zip(&t.child_select) {
+                    let Some(ct) = reg.tables.get(child.table) else {
+                        continue;
+                    };
+                    let rows = query_rows(conn, sel, std::slice::from_ref(&key), &ct.types)?;
+                    for row in rows {
+                        let k = row[ct.meta.key].clone();
+                        if seen.iter().any(|(tn, sk)| *tn == ct.name && *sk == k) {
+                            continue;
+                        }
+                        seen.push((ct.name, k.clone()));
+                        match child.on_delete {
+                            crate::record::OnDelete::Restrict => {
+                                DeletePreview::add(&mut out.restrict, ct.name, 1)
+                            }
+                            crate::record::OnDelete::Cascade => {
+                                DeletePreview::add(&mut out.cascade, ct.name, 1);
+                                todo.push((ct, k));
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// The registered record types (modules' and their references'), by table name.
     pub fn record_types(&self) -> Vec<&'static RecordMeta> {
         let reg = self.registry();

@@ -27,7 +27,7 @@ use crate::record::{PersistentRecord, RecordMeta};
 use crate::value::{SqlType, Value};
 
 pub use apply::Applied;
-pub use dynamic::{RowQuery, RowVersion, Stale};
+pub use dynamic::{DeletePreview, RowQuery, RowVersion, Stale};
 pub use history::HistoryItem;
 pub use operation::ReplicatedOperation;
 pub use query::Query;

@@ -8,6 +8,9 @@
 //! GET    /api/v1/records/{type}/{key}         one record (ETag)
 //! PUT    /api/v1/records/{type}/{key}         replace (If-Match required)
 //! DELETE /api/v1/records/{type}/{key}         delete, cascading as declared (If-Match required)
+//! GET    /api/v1/records/{type}/{key}/delete-preview   what a delete would cascade to or be refused by
+//! GET    /api/v1/node                         this node: writable here, or where the master is
+//! GET    /api/v1/events                       committed row changes, as server-sent events
 //! GET    /openapi.json                        the OpenAPI 3 document of all of it
 //! ```
 //!
@@ -92,6 +95,8 @@ pub struct ApiSurface {
 }
 
 struct Shared {
+    events: tokio::sync::broadcast::Sender<Arc<str>>,
+    streams: Arc<tokio::sync::Semaphore>,
     node_id: String,
     node: Arc<NodeHandle>,
     tokens: Vec<(ApiToken, [u8; 32])>,
@@ -100,9 +105,65 @@ struct Shared {
     permits: Arc<tokio::sync::Semaphore>,
 }
 
+/// Event streams open at once, at most (each holds a connection).
+pub const MAX_STREAMS: usize = 32;
+/// How long one event stream lasts; the client reconnects (the pages do),
+/// which keeps every response within the listener's time bound.
+pub const STREAM_LIFETIME: Duration = Duration::from_secs(20);
+
+/// Forwards the store's commits to the event streams, as one JSON line per
+/// changed row (`{"table", "op", "key"}`) or `{"reset": true}` when changes
+/// were missed or the data replaced. Runs on its own thread (the feed
+/// blocks) until the store closes.
+fn forward_commits(store: &Store, tx: tokio::sync::broadcast::Sender<Arc<str>>) {
+    use persist::listen::{FeedItem, RecvError};
+    let feed = store.commit_feed(1024);
+    // Key column of each table, by the metadata registered now.
+    let keys: Vec<(&'static str, usize)> = store
+        .record_types()
+        .iter()
+        .map(|m| (m.table, m.key))
+        .collect();
+    let spawned = std::thread::Builder::new()
+        .name("api-events".into())
+        .spawn(move || loop {
+            match feed.recv_timeout(Duration::from_secs(1)) {
+                Ok(FeedItem::Commit(c)) => {
+                    for ch in &c.changes {
+                        let row = ch.new.as_ref().or(ch.old.as_ref());
+                        let key = keys
+                            .iter()
+                            .find(|(t, _)| *t == ch.table)
+                            .and_then(|(_, k)| row.and_then(|r| r.get(*k)))
+                            .map_or(Json::Null, json::to_json);
+                        let line = json!({
+                            "table": ch.table,
+                            "op": format!("{:?}", ch.op).to_lowercase(),
+                            "key": key,
+                            "position": c.position,
+                        });
+                        let _ = tx.send(Arc::from(line.to_string()));
+                    }
+                }
+                Ok(FeedItem::Lagged(_) | FeedItem::Reset) => {
+                    let _ = tx.send(Arc::from(r#"{"reset":true}"#));
+                }
+                Err(RecvError::Timeout) => {}
+                Err(_) => return,
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("the API's event thread did not start ({e}): pages are not live");
+    }
+}
+
 /// The API's routes, to merge into the status listener's router.
 pub fn router(api: ApiSurface) -> Router {
+    let (events, _) = tokio::sync::broadcast::channel(1024);
+    forward_commits(api.node.store(), events.clone());
     let shared = Arc::new(Shared {
+        events,
+        streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
         tokens: api
             .tokens
             .into_iter()
@@ -120,6 +181,12 @@ pub fn router(api: ApiSurface) -> Router {
     Router::new()
         .route("/openapi.json", get(openapi_document))
         .route("/api/v1/records", get(types))
+        .route("/api/v1/node", get(node))
+        .route("/api/v1/events", get(event_stream))
+        .route(
+            "/api/v1/records/{type}/{key}/delete-preview",
+            get(delete_preview),
+        )
         .route("/api/v1/records/{type}", get(list).post(create))
         .route(
             "/api/v1/records/{type}/{key}",
@@ -895,4 +962,108 @@ fn refused(s: &Shared, headers: &HeaderMap, what: &str, e: ApiError) -> Response
         a.record(who, what, false, &e.message());
     }
     e.into_response()
+}
+
+async fn node(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Answer {
+    authorize(&s, &headers, ApiRole::Read)?;
+    let state = s.node.state();
+    let gate = s.node.store().write_gate();
+    let elsewhere = state.active_node.as_deref() != Some(s.node_id.as_str());
+    Ok(axum::Json(json!({
+        "node_id": s.node_id,
+        "role": format!("{:?}", state.role),
+        "writable": gate.is_none(),
+        "reason": gate,
+        "master_url": s.peer_url.clone().filter(|_| elsewhere || gate.is_some()),
+        "active_node": state.active_node,
+    }))
+    .into_response())
+}
+
+async fn delete_preview(
+    State(s): State<Arc<Shared>>,
+    Path((name, key)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Answer {
+    authorize(&s, &headers, ApiRole::Read)?;
+    let meta = meta_of(s.node.store(), &name)?;
+    let key = path_key(meta, &key)?;
+    let s2 = s.clone();
+    let p = blocking(&s, move |store| {
+        store
+            .delete_preview(meta.table, &key)
+            .map_err(|e| store_error(&s2, meta, e))
+    })
+    .await?;
+    let list = |v: &[(&str, u64)]| -> Json {
+        v.iter()
+            .map(|(t, n)| json!({"type": t, "count": n}))
+            .collect::<Vec<_>>()
+            .into()
+    };
+    Ok(axum::Json(json!({
+        "cascade": list(&p.cascade),
+        "restrict": list(&p.restrict),
+    }))
+    .into_response())
+}
+
+/// `text/event-stream` of committed row changes (`data: {"table", "op",
+/// "key", "position"}`), for [`STREAM_LIFETIME`], then the stream ends and
+/// the client reconnects. `?type=t` keeps one record type.
+async fn event_stream(
+    State(s): State<Arc<Shared>>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Answer {
+    authorize(&s, &headers, ApiRole::Read)?;
+    let only: Option<String> = form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "type")
+        .map(|(_, v)| v.into_owned());
+    let permit = s.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!("{MAX_STREAMS} event streams are open already"),
+        )
+    })?;
+    let rx = s.events.subscribe();
+    let end = tokio::time::Instant::now() + STREAM_LIFETIME;
+    // The first frame tells the client the stream is live.
+    let state = (rx, only, permit, false);
+    let stream =
+        futures_util::stream::unfold(state, move |(mut rx, only, permit, started)| async move {
+            if !started {
+                let hello = Bytes::from_static(b": live\n\n");
+                return Some((
+                    Ok::<_, std::convert::Infallible>(hello),
+                    (rx, only, permit, true),
+                ));
+            }
+            loop {
+                let item = tokio::time::timeout_at(end, rx.recv()).await.ok()?;
+                let line = match item {
+                    Ok(line) => line,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        Arc::from(r#"{"reset":true}"#)
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                };
+                let wanted = only.as_deref().is_none_or(|t| {
+                    line.contains(&format!("\"table\":\"{t}\"")) || line.contains("\"reset\"")
+                });
+                if wanted {
+                    let frame = Bytes::from(format!("data: {line}\n\n"));
+                    return Some((Ok(frame), (rx, only, permit, true)));
+                }
+            }
+        });
+    let mut resp = axum::body::Body::from_stream(stream).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
 }

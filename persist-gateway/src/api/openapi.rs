@@ -50,10 +50,10 @@ fn field_schema(meta: &RecordMeta, i: usize) -> Json {
             OnDelete::Cascade => "deleting it deletes this record",
             OnDelete::Restrict => "it cannot be deleted while this record references it",
         };
-        if !description.is_empty() {
-            description.push(' ');
+        // The module's own help says it better, when there is one.
+        if description.is_empty() {
+            description = format!("The key of a `{}` record ({what}).", target.table);
         }
-        description.push_str(&format!("The key of a `{}` record ({what}).", target.table));
         s.insert("x-references".into(), target.table.into());
     }
     if c.ui.multiline {
@@ -110,6 +110,13 @@ fn record_schema(meta: &RecordMeta) -> Json {
     }
     if let Some(t) = meta.title {
         s["title"] = t.into();
+    }
+    // JSON objects have no order: the pages lay fields out in this one.
+    let order: Vec<&str> = meta.columns.iter().map(|c| c.field).collect();
+    s["x-fields"] = json!(order);
+    s["x-key"] = meta.key_column().field.into();
+    if let Some((_, c)) = meta.descriptive_column() {
+        s["x-descriptive"] = c.field.into();
     }
     s
 }
