@@ -777,3 +777,60 @@ fn events(m: &Client, b: &Client) {
         assert_eq!(event["key"], key, "{event}");
     }
 }
+
+/// What a write through the API costs next to the same write through the
+/// typed store, in the same run: figures printed, nothing asserted on time.
+/// `PERSIST_API_BENCH_N` sets the writes per side (default 200).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_write_cost_against_a_typed_insert() {
+    let n: usize = std::env::var("PERSIST_API_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = pair(dir.path()).await;
+    let url = format!("http://{}", a.status_addr());
+    let store = a.store().clone();
+    let (typed, api, get) = tokio::task::spawn_blocking(move || {
+        let m = Client::new(&url);
+        until("the master takes writes", || {
+            m.post("/api/v1/records/site", json!({"name": "warm-up"}))
+                .status
+                == 201
+        });
+        let t = Instant::now();
+        for i in 0..n {
+            store
+                .insert(&Site {
+                    id: 0,
+                    name: format!("typed-{i}"),
+                })
+                .unwrap();
+        }
+        let typed = t.elapsed();
+        let t = Instant::now();
+        for i in 0..n {
+            let r = m.post("/api/v1/records/site", json!({"name": format!("api-{i}")}));
+            assert_eq!(r.status, 201);
+        }
+        let api = t.elapsed();
+        let t = Instant::now();
+        for _ in 0..n {
+            assert_eq!(m.get("/api/v1/records/site/1").status, 200);
+        }
+        (typed, api, t.elapsed())
+    })
+    .await
+    .unwrap();
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+    println!(
+        "{n} writes: typed insert {:.0} us each, API POST {:.0} us each (ratio {:.2}); \
+         API GET by key {:.0} us each",
+        per(typed),
+        per(api),
+        api.as_secs_f64() / typed.as_secs_f64(),
+        per(get)
+    );
+    b.shutdown().await;
+    a.shutdown().await;
+}
