@@ -52,6 +52,7 @@
 mod json;
 mod openapi;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,6 +97,7 @@ pub struct ApiSurface {
 
 struct Shared {
     events: tokio::sync::broadcast::Sender<Arc<str>>,
+    feeding: Arc<AtomicBool>,
     streams: Arc<tokio::sync::Semaphore>,
     node_id: String,
     node: Arc<NodeHandle>,
@@ -112,11 +114,22 @@ pub const MAX_STREAMS: usize = 32;
 pub const STREAM_LIFETIME: Duration = Duration::from_secs(20);
 
 /// Forwards the store's commits to the event streams, as one JSON line per
-/// changed row (`{"table", "op", "key"}`) or `{"reset": true}` when changes
-/// were missed or the data replaced. Runs on its own thread (the feed
-/// blocks) until the store closes.
-fn forward_commits(store: &Store, tx: tokio::sync::broadcast::Sender<Arc<str>>) {
+/// changed row (`{"table", "op", "key", "position"}`) or `{"reset": true}`
+/// when changes were missed or the data replaced. Runs on its own thread
+/// (the feed blocks) while any stream is open: with none, the store does
+/// not capture rows for it. `feeding` says whether the thread runs; a
+/// stream subscribes, then starts one if none does, and the thread, before
+/// it stops, clears `feeding` and looks again, so a stream that opened
+/// meanwhile is never left without one.
+fn forward_commits(
+    store: &Store,
+    tx: &tokio::sync::broadcast::Sender<Arc<str>>,
+    feeding: &Arc<AtomicBool>,
+) {
     use persist::listen::{FeedItem, RecvError};
+    if feeding.swap(true, Ordering::SeqCst) {
+        return;
+    }
     let feed = store.commit_feed(1024);
     // Key column of each table, by the metadata registered now.
     let keys: Vec<(&'static str, usize)> = store
@@ -124,6 +137,7 @@ fn forward_commits(store: &Store, tx: tokio::sync::broadcast::Sender<Arc<str>>) 
         .iter()
         .map(|m| (m.table, m.key))
         .collect();
+    let (tx, running) = (tx.clone(), feeding.clone());
     let spawned = std::thread::Builder::new()
         .name("api-events".into())
         .spawn(move || loop {
@@ -148,11 +162,21 @@ fn forward_commits(store: &Store, tx: tokio::sync::broadcast::Sender<Arc<str>>) 
                 Ok(FeedItem::Lagged(_) | FeedItem::Reset) => {
                     let _ = tx.send(Arc::from(r#"{"reset":true}"#));
                 }
+                Err(RecvError::Timeout) if tx.receiver_count() == 0 => {
+                    running.store(false, Ordering::SeqCst);
+                    if tx.receiver_count() == 0 || running.swap(true, Ordering::SeqCst) {
+                        return;
+                    }
+                }
                 Err(RecvError::Timeout) => {}
-                Err(_) => return,
+                Err(_) => {
+                    running.store(false, Ordering::SeqCst);
+                    return;
+                }
             }
         });
     if let Err(e) = spawned {
+        feeding.store(false, Ordering::SeqCst);
         tracing::warn!("the API's event thread did not start ({e}): pages are not live");
     }
 }
@@ -160,9 +184,9 @@ fn forward_commits(store: &Store, tx: tokio::sync::broadcast::Sender<Arc<str>>) 
 /// The API's routes, to merge into the status listener's router.
 pub fn router(api: ApiSurface) -> Router {
     let (events, _) = tokio::sync::broadcast::channel(1024);
-    forward_commits(api.node.store(), events.clone());
     let shared = Arc::new(Shared {
         events,
+        feeding: Arc::new(AtomicBool::new(false)),
         streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
         tokens: api
             .tokens
@@ -859,7 +883,9 @@ async fn create(
         let mut resp = record_response(StatusCode::CREATED, meta, &row);
         let key = json::to_json(&row[meta.key]);
         let key = key.as_str().map_or_else(|| key.to_string(), str::to_owned);
-        let location: String = form_urlencoded::byte_serialize(key.as_bytes()).collect::<String>();
+        // A path segment: `+` is a plus there, so not the form encoding.
+        let location =
+            percent_encoding::utf8_percent_encode(&key, percent_encoding::NON_ALPHANUMERIC);
         if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/records/{}/{location}", meta.table))
         {
             resp.headers_mut().insert(header::LOCATION, v);
@@ -1028,6 +1054,7 @@ async fn event_stream(
         )
     })?;
     let rx = s.events.subscribe();
+    forward_commits(s.node.store(), &s.events, &s.feeding);
     let end = tokio::time::Instant::now() + STREAM_LIFETIME;
     // The first frame tells the client the stream is live.
     let state = (rx, only, permit, false);
