@@ -1,6 +1,7 @@
 //! The store: registration, typed CRUD, transactions, change capture, apply.
 
 mod apply;
+mod dynamic;
 mod history;
 mod operation;
 mod query;
@@ -27,6 +28,7 @@ use crate::record::{PersistentRecord, RecordMeta};
 use crate::value::{SqlType, Value};
 
 pub use apply::Applied;
+pub use dynamic::{DeletePreview, RowQuery, RowVersion, Stale};
 pub use history::HistoryItem;
 pub use operation::ReplicatedOperation;
 pub use query::Query;
