@@ -96,6 +96,61 @@ fn shots() -> PathBuf {
 async fn shot(c: &Client, name: &str) {
     let png = c.screenshot().await.unwrap();
     std::fs::write(shots().join(format!("{name}.png")), png).unwrap();
+    contrast(c, name).await;
+}
+
+/// What the browser renders, measured in the browser: every visible text
+/// (and every input's value) against the background it is drawn on, by
+/// WCAG 2's contrast ratio: at least 4.5:1, 3:1 for large text. Disabled
+/// controls are exempt, as WCAG exempts inactive components.
+const CONTRAST_AUDIT: &str = r#"
+const lum = ([r, g, b]) => {
+  const f = (c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : Math.pow((c + 0.055) / 1.055, 2.4); };
+  return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+};
+const rgba = (s) => { const m = s.match(/[\d.]+/g).map(Number); return [m[0], m[1], m[2], m.length > 3 ? m[3] : 1]; };
+const over = (top, bottom) => top.slice(0, 3).map((c, i) => c * top[3] + bottom[i] * (1 - top[3]));
+function background(el) {
+  const layers = [];
+  for (let e = el; e; e = e.parentElement) {
+    const c = rgba(getComputedStyle(e).backgroundColor);
+    if (c[3] > 0) layers.push(c);
+    if (c[3] >= 1) break;
+  }
+  let bg = [255, 255, 255];
+  for (const l of layers.reverse()) bg = over(l, bg);
+  return bg;
+}
+const bad = [];
+for (const el of document.querySelectorAll("body *")) {
+  const st = getComputedStyle(el);
+  if (st.visibility === "hidden" || st.display === "none" || el.getClientRects().length === 0) continue;
+  if (el.closest(":disabled") || el.matches(":disabled")) continue;
+  const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim() !== "");
+  const field = el.matches("input:not([type=checkbox]):not([type=radio]), select, textarea");
+  if (!own && !field) continue;
+  const bg = background(el);
+  const fg = over(rgba(st.color), bg);
+  const [hi, lo] = [lum(fg), lum(bg)].sort((a, b) => b - a);
+  const ratio = (hi + 0.05) / (lo + 0.05);
+  const px = parseFloat(st.fontSize), bold = parseInt(st.fontWeight, 10) >= 700;
+  const need = px >= 24 || (bold && px >= 18.66) ? 3 : 4.5;
+  if (ratio < need) {
+    const what = (el.innerText || el.value || "").trim().slice(0, 40);
+    bad.push(`${el.tagName.toLowerCase()}.${el.className} "${what}": ${ratio.toFixed(2)}:1 (${st.color} on rgb(${bg.map(Math.round)})), needs ${need}:1`);
+  }
+}
+return bad;
+"#;
+
+async fn contrast(c: &Client, name: &str) {
+    let found = c.execute(CONTRAST_AUDIT, vec![]).await.unwrap();
+    let bad: Vec<String> = serde_json::from_value(found).unwrap();
+    assert!(
+        bad.is_empty(),
+        "{name}: text below WCAG contrast:\n{}",
+        bad.join("\n")
+    );
 }
 
 /// Waits until the element matching `css` has text containing `want`.
