@@ -99,7 +99,8 @@ async fn shot(c: &Client, name: &str) {
     contrast(c, name).await;
 }
 
-/// What the browser renders, measured in the browser: every visible text
+/// What the browser renders, measured in the browser: every visible input and
+/// control has a label or a name and is in the tab order; every visible text
 /// (and every input's value) against the background it is drawn on, by
 /// WCAG 2's contrast ratio: at least 4.5:1, 3:1 for large text. Disabled
 /// controls are exempt, as WCAG exempts inactive components.
@@ -122,6 +123,14 @@ function background(el) {
   return bg;
 }
 const bad = [];
+for (const el of document.querySelectorAll("input, select, textarea, button, a")) {
+  if (el.getClientRects().length === 0 || el.type === "hidden") continue;
+  const named = el.matches("input, select, textarea")
+    ? el.labels.length > 0 || el.getAttribute("aria-label")
+    : (el.innerText || el.getAttribute("aria-label") || "").trim() !== "";
+  if (!named) bad.push(`${el.tagName.toLowerCase()}#${el.id}: no label or name`);
+  if (el.tabIndex < 0 && !el.disabled) bad.push(`${el.tagName.toLowerCase()}#${el.id}: out of the tab order`);
+}
 for (const el of document.querySelectorAll("body *")) {
   const st = getComputedStyle(el);
   if (st.visibility === "hidden" || st.display === "none" || el.getClientRects().length === 0) continue;
@@ -148,7 +157,7 @@ async fn contrast(c: &Client, name: &str) {
     let bad: Vec<String> = serde_json::from_value(found).unwrap();
     assert!(
         bad.is_empty(),
-        "{name}: text below WCAG contrast:\n{}",
+        "{name}: unlabelled controls or text below WCAG contrast:\n{}",
         bad.join("\n")
     );
 }
@@ -300,8 +309,8 @@ async fn the_pages_in_a_real_browser() {
     click(&ca, "#save").await;
     text_of(&ca, "#form-error", "port 0 is not a TCP port").await;
     shot(&ca, "02-master-validation-message").await;
-    fill(&ca, "port", "502").await;
-    click(&ca, "#save").await;
+    // Corrected and saved from the keyboard alone: Enter in the field.
+    fill(&ca, "port", "502\u{E007}").await;
     text_of(&ca, "#flash", "Saved Devices").await;
     shot(&ca, "03-master-list-after-save").await;
     // The backup's page shows it without a reload.
