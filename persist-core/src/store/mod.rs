@@ -1,6 +1,7 @@
 //! The store: registration, typed CRUD, transactions, change capture, apply.
 
 mod apply;
+mod fleet;
 mod history;
 mod operation;
 mod query;
@@ -26,6 +27,7 @@ use crate::record::{PersistentRecord, RecordMeta};
 use crate::value::{SqlType, Value};
 
 pub use apply::Applied;
+pub use fleet::{digest_of_images, RowImages};
 pub use history::HistoryItem;
 pub use operation::ReplicatedOperation;
 pub use query::Query;
