@@ -164,8 +164,9 @@ const APPLY_BATCH: usize = 256;
 enum Next {
     /// Go on reading.
     Continue,
-    /// Load the newest snapshot, then consume after it.
-    Bootstrap,
+    /// Load the newest snapshot (it must reach at least the position just
+    /// before this one), then consume after it.
+    Bootstrap(u64),
 }
 
 impl EdgeTask {
@@ -193,32 +194,32 @@ impl EdgeTask {
 
     async fn run(&mut self, stop: Arc<AtomicBool>) {
         let mut backoff = Duration::from_millis(100);
-        let mut bootstrap = false;
+        let mut repair = false;
         while !stop.load(Ordering::SeqCst) {
-            match self.session(&stop, bootstrap).await {
-                Ok(b) => {
-                    bootstrap = b;
+            match self.session(&stop, repair).await {
+                Ok(()) => {
+                    repair = false;
                     backoff = Duration::from_millis(100);
                 }
                 Err(e) => {
                     tracing::warn!("fleet edge {}: {e}", self.name);
                     self.set_error(Some(e.to_string()));
-                    if matches!(e, FleetError::Divergence { .. }) {
-                        bootstrap = true;
-                    }
-                    let _ = self.put_status(true).await;
+                    // An entry that does not fit the rows: load a snapshot
+                    // over them, whatever its position.
+                    repair = matches!(e, FleetError::Divergence { .. });
+                    self.put_status(true).await;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
-        let _ = self.put_status(true).await;
+        self.put_status(true).await;
     }
 
-    /// One consumer's life: reads the cursor, bootstraps when asked or
-    /// needed, then consumes until told to bootstrap (returns true), to stop
-    /// (false), or an error.
-    async fn session(&mut self, stop: &AtomicBool, mut bootstrap: bool) -> Result<bool> {
+    /// One consumer's life: reads the cursor, loads a snapshot when asked
+    /// (`repair`) or needed, then consumes until a snapshot must be loaded,
+    /// it is told to stop, or an error.
+    async fn session(&mut self, stop: &AtomicBool, mut repair: bool) -> Result<()> {
         let fleet_name = self.fleet.cfg.cluster.clone();
         let shared: Vec<String> = self.shared.iter().cloned().collect();
         let (cursor, digest) = self
@@ -245,7 +246,7 @@ impl EdgeTask {
                 self.name,
                 self.cursor.position
             );
-            bootstrap = true;
+            repair = true;
         }
         self.publish_cursor();
         let stream = self.fleet.stream(false).await?;
@@ -254,17 +255,15 @@ impl EdgeTask {
             self.kv = self.fleet.status_bucket().await.ok();
         }
         let info = bounded("stream info", self.fleet.t(), stream.get_info()).await?;
-        if info.state.messages > 0 && info.state.first_sequence > self.cursor.seq + 1 {
-            bootstrap = true;
-        }
-        if bootstrap {
-            self.bootstrap(&objects, bootstrap && digest != self.cursor.digest)
-                .await?;
+        let behind = info.state.messages > 0 && info.state.first_sequence > self.cursor.seq + 1;
+        if repair || behind {
+            self.bootstrap(&objects, repair).await?;
         }
         self.consume(&stream, &objects, stop).await
     }
 
-    /// Loads the newest snapshot if it is ahead of the cursor (or `force`).
+    /// Loads the newest snapshot if it is ahead of the cursor, or whatever
+    /// its position if `force` (the stream keeps the entries after it).
     async fn bootstrap(&mut self, objects: &ObjectStore, force: bool) -> Result<()> {
         let snaps = self.fleet.snapshot_positions(objects).await?;
         let Some(&(pos, seq)) = snaps.last() else {
@@ -331,7 +330,7 @@ impl EdgeTask {
         stream: &Stream,
         objects: &ObjectStore,
         stop: &AtomicBool,
-    ) -> Result<bool> {
+    ) -> Result<()> {
         let mut messages = self.consumer(stream).await?;
         let mut batch: Vec<(FleetEntry, Message)> = Vec::new();
         while !stop.load(Ordering::SeqCst) {
@@ -362,10 +361,20 @@ impl EdgeTask {
             for msg in msgs {
                 match self.take(msg, &mut batch).await? {
                     Next::Continue => {}
-                    Next::Bootstrap => {
+                    Next::Bootstrap(position) => {
                         self.flush(&mut batch).await?;
                         self.bootstrap(objects, false).await?;
-                        return Ok(false);
+                        if self.cursor.position + 1 < position {
+                            return Err(FleetError::Refused {
+                                what: format!("fleet entry {position}"),
+                                reason: format!(
+                                    "this edge is at {} and no snapshot reaches further",
+                                    self.cursor.position
+                                ),
+                            });
+                        }
+                        // Consume again after the snapshot's sequence.
+                        return Ok(());
                     }
                 }
                 if batch.len() >= APPLY_BATCH {
@@ -375,7 +384,7 @@ impl EdgeTask {
             self.flush(&mut batch).await?;
             self.put_status(false).await;
         }
-        Ok(false)
+        Ok(())
     }
 
     /// Sorts one message: refused, already applied, next (batched) or a gap.
@@ -412,7 +421,7 @@ impl EdgeTask {
             return Ok(Next::Continue);
         }
         if entry.position > applied + 1 || entry.body == EntryBody::Rebase {
-            return Ok(Next::Bootstrap);
+            return Ok(Next::Bootstrap(entry.position));
         }
         batch.push((entry, msg));
         Ok(Next::Continue)

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use persist_core::Store;
-use persist_fleet::sample::{FleetTag, SiteNote};
+use persist_fleet::sample::{FleetLimit, FleetTag, SiteNote, SiteTagNote};
 use persist_fleet::{records, Edge, FleetConfig, Publisher};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -39,6 +39,14 @@ fn churn(store: &Store, from: u64, n: u64) {
                     }
                     _ => {
                         tx.save(&tag(i, 100))?;
+                        if i % 4 == 0 {
+                            // A child the tag's delete cascades to.
+                            tx.save(&FleetLimit {
+                                name: format!("limit-{i}"),
+                                tag: tag(i, 0).name,
+                                high: i as i64,
+                            })?;
+                        }
                     }
                 }
                 if i % 3 == 0 {
@@ -407,6 +415,66 @@ fn a_site_override_outlives_central_updates_and_the_digests_still_agree() {
     assert_eq!(
         records::effective::<FleetTag>(&edge_store, tag(1, 0).name).unwrap(),
         Some(central_new)
+    );
+    rt.block_on(edge.stop());
+    rt.block_on(publisher.stop());
+}
+
+#[test]
+fn a_restarted_publisher_goes_on_from_the_stream_and_cascades_reach_edges() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(dir.path());
+    let key = key_file(dir.path(), 8);
+    let mut cfg = config(&nats, &key);
+    cfg.snapshot_every = 40;
+    let rt = runtime();
+    let central = open_store(&dir.path().join("central.db"));
+    let publisher = rt
+        .block_on(Publisher::start(central.clone(), cfg.clone()))
+        .unwrap();
+    let edge_store = open_store(&dir.path().join("edge.db"));
+    let edge = rt
+        .block_on(Edge::start(edge_store.clone(), edge_config(&cfg, "e")))
+        .unwrap();
+    churn(&central, 0, 100);
+    assert!(rt.block_on(publisher.wait_published(central.position(), WAIT)));
+    let before = publisher.status();
+    assert!(rt.block_on(edge.wait_position(before.position, WAIT)));
+    // A site-local note on a shared tag: the fleet's delete of the tag takes it along.
+    let doomed = tags(&edge_store)[0].name.clone();
+    edge_store
+        .insert(&SiteTagNote {
+            id: 0,
+            tag: doomed.clone(),
+            text: "check wiring".into(),
+        })
+        .unwrap();
+    rt.block_on(publisher.stop());
+
+    // Commits while no publisher runs, then a new one: no rebase, positions go on.
+    central.delete::<FleetTag>(doomed.clone()).unwrap();
+    churn(&central, 100, 30);
+    let publisher = rt
+        .block_on(Publisher::start(central.clone(), cfg.clone()))
+        .unwrap();
+    assert!(rt.block_on(publisher.wait_published(central.position(), WAIT)));
+    let after = publisher.status();
+    assert_eq!(after.rebases, 0, "{after:?}");
+    assert!(after.position > before.position);
+    assert!(
+        rt.block_on(edge.wait_position(after.position, WAIT)),
+        "{:?}",
+        edge.status()
+    );
+    assert_eq!(tags(&edge_store), tags(&central));
+    assert_eq!(
+        edge_store.list::<FleetLimit>().unwrap(),
+        central.list::<FleetLimit>().unwrap()
+    );
+    assert!(edge_store.list::<SiteTagNote>().unwrap().is_empty());
+    assert_eq!(
+        edge.status().digest,
+        persist_fleet::wire::digest_hex(after.digest)
     );
     rt.block_on(edge.stop());
     rt.block_on(publisher.stop());

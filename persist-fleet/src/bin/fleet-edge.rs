@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use persist_core::Store;
-use persist_fleet::sample::{FleetTag, SiteNote};
+use persist_fleet::sample::{FleetLimit, FleetTag, SiteNote};
 use persist_fleet::{Edge, FleetConfig};
 use tokio::io::AsyncReadExt;
 
@@ -63,7 +63,8 @@ async fn run(args: Args) -> persist_fleet::Result<()> {
     .map_err(|e| persist_fleet::FleetError::Config(e.to_string()))??;
     let cfg = FleetConfig::new(args.url, args.cluster, args.key_file)
         .with_edge(args.edge)
-        .share::<FleetTag>();
+        .share::<FleetTag>()
+        .share::<FleetLimit>();
     let edge = Edge::start(store, cfg).await?;
     println!("started");
     let mut stdin = tokio::io::stdin();

@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use persist_core::Store;
-use persist_fleet::sample::FleetTag;
+use persist_fleet::sample::{FleetLimit, FleetTag};
 use persist_fleet::FleetConfig;
 
 /// The server binary: `NATS_SERVER`, else `nats-server` on the PATH, else Debian's place.
@@ -113,7 +113,9 @@ pub fn key_file(dir: &Path, byte: u8) -> PathBuf {
 }
 
 pub fn config(nats: &NatsServer, key: &Path) -> FleetConfig {
-    let mut c = FleetConfig::new(nats.url(), "test", key).share::<FleetTag>();
+    let mut c = FleetConfig::new(nats.url(), "test", key)
+        .share::<FleetTag>()
+        .share::<FleetLimit>();
     c.request_timeout_ms = 3_000;
     c
 }
