@@ -14,8 +14,8 @@ pub mod value;
 pub use digest::Digest;
 pub use error::{DecodeError, Error, Result};
 pub use record::{
-    Column, ColumnMeta, CompareOp, Filter, KeyKind, OnDelete, Order, PersistentRecord, RecordMeta,
-    Reference,
+    CheckRow, Column, ColumnMeta, ColumnUi, CompareOp, Filter, KeyKind, OnDelete, Order,
+    PersistentRecord, RecordMeta, Reference,
 };
 pub use value::{FieldType, PersistentEnum, SqlType, Value};
 
@@ -42,3 +42,5 @@ pub use store::{
     ReplicatedOperation, Restore, Snapshot, SnapshotHeader, SnapshotTableInfo, Store, StoreConfig,
     Verification, WriteTx,
 };
+// The untyped access of store/dynamic.rs (the gateway's REST API).
+pub use store::{DeletePreview, RowQuery, RowVersion, Stale};

@@ -150,6 +150,16 @@ impl Listeners {
         for (_, hook) in &self.hooks {
             hook(CommitEvent::Commit(&commit));
         }
+        self.deliver(commit);
+    }
+
+    /// Row changes that are not a log entry (a ranged repair): subscriptions
+    /// get them, commit hooks (which ship entries) do not.
+    pub(crate) fn dispatch_to_subscribers(&mut self, commit: Commit) {
+        self.deliver(Arc::new(commit));
+    }
+
+    fn deliver(&mut self, commit: Arc<Commit>) {
         if commit.changes.is_empty() {
             return;
         }

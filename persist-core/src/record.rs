@@ -58,6 +58,45 @@ pub struct ColumnMeta {
     pub reference: Option<Reference>,
     /// For enums stored by name: the variant names.
     pub variants: Option<&'static [&'static str]>,
+    /// How pages and the REST API present the column (labels, help, secret...).
+    /// Presentation only: not part of [`RecordMeta::canonical`], so changing it
+    /// never changes the schema fingerprint.
+    pub ui: ColumnUi,
+}
+
+/// How a column is presented: what `#[persist(label, help, descriptive,
+/// secret, multiline, min, max)]` declared. None of it is stored schema.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ColumnUi {
+    /// The field's label (`label = "..."`); pages fall back to the field name.
+    pub label: Option<&'static str>,
+    /// A sentence of help shown beside the input (`help = "..."`).
+    pub help: Option<&'static str>,
+    /// The column names a row where rows are offered as choices (a
+    /// reference's select); at most one per record type.
+    pub descriptive: bool,
+    /// The value is never sent back to a browser or API client (a password).
+    pub secret: bool,
+    /// Text edited over several lines.
+    pub multiline: bool,
+    /// The smallest value accepted (numbers; checked by the record's
+    /// validation before the record's own validator runs).
+    pub min: Option<f64>,
+    /// The largest value accepted (numbers; checked like `min`).
+    pub max: Option<f64>,
+}
+
+impl ColumnUi {
+    /// No presentation declared.
+    pub const NONE: ColumnUi = ColumnUi {
+        label: None,
+        help: None,
+        descriptive: false,
+        secret: false,
+        multiline: false,
+        min: None,
+        max: None,
+    };
 }
 
 /// How the primary key is assigned.
@@ -68,6 +107,10 @@ pub enum KeyKind {
     /// A key the module supplies (e.g. the id of the profile a settings row belongs to).
     Explicit,
 }
+
+/// Decodes a row image into its record and validates it; the validator's
+/// message (or the decode error's) on failure. See [`RecordMeta::check_row`].
+pub type CheckRow = fn(Vec<Value>) -> Result<(), String>;
 
 /// Everything the store needs to know about a record type.
 #[derive(Debug, Clone)]
@@ -82,12 +125,28 @@ pub struct RecordMeta {
     pub key: usize,
     /// How the key is assigned.
     pub key_kind: KeyKind,
+    /// What pages call the record type (`#[persist(title = "...")]`).
+    /// Presentation only, like [`ColumnMeta::ui`].
+    pub title: Option<&'static str>,
+    /// Decodes a row image into the record and runs its validation (bounds,
+    /// then the validator): what [`WriteTx::insert`](crate::WriteTx::insert)
+    /// checks, for callers that hold rows rather than the Rust type (the
+    /// gateway's REST API). `None` for hand-written metadata without one.
+    pub check_row: Option<CheckRow>,
 }
 
 impl RecordMeta {
     /// The primary key column.
     pub fn key_column(&self) -> &ColumnMeta {
         &self.columns[self.key]
+    }
+
+    /// The descriptive column (`#[persist(descriptive)]`), if one is declared.
+    pub fn descriptive_column(&self) -> Option<(usize, &ColumnMeta)> {
+        self.columns
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.ui.descriptive)
     }
 
     /// The column with this name.

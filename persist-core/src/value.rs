@@ -321,6 +321,7 @@ mod tests {
             default: None,
             reference: None,
             variants: None,
+            ui: crate::record::ColumnUi::NONE,
         }
     }
 
@@ -331,6 +332,8 @@ mod tests {
             columns: vec![column("id", SqlType::BigInt), column("x", SqlType::Double)],
             key: 0,
             key_kind: KeyKind::Identity,
+            title: None,
+            check_row: None,
         }
     }
 

@@ -32,6 +32,7 @@ impl PersistentRecord for Item {
                 default: None,
                 reference: None,
                 variants: None,
+                ui: persist_core::ColumnUi::NONE,
             };
             RecordMeta {
                 type_name: "Item",
@@ -43,6 +44,8 @@ impl PersistentRecord for Item {
                 ],
                 key: 0,
                 key_kind: KeyKind::Identity,
+                title: None,
+                check_row: None,
             }
         })
     }

@@ -26,6 +26,8 @@ pub(crate) struct RecordAttrs {
     pub(crate) krate: Option<Setting<Path>>,
     pub(crate) table: Option<Setting<LitStr>>,
     pub(crate) validate: Option<Setting<Path>>,
+    /// What the pages call the record type (`#[persist(title = "Devices")]`).
+    pub(crate) title: Option<Setting<LitStr>>,
 }
 
 /// Container attributes of `#[derive(PersistentEnum)]`.
@@ -45,6 +47,14 @@ pub(crate) struct FieldAttrs {
     pub(crate) default: Option<Setting<Expr>>,
     pub(crate) references: Option<Setting<Path>>,
     pub(crate) on_delete: Option<Setting<OnDelete>>,
+    // Presentation: what pages and the API document show; not part of the schema.
+    pub(crate) label: Option<Setting<LitStr>>,
+    pub(crate) help: Option<Setting<LitStr>>,
+    pub(crate) descriptive: Flag,
+    pub(crate) secret: Flag,
+    pub(crate) multiline: Flag,
+    pub(crate) min: Option<Setting<Expr>>,
+    pub(crate) max: Option<Setting<Expr>>,
 }
 
 /// Variant attributes of `#[derive(PersistentEnum)]`.
@@ -66,6 +76,7 @@ const RECORD_KEYS: &[Key] = &[
     Key(TABLE, r#"#[persist(table = "name")]"#),
     Key(VALIDATE, "#[persist(validate = path::to_fn)]"),
     Key(CRATE, r#"#[persist(crate = "persist")]"#),
+    Key(TITLE, r#"#[persist(title = "Devices")]"#),
 ];
 const ENUM_KEYS: &[Key] = &[Key(CRATE, r#"#[persist(crate = "persist")]"#)];
 const FIELD_KEYS: &[Key] = &[
@@ -80,6 +91,13 @@ const FIELD_KEYS: &[Key] = &[
         ON_DELETE,
         r#"#[persist(references = OtherRecord, on_delete = "cascade")]"#,
     ),
+    Key(LABEL, r#"#[persist(label = "Port")]"#),
+    Key(HELP, r#"#[persist(help = "The device's TCP port")]"#),
+    Key(DESCRIPTIVE, "#[persist(descriptive)]"),
+    Key(SECRET, "#[persist(secret)]"),
+    Key(MULTILINE, "#[persist(multiline)]"),
+    Key(MIN, "#[persist(min = 1)]"),
+    Key(MAX, "#[persist(max = 65535)]"),
 ];
 const VARIANT_KEYS: &[Key] = &[Key(RENAME, r#"#[persist(rename = "stored name")]"#)];
 
@@ -102,6 +120,16 @@ const ALIASES: &[(&str, &str)] = &[
     ("table_name", "table"),
     ("validator", "validate"),
     ("name", "rename"),
+    ("description", "help"),
+    ("doc", "help"),
+    ("caption", "label"),
+    ("display", "descriptive"),
+    ("display_name", "descriptive"),
+    ("password", "secret"),
+    ("sensitive", "secret"),
+    ("textarea", "multiline"),
+    ("minimum", "min"),
+    ("maximum", "max"),
 ];
 
 /// Where an attribute sits, for the hint on a key that belongs elsewhere.
@@ -139,6 +167,7 @@ pub(crate) fn record_attrs(cx: &Ctxt, attrs: &[Attribute]) -> RecordAttrs {
         match key.0 {
             k if k == TABLE => set(cx, &mut out.table, meta, parse_str(meta, key)?),
             k if k == VALIDATE => set(cx, &mut out.validate, meta, parse_path(meta, key)?),
+            k if k == TITLE => set(cx, &mut out.title, meta, parse_str(meta, key)?),
             _ => set(cx, &mut out.krate, meta, parse_crate(meta, key)?),
         }
         Ok(())
@@ -166,7 +195,14 @@ pub(crate) fn field_attrs(cx: &Ctxt, attrs: &[Attribute]) -> FieldAttrs {
             k if k == INDEXED => set_flag(cx, &mut out.indexed, meta, key),
             k if k == DEFAULT => set(cx, &mut out.default, meta, parse_value(meta, key)?),
             k if k == REFERENCES => set(cx, &mut out.references, meta, parse_path(meta, key)?),
-            _ => set(cx, &mut out.on_delete, meta, parse_on_delete(meta, key)?),
+            k if k == ON_DELETE => set(cx, &mut out.on_delete, meta, parse_on_delete(meta, key)?),
+            k if k == LABEL => set(cx, &mut out.label, meta, parse_str(meta, key)?),
+            k if k == HELP => set(cx, &mut out.help, meta, parse_str(meta, key)?),
+            k if k == DESCRIPTIVE => set_flag(cx, &mut out.descriptive, meta, key),
+            k if k == SECRET => set_flag(cx, &mut out.secret, meta, key),
+            k if k == MULTILINE => set_flag(cx, &mut out.multiline, meta, key),
+            k if k == MIN => set(cx, &mut out.min, meta, parse_value(meta, key)?),
+            _ => set(cx, &mut out.max, meta, parse_value(meta, key)?),
         }
         Ok(())
     });

@@ -17,6 +17,7 @@ pub(crate) fn record(cx: &Ctxt, r: &Record<'_>) {
         field(cx, f);
     }
     names(cx, r);
+    presentation(cx, r);
 }
 
 pub(crate) fn enumeration(cx: &Ctxt, e: &Enum<'_>) {
@@ -394,4 +395,216 @@ fn sql_name_problem(name: &str) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// The presentation keys: texts that say something, one descriptive field,
+/// `secret` and `multiline` on text, `min` / `max` on numbers.
+fn presentation(cx: &Ctxt, r: &Record<'_>) {
+    if let Some(t) = &r.attrs.title {
+        text(cx, "title", &t.value, false);
+    }
+    let mut descriptive: Option<&Field<'_>> = None;
+    for f in &r.fields {
+        let a = &f.attrs;
+        if let Some(l) = &a.label {
+            text(cx, "label", &l.value, false);
+        }
+        if let Some(h) = &a.help {
+            text(cx, "help", &h.value, true);
+        }
+        let scalar = f.kind.as_ref().map(|k| k.scalar);
+        let ty = || f.ty.to_token_stream().to_string().replace(' ', "");
+        if let Some(d) = &a.descriptive {
+            match descriptive {
+                Some(first) => cx.error_spanned_by(
+                    &d.key,
+                    format!(
+                        "field `{}` is already the descriptive field: a record has at most \
+                         one (it names a row where rows are offered as choices)",
+                        first.name()
+                    ),
+                ),
+                None => descriptive = Some(f),
+            }
+            if let Some(s) = &a.secret {
+                cx.error_spanned_by(
+                    &s.key,
+                    "a descriptive field names a row on every page, so it cannot be `secret`",
+                );
+            }
+            if let Some(sc) = scalar {
+                if !matches!(sc, Scalar::String | Scalar::I32 | Scalar::I64) {
+                    cx.error_spanned_by(
+                        &d.key,
+                        format!(
+                            "a descriptive field must be text or an integer (it names a row in \
+                             a choice); field `{}` is `{}`",
+                            f.name(),
+                            ty()
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(s) = &a.secret {
+            if f.is_key() {
+                cx.error_spanned_by(
+                    &s.key,
+                    "the key cannot be `secret`: it names the record in every URL and reference",
+                );
+            } else if let Some(sc) = scalar {
+                if !matches!(sc, Scalar::String | Scalar::Bytes) {
+                    cx.error_spanned_by(
+                        &s.key,
+                        format!(
+                            "`secret` applies to `String` or `Vec<u8>` fields (a password, a \
+                             key); field `{}` is `{}`",
+                            f.name(),
+                            ty()
+                        ),
+                    );
+                }
+            }
+            if let Some(r) = &a.references {
+                cx.error_spanned_by(
+                    &r.key,
+                    "a reference cannot be `secret`: it is offered as a choice of rows",
+                );
+            }
+        }
+        if let Some(m) = &a.multiline {
+            if scalar.is_some_and(|sc| sc != Scalar::String) {
+                cx.error_spanned_by(
+                    &m.key,
+                    format!(
+                        "`multiline` applies to `String` fields; field `{}` is `{}`",
+                        f.name(),
+                        ty()
+                    ),
+                );
+            } else if let Some(s) = &a.secret {
+                cx.error_spanned_by(
+                    &s.key,
+                    "a secret is entered on one line: remove `multiline` or `secret`",
+                );
+            }
+        }
+        let min = a.min.as_ref().and_then(|m| bound(cx, f, "min", m));
+        let max = a.max.as_ref().and_then(|m| bound(cx, f, "max", m));
+        if let (Some(lo), Some(hi), Some(m)) = (min, max, &a.max) {
+            if lo > hi {
+                cx.error_spanned_by(
+                    &m.value,
+                    format!("`max` ({hi}) is below `min` ({lo}): no value would be accepted"),
+                );
+            }
+        }
+        if let (Some(d), Some(kind)) = (&a.default, &f.kind) {
+            if matches!(kind.scalar, Scalar::I32 | Scalar::I64 | Scalar::F64) {
+                let value = number(&d.value);
+                let out = value.is_some_and(|v| min.is_some_and(|lo| v < lo))
+                    || value.is_some_and(|v| max.is_some_and(|hi| v > hi));
+                if out {
+                    cx.error_spanned_by(
+                        &d.value,
+                        format!(
+                            "the default of field `{}` is outside its `min` / `max` range",
+                            f.name()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A label, title or help text: not empty, and one line unless `multi`.
+fn text(cx: &Ctxt, key: &str, s: &syn::LitStr, multi: bool) {
+    let v = s.value();
+    if v.trim().is_empty() {
+        cx.error_spanned_by(
+            s,
+            format!("`{key}` cannot be empty: remove it or say something"),
+        );
+    } else if !multi && v.contains(['\n', '\r']) {
+        cx.error_spanned_by(
+            s,
+            format!("`{key}` is shown on one line: remove the line break (put details in `help`)"),
+        );
+    }
+}
+
+/// A number literal's value.
+pub(crate) fn number(expr: &Expr) -> Option<f64> {
+    let (neg, lit) = literal(expr)?;
+    let v = match lit {
+        Lit::Int(i) => i.base10_digits().parse::<f64>().ok()?,
+        Lit::Float(x) => x.base10_digits().parse::<f64>().ok()?,
+        _ => return None,
+    };
+    Some(if neg { -v } else { v })
+}
+
+/// Checks a `min` / `max` bound: a number field, not the identity key, and
+/// a literal of the field's kind that fits it. Its value when it is good.
+fn bound(cx: &Ctxt, f: &Field<'_>, key: &str, s: &crate::attr::Setting<Expr>) -> Option<f64> {
+    let kind = f.kind.as_ref()?;
+    let field = f.name();
+    if !matches!(kind.scalar, Scalar::I32 | Scalar::I64 | Scalar::F64) {
+        let ty = f.ty.to_token_stream().to_string().replace(' ', "");
+        cx.error_spanned_by(
+            &s.key,
+            format!("`{key}` applies to number fields (i32, i64, f64); field `{field}` is `{ty}`"),
+        );
+        return None;
+    }
+    if f.attrs.identity.is_some() {
+        cx.error_spanned_by(
+            &s.key,
+            format!("an `identity` key is assigned by the store: it cannot have a `{key}`"),
+        );
+        return None;
+    }
+    let ty = kind.scalar.name();
+    let lit = literal(&s.value);
+    let value = match (kind.scalar, lit) {
+        (Scalar::I32 | Scalar::I64, Some((neg, Lit::Int(i)))) if i.suffix().is_empty() => {
+            let v = i
+                .base10_parse::<i128>()
+                .ok()
+                .map(|v| if neg { -v } else { v });
+            let fits = v.is_some_and(|v| {
+                if kind.scalar == Scalar::I32 {
+                    i32::try_from(v).is_ok()
+                } else {
+                    i64::try_from(v).is_ok()
+                }
+            });
+            if !fits {
+                cx.error_spanned_by(&s.value, format!("`{key}` does not fit in `{ty}`"));
+                return None;
+            }
+            number(&s.value)
+        }
+        (Scalar::F64, Some((_, Lit::Int(i)))) if i.suffix().is_empty() => number(&s.value),
+        (Scalar::F64, Some((_, Lit::Float(x)))) if x.suffix().is_empty() => {
+            number(&s.value).filter(|v| v.is_finite())
+        }
+        _ => None,
+    };
+    if value.is_none() {
+        let example = if kind.scalar == Scalar::F64 {
+            "0.5"
+        } else {
+            "1"
+        };
+        cx.error_spanned_by(
+            &s.value,
+            format!(
+                "`{key}` of field `{field}` ({ty}) must be a finite number literal without \
+                 a suffix, like `{key} = {example}`"
+            ),
+        );
+    }
+    value
 }

@@ -100,6 +100,8 @@ use proc_macro::TokenStream;
 /// - `#[persist(crate = "path")]`: the path the generated code uses to reach
 ///   persist. Default: `::persist`. Set it when persist is re-exported under
 ///   another name (`crate = "my_sdk::persist"`) or to use `persist_core` directly.
+/// - `#[persist(title = "Devices")]`: what the configuration pages and the API
+///   document call the record type (`RecordMeta::title`).
 ///
 /// ## Field attributes
 ///
@@ -126,6 +128,26 @@ use proc_macro::TokenStream;
 ///   with `references`, what deleting the referenced record does: refuse while
 ///   this row references it (`restrict`, the default), or delete this row too
 ///   (`cascade`).
+///
+/// ## Presentation attributes
+///
+/// What the gateway's configuration pages and REST API show (`ColumnMeta::ui`).
+/// They are not schema: adding or changing them never changes the table or
+/// the schema fingerprint, except `min` / `max`, which also validate.
+///
+/// - `#[persist(label = "Port")]`: the field's label (one line, not empty).
+/// - `#[persist(help = "...")]`: a sentence of help beside the input.
+/// - `#[persist(descriptive)]`: this field names a row where rows are offered
+///   as choices (a reference's select). At most one per record; text or an
+///   integer; not `secret`.
+/// - `#[persist(secret)]`: never sent back to a browser or an API client (a
+///   password). `String` or `Vec<u8>`; not the key, a reference, or
+///   `multiline`.
+/// - `#[persist(multiline)]`: text edited over several lines (`String`).
+/// - `#[persist(min = 1, max = 65535)]`: bounds of a number field (a literal of
+///   the field's kind, `min <= max`, the default inside them). `validate()`
+///   checks them before the record's own validator, with a message naming
+///   the label (`Port must be at least 1, not 0`).
 #[proc_macro_derive(PersistentRecord, attributes(persist))]
 pub fn derive_persistent_record(input: TokenStream) -> TokenStream {
     derive_persistent_record_inner(input.into()).into()

@@ -77,15 +77,28 @@ fn expand(r: &Record<'_>) -> TokenStream {
     });
     let assertions = r.fields.iter().map(|f| assertions(&krate, f));
 
-    let validate = r.attrs.validate.as_ref().map(|v| {
+    let bounds: Vec<TokenStream> = r.fields.iter().filter_map(|f| bounds(f)).collect();
+    let user = r.attrs.validate.as_ref().map(|v| {
         let path = &v.value;
         let call = quote_spanned!(path.span()=> #path(self));
+        quote!(#krate::__private::validation_message(#call))
+    });
+    let validate = (!bounds.is_empty() || user.is_some()).then(|| {
+        let user = user.unwrap_or_else(|| quote!(::core::result::Result::Ok(())));
         quote! {
             fn validate(&self) -> ::core::result::Result<(), ::std::string::String> {
-                #krate::__private::validation_message(#call)
+                #(#bounds)*
+                #user
             }
         }
     });
+    let title = match &r.attrs.title {
+        Some(t) => {
+            let t = &t.value;
+            quote!(::core::option::Option::Some(#t))
+        }
+        None => quote!(::core::option::Option::None),
+    };
 
     quote! {
         const _: () = {
@@ -115,6 +128,12 @@ fn expand(r: &Record<'_>) -> TokenStream {
                         columns: #krate::__private::Vec::from([#(#column_metas),*]),
                         key: #key_index,
                         key_kind: #key_kind,
+                        title: #title,
+                        check_row: ::core::option::Option::Some(|row| {
+                            let record = <Self as #krate::PersistentRecord>::from_row(row)
+                                .map_err(|e| ::std::string::ToString::to_string(&e))?;
+                            <Self as #krate::PersistentRecord>::validate(&record)
+                        }),
                     })
                 }
 
@@ -163,6 +182,7 @@ fn expand(r: &Record<'_>) -> TokenStream {
 }
 
 fn column_meta(krate: &TokenStream, f: &Field<'_>) -> TokenStream {
+    let ui = column_ui(krate, f);
     let ty = f.ty;
     let name = f.column();
     let field = f.name();
@@ -212,8 +232,96 @@ fn column_meta(krate: &TokenStream, f: &Field<'_>) -> TokenStream {
             default: #default,
             reference: #reference,
             variants: <#ty as #krate::FieldType>::variants(),
+            ui: #ui,
         }
     }
+}
+
+/// The column's presentation (`ColumnUi`); `check` has validated it.
+fn column_ui(krate: &TokenStream, f: &Field<'_>) -> TokenStream {
+    let a = &f.attrs;
+    let text = |s: &Option<crate::attr::Setting<syn::LitStr>>| match s {
+        Some(s) => {
+            let v = &s.value;
+            quote!(::core::option::Option::Some(#v))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let bound = |s: &Option<crate::attr::Setting<syn::Expr>>| match s
+        .as_ref()
+        .and_then(|s| check::number(&s.value))
+    {
+        Some(v) => {
+            let v = Literal::f64_suffixed(v);
+            quote!(::core::option::Option::Some(#v))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let (label, help) = (text(&a.label), text(&a.help));
+    let (descriptive, secret, multiline) = (
+        a.descriptive.is_some(),
+        a.secret.is_some(),
+        a.multiline.is_some(),
+    );
+    let (min, max) = (bound(&a.min), bound(&a.max));
+    quote! {
+        #krate::ColumnUi {
+            label: #label,
+            help: #help,
+            descriptive: #descriptive,
+            secret: #secret,
+            multiline: #multiline,
+            min: #min,
+            max: #max,
+        }
+    }
+}
+
+/// The `min` / `max` checks of a field, run before the record's validator.
+fn bounds(f: &Field<'_>) -> Option<TokenStream> {
+    let kind = f.kind.as_ref()?;
+    if f.attrs.min.is_none() && f.attrs.max.is_none() {
+        return None;
+    }
+    let ident = f.ident;
+    let inner = kind.inner;
+    let name = match &f.attrs.label {
+        Some(l) => l.value.value(),
+        None => f.name(),
+    }
+    .replace('{', "{{")
+    .replace('}', "}}");
+    let check = |s: &Option<crate::attr::Setting<syn::Expr>>, op: TokenStream, word: &str| {
+        s.as_ref().map(|s| {
+            let value = default_expr(&s.value, kind.scalar, inner);
+            let shown = s.value.to_token_stream().to_string().replace(' ', "");
+            let message = format!("{name} must be {word} {shown}, not {{}}");
+            quote! {
+                let bound: #inner = #value;
+                if !(*v #op bound) {
+                    return ::core::result::Result::Err(::std::format!(#message, v));
+                }
+            }
+        })
+    };
+    let lo = check(&f.attrs.min, quote!(>=), "at least");
+    let hi = check(&f.attrs.max, quote!(<=), "at most");
+    Some(if kind.nullable {
+        quote! {
+            if let ::core::option::Option::Some(v) = &self.#ident {
+                #lo
+                #hi
+            }
+        }
+    } else {
+        quote! {
+            {
+                let v = &self.#ident;
+                #lo
+                #hi
+            }
+        }
+    })
 }
 
 /// `tokens` with every span set to `span`. Spans of user tokens resolve names at

@@ -15,6 +15,7 @@ pub(crate) const PERSIST: Symbol = Symbol("persist");
 pub(crate) const CRATE: Symbol = Symbol("crate");
 pub(crate) const TABLE: Symbol = Symbol("table");
 pub(crate) const VALIDATE: Symbol = Symbol("validate");
+pub(crate) const TITLE: Symbol = Symbol("title");
 
 // Field attributes.
 pub(crate) const COLUMN: Symbol = Symbol("column");
@@ -25,6 +26,13 @@ pub(crate) const INDEXED: Symbol = Symbol("indexed");
 pub(crate) const DEFAULT: Symbol = Symbol("default");
 pub(crate) const REFERENCES: Symbol = Symbol("references");
 pub(crate) const ON_DELETE: Symbol = Symbol("on_delete");
+pub(crate) const LABEL: Symbol = Symbol("label");
+pub(crate) const HELP: Symbol = Symbol("help");
+pub(crate) const DESCRIPTIVE: Symbol = Symbol("descriptive");
+pub(crate) const SECRET: Symbol = Symbol("secret");
+pub(crate) const MULTILINE: Symbol = Symbol("multiline");
+pub(crate) const MIN: Symbol = Symbol("min");
+pub(crate) const MAX: Symbol = Symbol("max");
 
 // Variant attributes.
 pub(crate) const RENAME: Symbol = Symbol("rename");

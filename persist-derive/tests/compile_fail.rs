@@ -11,5 +11,6 @@ fn ui() {
     t.compile_fail("tests/ui/shape/*.rs");
     t.compile_fail("tests/ui/default/*.rs");
     t.compile_fail("tests/ui/enum/*.rs");
+    t.compile_fail("tests/ui/presentation/*.rs");
     t.pass("tests/ui/pass/*.rs");
 }

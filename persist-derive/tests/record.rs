@@ -235,3 +235,119 @@ fn enum_field_type() {
     assert!(Security::from_value(Value::I64(1)).is_err());
     assert_eq!(Security::variants(), Some(&["Plain", "tls"][..]));
 }
+
+mod presentation {
+    use persist::{PersistentRecord, Value};
+
+    #[derive(PersistentRecord, Debug, Clone, PartialEq)]
+    #[persist(table = "shown", title = "Shown things", validate = odd)]
+    pub struct Shown {
+        #[persist(identity, label = "Id")]
+        pub id: i64,
+        #[persist(unique, descriptive, label = "Name", help = "A name.")]
+        pub name: String,
+        #[persist(secret)]
+        pub password: Option<String>,
+        #[persist(multiline)]
+        pub notes: String,
+        #[persist(min = 1, max = 65535, default = 502, label = "Port")]
+        pub port: i32,
+        #[persist(min = -0.5, max = 2)]
+        pub ratio: Option<f64>,
+    }
+
+    fn odd(s: &Shown) -> Result<(), String> {
+        if s.port % 2 == 0 {
+            return Err(format!("port {} is even", s.port));
+        }
+        Ok(())
+    }
+
+    /// The same table without any presentation.
+    #[derive(PersistentRecord, Debug, Clone, PartialEq)]
+    #[persist(table = "shown")]
+    pub struct Plain {
+        #[persist(identity)]
+        pub id: i64,
+        #[persist(unique)]
+        pub name: String,
+        pub password: Option<String>,
+        pub notes: String,
+        #[persist(default = 502)]
+        pub port: i32,
+        pub ratio: Option<f64>,
+    }
+
+    fn shown(port: i32, ratio: Option<f64>) -> Shown {
+        Shown {
+            id: 0,
+            name: "a".into(),
+            password: None,
+            notes: String::new(),
+            port,
+            ratio,
+        }
+    }
+
+    #[test]
+    fn metadata_is_emitted() {
+        let m = Shown::meta();
+        assert_eq!(m.title, Some("Shown things"));
+        let (i, name) = m.descriptive_column().unwrap();
+        assert_eq!((i, name.name), (1, "name"));
+        assert_eq!(name.ui.label, Some("Name"));
+        assert_eq!(name.ui.help, Some("A name."));
+        assert!(m.columns[2].ui.secret && !m.columns[2].ui.multiline);
+        assert!(m.columns[3].ui.multiline);
+        assert_eq!(
+            (m.columns[4].ui.min, m.columns[4].ui.max),
+            (Some(1.0), Some(65535.0))
+        );
+        assert_eq!(
+            (m.columns[5].ui.min, m.columns[5].ui.max),
+            (Some(-0.5), Some(2.0))
+        );
+        assert_eq!(Plain::meta().descriptive_column().map(|(i, _)| i), None);
+    }
+
+    #[test]
+    fn presentation_is_not_schema() {
+        // Labels, help, flags and bounds are presentation: the stored schema,
+        // and so the fingerprint peers compare, is the same without them.
+        assert_eq!(Shown::meta().canonical(), Plain::meta().canonical());
+        assert_eq!(
+            persist::schema_fingerprint_of(&[Shown::meta()], &[]),
+            persist::schema_fingerprint_of(&[Plain::meta()], &[])
+        );
+    }
+
+    #[test]
+    fn bounds_run_before_the_validator() {
+        assert_eq!(shown(1, None).validate(), Ok(()));
+        assert_eq!(shown(65535, Some(2.0)).validate(), Ok(()));
+        assert_eq!(
+            shown(0, None).validate(),
+            Err("Port must be at least 1, not 0".into())
+        );
+        assert_eq!(
+            shown(70001, None).validate(),
+            Err("Port must be at most 65535, not 70001".into())
+        );
+        assert_eq!(
+            shown(3, Some(-1.0)).validate(),
+            Err("ratio must be at least -0.5, not -1".into())
+        );
+        assert_eq!(shown(4, None).validate(), Err("port 4 is even".into()));
+    }
+
+    #[test]
+    fn check_row_decodes_then_validates() {
+        let check = Shown::meta().check_row.unwrap();
+        assert_eq!(check(shown(3, None).to_row()), Ok(()));
+        assert_eq!(check(shown(4, None).to_row()), Err("port 4 is even".into()));
+        let mut row = shown(3, None).to_row();
+        row[4] = Value::Text("x".into());
+        assert!(check(row).unwrap_err().contains("expected a"));
+        assert!(check(vec![]).unwrap_err().contains("columns"));
+    }
+}

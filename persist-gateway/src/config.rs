@@ -36,6 +36,13 @@
 //!
 //! [audit]
 //! file = "gw-a.audit.jsonl"        # node-local; default <node id>.audit.jsonl beside the config
+//!
+//! [api]                            # the REST API on the status listener (/api/v1, /openapi.json)
+//! peer_url = "http://127.0.0.1:8081"   # the other node's status URL, named in not-master answers
+//! [[api.token]]                    # any number; none: every API request is refused
+//! name = "scada"                   # who, in the audit log
+//! role = "read"                    # read (GET) | write (everything)
+//! file = "scada.token"             # at least 16 characters, unlike the operator token
 //! ```
 //!
 //! Files named in the config are relative to the config file's directory.
@@ -92,6 +99,64 @@ struct Raw {
     log: RawLog,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    api: RawApi,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    peer_url: Option<Spanned<String>>,
+    #[serde(default)]
+    token: Vec<RawApiToken>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApiToken {
+    name: Spanned<String>,
+    role: ApiRole,
+    file: Spanned<PathBuf>,
+}
+
+/// What an API token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiRole {
+    /// Reads only (`GET`).
+    Read,
+    /// Reads and writes.
+    Write,
+}
+
+/// One API token (`[[api.token]]`): its name, role and secret.
+#[derive(Clone)]
+pub struct ApiToken {
+    /// Who holds it, as the audit log names them.
+    pub name: String,
+    /// What it may do.
+    pub role: ApiRole,
+    /// The token itself (read from its file).
+    pub token: String,
+}
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiToken")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The REST API's settings (`[api]`).
+#[derive(Debug, Clone, Default)]
+pub struct ApiConfig {
+    /// The tokens it accepts.
+    pub tokens: Vec<ApiToken>,
+    /// The other node's status URL (`http://host:port`), named in the
+    /// answer to a write refused on a backup.
+    pub peer_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -253,6 +318,8 @@ pub struct Config {
     pub log_level: String,
     /// The node-local audit log.
     pub audit_file: PathBuf,
+    /// The REST API's tokens and the peer's URL.
+    pub api: ApiConfig,
     /// Things that work but should not stay so (a world-readable secret, a
     /// status page off loopback without TLS): logged at start.
     pub warnings: Vec<String>,
@@ -314,6 +381,98 @@ impl Checker<'_> {
         let bytes = std::fs::read(&path)
             .map_err(|e| self.err(key, Some(p.span()), format!("{}: {e}", path.display())))?;
         Ok((path, bytes))
+    }
+}
+
+impl Checker<'_> {
+    /// `[api]`: every token file read and checked, names unique, no token
+    /// shared with another or with the operator.
+    fn api(
+        &self,
+        raw: &RawApi,
+        operator: &str,
+        warnings: &mut Vec<String>,
+    ) -> Result<ApiConfig, ConfigError> {
+        let peer_url = match &raw.peer_url {
+            Some(u) => {
+                let url = u.get_ref().trim_end_matches('/').to_owned();
+                let rest = url
+                    .strip_prefix("http://")
+                    .or_else(|| url.strip_prefix("https://"));
+                if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
+                    return Err(self.err(
+                        "[api] peer_url",
+                        Some(u.span()),
+                        format!("`{url}` is not an http:// or https:// URL"),
+                    ));
+                }
+                Some(url)
+            }
+            None => None,
+        };
+        let mut tokens: Vec<ApiToken> = Vec::new();
+        for t in &raw.token {
+            let name = t.name.get_ref().clone();
+            if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(self.err(
+                    "[api] token name",
+                    Some(t.name.span()),
+                    "must be non-empty, without spaces",
+                ));
+            }
+            if tokens.iter().any(|x| x.name == name) {
+                return Err(self.err(
+                    "[api] token name",
+                    Some(t.name.span()),
+                    format!("two API tokens are named `{name}`"),
+                ));
+            }
+            let (path, bytes) = self.read("[api] token file", &t.file)?;
+            let token = String::from_utf8(bytes)
+                .map_err(|_| {
+                    self.err(
+                        "[api] token file",
+                        Some(t.file.span()),
+                        format!("{}: not UTF-8 text", path.display()),
+                    )
+                })?
+                .trim()
+                .to_owned();
+            let problem = if token.len() < MIN_TOKEN_LEN {
+                Some(format!(
+                    "the API token `{name}` has {} characters; at least {MIN_TOKEN_LEN} are needed",
+                    token.len()
+                ))
+            } else if token == operator {
+                Some(format!(
+                    "the API token `{name}` is the operator token: give the API its own"
+                ))
+            } else {
+                tokens
+                    .iter()
+                    .find(|x| x.token == token)
+                    .map(|x| format!("the API tokens `{}` and `{name}` are the same", x.name))
+            };
+            if let Some(problem) = problem {
+                return Err(self.err(
+                    "[api] token file",
+                    Some(t.file.span()),
+                    format!("{}: {problem}", path.display()),
+                ));
+            }
+            if world_readable(&path) {
+                warnings.push(format!(
+                    "[api] token file {} is readable by every user of this machine (chmod 600 it)",
+                    path.display()
+                ));
+            }
+            tokens.push(ApiToken {
+                name,
+                role: t.role,
+                token,
+            });
+        }
+        Ok(ApiConfig { tokens, peer_url })
     }
 }
 
@@ -589,7 +748,9 @@ impl Config {
                 .as_deref()
                 .unwrap_or(Path::new(&format!("{id}.audit.jsonl"))),
         );
+        let api = c.api(&raw.api, &token, &mut warnings)?;
         Ok(Config {
+            api,
             file: file.to_path_buf(),
             settings,
             cluster: raw.node.cluster.get_ref().clone(),
@@ -670,6 +831,85 @@ operator_token_file = "operator.token"
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         // Nothing was created: the database is opened later.
         assert!(!d.0.path().join("gw-a.db").exists());
+    }
+
+    #[test]
+    fn api_tokens_are_read_from_files_and_checked() {
+        let d = Dir::new();
+        d.write("scada.token", "a read token for scada\n");
+        d.write("tool.token", "a write token for the tool\n");
+        let api = r#"
+[api]
+peer_url = "http://127.0.0.1:8081/"
+[[api.token]]
+name = "scada"
+role = "read"
+file = "scada.token"
+[[api.token]]
+name = "tool"
+role = "write"
+file = "tool.token"
+"#;
+        let c = d.parse(&format!("{MASTER}{api}")).unwrap();
+        assert_eq!(c.api.peer_url.as_deref(), Some("http://127.0.0.1:8081"));
+        let t: Vec<_> = c
+            .api
+            .tokens
+            .iter()
+            .map(|t| (t.name.as_str(), t.role, t.token.as_str()))
+            .collect();
+        assert_eq!(
+            t,
+            [
+                ("scada", ApiRole::Read, "a read token for scada"),
+                ("tool", ApiRole::Write, "a write token for the tool")
+            ]
+        );
+        // The secret never shows in a debug print.
+        assert!(!format!("{:?}", c.api).contains("read token"));
+        // Without [api]: no tokens.
+        assert!(d.parse(MASTER).unwrap().api.tokens.is_empty());
+        // The operator's token, a shared one, a short one, a duplicate name,
+        // an unknown role, an inline secret, a bad URL: each named.
+        d.write("op.token", "an operator token\n");
+        d.write("short.token", "short\n");
+        let one = |name: &str, role: &str, file: &str| {
+            format!("{MASTER}\n[[api.token]]\nname = \"{name}\"\nrole = \"{role}\"\nfile = \"{file}\"\n")
+        };
+        let e = d.parse(&one("x", "read", "op.token")).unwrap_err();
+        assert!(e.to_string().contains("is the operator token"), "{e}");
+        assert_eq!(e.key, "[api] token file");
+        let e = d.parse(&one("x", "read", "short.token")).unwrap_err();
+        assert!(e.to_string().contains("at least 16"), "{e}");
+        let e = d.parse(&one("x", "admin", "tool.token")).unwrap_err();
+        assert!(e.to_string().contains("admin"), "{e}");
+        let e = d.parse(&one("x", "read", "missing.token")).unwrap_err();
+        assert!(e.to_string().contains("missing.token"), "{e}");
+        let twice = format!(
+            "{}\n[[api.token]]\nname = \"x\"\nrole = \"write\"\nfile = \"tool.token\"\n",
+            one("x", "read", "scada.token")
+        );
+        assert!(d
+            .parse(&twice)
+            .unwrap_err()
+            .to_string()
+            .contains("two API tokens"));
+        let shared = twice
+            .replace(
+                "name = \"x\"\nrole = \"write\"",
+                "name = \"y\"\nrole = \"write\"",
+            )
+            .replace("tool.token", "scada.token");
+        assert!(d
+            .parse(&shared)
+            .unwrap_err()
+            .to_string()
+            .contains("are the same"));
+        let inline = format!("{MASTER}\n[[api.token]]\nname = \"x\"\nrole = \"read\"\ntoken = \"inline secret here\"\n");
+        assert!(d.parse(&inline).is_err());
+        let url = format!("{MASTER}\n[api]\npeer_url = \"127.0.0.1:8081\"\n");
+        let e = d.parse(&url).unwrap_err();
+        assert_eq!(e.key, "[api] peer_url", "{e}");
     }
 
     #[test]

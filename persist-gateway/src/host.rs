@@ -17,9 +17,10 @@ use persist::sync::worker::SyncConfig;
 use persist::{Store, StoreConfig};
 use tokio::task::JoinHandle;
 
+use crate::api::ApiSurface;
 use crate::audit::AuditLog;
 use crate::config::{Config, ConfigError, Database};
-use crate::operator::{serve_surface, Surface};
+use crate::operator::{surface_router, Surface};
 
 /// How long a stopping backup waits for its history to reach the master.
 pub const HISTORY_FLUSH: Duration = Duration::from_secs(5);
@@ -181,15 +182,26 @@ impl Gateway {
             .local_addr()
             .map_err(|e| GatewayError::Start(e.to_string()))?;
         println!("{id}: status page http://{status_addr}/ (state: /state, metrics: /metrics)");
-        let status_task = tokio::spawn(serve_surface(
+        let app = surface_router(Surface {
+            node_id: id.clone(),
+            node: node.clone(),
+            token: cfg.operator_token.clone(),
+            audit: Some(audit.clone()),
+            modules: modules.manifests().to_vec(),
+        })
+        .map_err(|e| GatewayError::Start(format!("[status] {e}")))?
+        .merge(crate::api::router(ApiSurface {
+            node_id: id.clone(),
+            node: node.clone(),
+            tokens: cfg.api.tokens.clone(),
+            audit: Some(audit.clone()),
+            peer_url: cfg.api.peer_url.clone(),
+        }))
+        .merge(crate::pages::router());
+        let status_task = tokio::spawn(crate::http::serve_bounded(
             status,
-            Surface {
-                node_id: id.clone(),
-                node: node.clone(),
-                token: cfg.operator_token.clone(),
-                audit: Some(audit.clone()),
-                modules: modules.manifests().to_vec(),
-            },
+            app,
+            crate::http::HttpLimits::default(),
         ));
         let follower = tokio::spawn(follow(id.clone(), node.clone(), modules.clone()));
         Ok(RunningGateway {

@@ -9,14 +9,17 @@
 //! with `tracing` ([`logging`]), and shuts down in order on SIGTERM and
 //! SIGINT. [`http`] is how the operator surface is served: connections
 //! capped and bounded in time, so idle, slow or flooding clients cannot take
-//! it down.
+//! it down. [`api`] is the REST API of the modules' records, on the same
+//! listener, and [`pages`] the configuration pages built on it.
 
+pub mod api;
 pub mod audit;
 pub mod config;
 mod host;
 pub mod http;
 pub mod logging;
 pub mod operator;
+pub mod pages;
 
 pub use config::{Config, ConfigError};
 pub use host::{main, Gateway, GatewayError, RunningGateway, HISTORY_FLUSH};

@@ -534,6 +534,14 @@ pub async fn serve_surface(
     listener: tokio::net::TcpListener,
     surface: Surface,
 ) -> std::io::Result<()> {
+    let app = surface_router(surface)?;
+    crate::http::serve_bounded(listener, app, crate::http::HttpLimits::default()).await
+}
+
+/// The operator surface's routes, to serve alone ([`serve_surface`]) or
+/// with others (the gateway adds the REST API). Refuses an operator token
+/// shorter than [`MIN_TOKEN_LEN`].
+pub fn surface_router(surface: Surface) -> std::io::Result<Router> {
     if surface.token.len() < MIN_TOKEN_LEN {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -556,7 +564,7 @@ pub async fn serve_surface(
         .route("/actions/failover", post(failover))
         .route("/actions/handback", post(handback))
         .with_state(shared);
-    crate::http::serve_bounded(listener, app, crate::http::HttpLimits::default()).await
+    Ok(app)
 }
 
 /// Activity as a number (0 undecided .. 3 active), for tools.

@@ -28,7 +28,8 @@
 use persist_core::LogEntry;
 use thiserror::Error;
 
-use crate::protocol::{Message, Plan, RefuseReason, ResyncReason};
+use crate::protocol::{Message, Plan, RefuseReason, RepairRefusal, ResyncReason};
+use persist_core::store::BUCKETS;
 
 /// The frame format version this build writes and reads.
 pub const WIRE_VERSION: u8 = 1;
@@ -334,6 +335,44 @@ fn check_message(msg: &Message, limits: &Limits) -> Result<(), CodecError> {
                 string("module version", &m.version)?;
             }
         }
+        Message::RepairRequest { ranges, hashes } => {
+            check_count("repair ranges", ranges.len() as u64, limits.max_items)?;
+            for r in ranges {
+                string("table name", &r.table)?;
+                check_count("repair buckets", r.buckets.len() as u64, limits.max_items)?;
+                if let Some(b) = r.buckets.iter().find(|&&b| b as usize >= BUCKETS) {
+                    return Err(CodecError::Malformed(format!(
+                        "repair bucket {b} of {}: there are {BUCKETS}",
+                        r.table
+                    )));
+                }
+            }
+            check_count("repair hash sets", hashes.len() as u64, limits.max_items)?;
+            for (table, h) in hashes {
+                string("table name", table)?;
+                check_count("repair hashes", h.len() as u64, limits.max_items)?;
+            }
+        }
+        Message::RepairRows { set, .. } => {
+            check_count("repair rows", set.rows.len() as u64, limits.max_items)?;
+            check_count("repair removals", set.remove.len() as u64, limits.max_items)?;
+            for (table, _) in &set.rows {
+                string("table name", table)?;
+            }
+            for (table, _) in &set.remove {
+                string("table name", table)?;
+            }
+        }
+        Message::RepairRefused { reason } => match reason {
+            RepairRefusal::MasterDiverged(m) => {
+                check_count("repair ranges", m.len() as u64, limits.max_items)?;
+                for r in m {
+                    string("table name", &r.table)?;
+                }
+            }
+            RepairRefusal::Unavailable(detail) => string("repair refusal detail", detail)?,
+            RepairRefusal::TooLarge { .. } => {}
+        },
         Message::Proof { .. }
         | Message::Refused { .. }
         | Message::SyncPlan(_)

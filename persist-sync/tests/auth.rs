@@ -199,20 +199,21 @@ fn hello(protocol: u16, role: LinkRole, nonce: [u8; 32]) -> Vec<u8> {
     })
 }
 
-/// Version 3 carries module manifests: a version 2 peer, which would send
-/// none, is refused in its hello, with a reason an operator can read.
+/// Version 4 carries ranged repair: a version 3 peer, which would not
+/// understand a repair request, is refused in its hello, with a reason an
+/// operator can read.
 #[tokio::test]
-async fn a_peer_from_before_module_manifests_is_refused_with_both_versions() {
-    assert_eq!(PROTOCOL_VERSION, 3);
+async fn a_peer_from_before_ranged_repair_is_refused_with_both_versions() {
+    assert_eq!(PROTOCOL_VERSION, 4);
     let master = cfg("plant-7", "gw-a", SECRET);
     let (d, a) = memory_link().await;
     let (mut d_tx, mut d_rx) = d.split();
     let (mut a_tx, mut a_rx) = a.split();
-    d_tx.send(hello(2, LinkRole::Dialer, [1; 32]))
+    d_tx.send(hello(3, LinkRole::Dialer, [1; 32]))
         .await
         .unwrap();
     let ar = authenticate(&mut a_tx, &mut a_rx, LinkRole::Acceptor, &master, T).await;
-    let expected = RefuseReason::ProtocolVersion { ours: 3, theirs: 2 };
+    let expected = RefuseReason::ProtocolVersion { ours: 4, theirs: 3 };
     assert!(
         matches!(&ar, Err(AuthError::Refused(r)) if *r == expected),
         "{ar:?}"
@@ -226,7 +227,7 @@ async fn a_peer_from_before_module_manifests_is_refused_with_both_versions() {
     );
     assert_eq!(
         expected.to_string(),
-        "protocol version 2 refused by a node speaking version 3: \
+        "protocol version 3 refused by a node speaking version 4: \
          run releases of the same protocol on both nodes"
     );
 }

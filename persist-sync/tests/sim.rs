@@ -212,6 +212,25 @@ fn a_backup_whose_store_fails_next_to_a_live_master() {
     );
 }
 
+/// A row changed behind the running backup's back (the master keeps
+/// writing other rows): the pair converges to the master's rows, by a
+/// ranged repair from the backup's scrubber (or, when an entry touches the
+/// row first, by the snapshot its failed apply asks for); never by waiting
+/// for a reconnect.
+#[test]
+fn a_row_changed_on_a_running_backup_is_repaired() {
+    let reports = scenario("live tamper", vec![(s(2500), Fault::Tamper(1))], |_| {});
+    for r in &reports {
+        assert!(r.repairs + r.resyncs >= 1, "seed {}: {r:?}", r.seed);
+    }
+    let repaired = reports.iter().filter(|r| r.repairs >= 1).count();
+    assert!(
+        repaired * 2 >= reports.len(),
+        "most seeds repair by range, {repaired} of {} did",
+        reports.len()
+    );
+}
+
 /// Item 5: the backup has the wrong secret next to a live master.
 #[test]
 fn a_backup_with_a_wrong_secret() {

@@ -39,39 +39,69 @@ pub enum Protocol {
 
 /// Who is told about alarms.
 #[derive(PersistentRecord, Debug, Clone, PartialEq)]
+#[persist(title = "Notification profiles")]
 pub struct NotificationProfile {
     /// Assigned by the store.
-    #[persist(identity)]
+    #[persist(identity, label = "Id")]
     pub id: i64,
     /// The profile's name, unique.
-    #[persist(unique)]
+    #[persist(
+        unique,
+        descriptive,
+        label = "Name",
+        help = "How devices refer to this profile; unique."
+    )]
     pub name: String,
     /// Whether notifications go out through it.
-    #[persist(default = true)]
+    #[persist(
+        default = true,
+        label = "Enabled",
+        help = "Whether notifications go out through this profile."
+    )]
     pub enabled: bool,
 }
 
 /// A device connection with an alarm threshold.
 #[derive(PersistentRecord, Debug, Clone, PartialEq)]
-#[persist(validate = check_device)]
+#[persist(validate = check_device, title = "Devices")]
 pub struct Device {
     /// Assigned by the store.
-    #[persist(identity)]
+    #[persist(identity, label = "Id")]
     pub id: i64,
     /// The device's name, unique.
-    #[persist(unique)]
+    #[persist(
+        unique,
+        descriptive,
+        label = "Name",
+        help = "A unique name for the device."
+    )]
     pub name: String,
     /// Its address.
+    #[persist(label = "Host", help = "Host name or IP address of the device.")]
     pub host: String,
     /// Its TCP port.
-    #[persist(default = 502)]
+    #[persist(
+        default = 502,
+        label = "Port",
+        help = "TCP port, 1 to 65535 (Modbus: 502)."
+    )]
     pub port: i32,
     /// How it is reached.
+    #[persist(label = "Protocol")]
     pub protocol: Protocol,
     /// Who is told about its alarms (deleting the profile deletes it).
-    #[persist(references = NotificationProfile, on_delete = "cascade")]
+    #[persist(
+        references = NotificationProfile,
+        on_delete = "cascade",
+        label = "Notification profile",
+        help = "Who is told about its alarms; deleting the profile deletes the device."
+    )]
     pub profile_id: i64,
     /// A value above this raises an alarm.
+    #[persist(
+        label = "Alarm above",
+        help = "A measured value above this raises an alarm."
+    )]
     pub alarm_above: f64,
 }
 
@@ -84,31 +114,51 @@ fn check_device(d: &Device) -> Result<(), String> {
 
 /// A tag a device exposes (a gateway has many thousands).
 #[derive(PersistentRecord, Debug, Clone, PartialEq)]
+#[persist(title = "Tags")]
 pub struct Tag {
     /// Assigned by the store.
-    #[persist(identity)]
+    #[persist(identity, label = "Id")]
     pub id: i64,
     /// The device that exposes it.
-    #[persist(references = Device, on_delete = "cascade", indexed)]
+    #[persist(
+        references = Device,
+        on_delete = "cascade",
+        indexed,
+        label = "Device",
+        help = "The device that exposes the tag; deleting the device deletes it."
+    )]
     pub device_id: i64,
     /// Its address on the device.
+    #[persist(
+        descriptive,
+        label = "Address",
+        help = "The tag's address on the device."
+    )]
     pub address: String,
     /// The factor its raw value is scaled by.
-    #[persist(default = 1.0)]
+    #[persist(
+        default = 1.0,
+        label = "Scale",
+        help = "The factor the raw value is multiplied by."
+    )]
     pub scale: f64,
 }
 
 /// One line of the alarm journal (history, delivered on the master).
 #[derive(PersistentRecord, Debug, Clone, PartialEq)]
+#[persist(title = "Alarm journal")]
 pub struct JournalEntry {
     /// Assigned by the store.
-    #[persist(identity)]
+    #[persist(identity, label = "Id")]
     pub id: i64,
     /// The node that recorded it.
+    #[persist(label = "Origin", help = "The node that recorded the line.")]
     pub origin: String,
     /// Its order on that node.
+    #[persist(label = "Sequence", help = "The line's order on its node.")]
     pub seq: i64,
     /// What happened.
+    #[persist(descriptive, multiline, label = "Text")]
     pub text: String,
 }
 

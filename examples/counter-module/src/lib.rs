@@ -16,15 +16,21 @@ use serde::{Deserialize, Serialize};
 
 /// One counter.
 #[derive(PersistentRecord, Debug, Clone, PartialEq)]
-#[persist(table = "production_counter")]
+#[persist(table = "production_counter", title = "Production counters")]
 pub struct Counter {
     /// Assigned by the store.
-    #[persist(identity)]
+    #[persist(identity, label = "Id")]
     pub id: i64,
     /// The line it counts (`line-1`).
-    #[persist(unique)]
+    #[persist(
+        unique,
+        descriptive,
+        label = "Line",
+        help = "The production line counted, like `line-1`."
+    )]
     pub name: String,
     /// Pieces so far.
+    #[persist(min = 0, label = "Pieces", help = "Pieces counted so far.")]
     pub value: i64,
 }
 

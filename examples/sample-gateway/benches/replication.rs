@@ -1,9 +1,18 @@
-//! Replication benchmark: master and backup on loopback TCP, SQLite on both.
+//! Replication benchmark: master and backup on loopback TCP, SQLite on both
+//! (or PostgreSQL on both).
 //!
-//! `cargo bench -p persist-gateway --bench replication` runs every case; name cases to run some:
-//! `cargo bench -p persist-gateway --bench replication -- lag resync`. Sizes: `PERSIST_BENCH_ROWS`
+//! `cargo bench -p sample-gateway --bench replication` runs every case; name cases to run some:
+//! `cargo bench -p sample-gateway --bench replication -- lag resync`. Sizes: `PERSIST_BENCH_ROWS`
 //! (default 1,000,000), `PERSIST_BENCH_LAG_COMMITS` (default 5,000),
 //! `PERSIST_BENCH_CATCHUP_TXS` (default 100,000).
+//!
+//! Shapes: `simple` (the four-column [`Item`]) and `tags` (the sample
+//! module's devices and tags: references, unique and plain indexes, a long
+//! text column, see `shapes/mod.rs`); both run unless one is named.
+//! `PERSIST_NODE_BIN` runs another build of `persist-node` in the resync.
+//! Backends: `sqlite` (the default) and `pg` (PostgreSQL stores on both
+//! nodes, two schemas at `PERSIST_BENCH_PG_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`); name both to run both.
 //!
 //! Cases and their targets (issue 3; PostgreSQL 15 logical replication on a
 //! machine like ours in brackets):
@@ -19,8 +28,11 @@
 
 #![allow(missing_docs)]
 
+#[path = "shapes/mod.rs"]
+mod shapes;
+
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,7 +44,7 @@ use persist::sync::transport::tcp::{TcpAcceptor, TcpDialer};
 use persist::sync::worker::backup::{start_backup, BackupHandle};
 use persist::sync::worker::master::{start_master, MasterHandle};
 use persist::sync::worker::SyncConfig;
-use persist::{PersistentRecord, Store};
+use persist::{PersistentRecord, Store, StoreConfig};
 
 #[derive(PersistentRecord, Debug, Clone)]
 struct Item {
@@ -62,9 +74,96 @@ fn item(tx: i64, seq: i32) -> Item {
     }
 }
 
-fn open(path: &Path) -> Store {
-    let s = Store::open_sqlite(path).unwrap();
+/// Which record shape a case writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Simple,
+    Tags,
+}
+
+impl Shape {
+    fn label(self) -> &'static str {
+        match self {
+            Shape::Simple => "simple",
+            Shape::Tags => "tags",
+        }
+    }
+}
+
+/// Where the stores live.
+#[derive(Debug, Clone)]
+enum Db {
+    Sqlite(PathBuf),
+    /// URL and a prefix for the schemas of this run.
+    Pg(String, String),
+}
+
+impl Db {
+    fn label(&self) -> &'static str {
+        match self {
+            Db::Sqlite(_) => "sqlite",
+            Db::Pg(..) => "pg",
+        }
+    }
+
+    fn config(&self, name: &str) -> StoreConfig {
+        match self {
+            Db::Sqlite(dir) => StoreConfig::sqlite(dir.join(format!("{name}.db"))),
+            Db::Pg(url, prefix) => StoreConfig::postgres(url.clone(), format!("{prefix}_{name}")),
+        }
+    }
+
+    /// `persist-node` arguments opening the store `name`.
+    fn node_args(&self, name: &str) -> Vec<String> {
+        match self {
+            Db::Sqlite(dir) => vec![
+                "--db".into(),
+                dir.join(format!("{name}.db")).to_str().unwrap().into(),
+            ],
+            Db::Pg(url, prefix) => vec![
+                "--db".into(),
+                "unused.db".into(),
+                "--pg-url".into(),
+                url.clone(),
+                "--pg-schema".into(),
+                format!("{prefix}_{name}"),
+            ],
+        }
+    }
+
+    /// Drops this run's schemas (PostgreSQL).
+    fn clean(&self) {
+        use diesel::connection::SimpleConnection;
+        use diesel::Connection;
+        if let Db::Pg(url, prefix) = self {
+            let mut c = diesel::PgConnection::establish(url).unwrap();
+            for name in [
+                "local",
+                "tp-master",
+                "tp-backup",
+                "lag-master",
+                "lag-backup",
+                "rs-master",
+                "rs-backup",
+                "cu-master",
+                "cu-backup",
+            ] {
+                for shape in ["simple", "tags"] {
+                    let schema = format!("{prefix}_{name}-{shape}");
+                    c.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                        .unwrap();
+                }
+            }
+        }
+    }
+}
+
+fn open(db: &Db, name: &str, shape: Shape) -> Store {
+    let s = Store::open(db.config(&format!("{name}-{}", shape.label()))).unwrap();
     s.register::<Item>().unwrap();
+    if shape == Shape::Tags {
+        shapes::register(&s).unwrap();
+    }
     s
 }
 
@@ -92,39 +191,52 @@ async fn wait_for(b: &Store, position: u64) {
     }
 }
 
-fn write_batched(s: &Store, rows: u64, per_tx: u64, first_tx: i64) {
+fn write_batched(s: &Store, shape: Shape, rows: u64, per_tx: u64, first_tx: i64) {
     let mut tx = first_tx;
     let mut left = rows;
     while left > 0 {
         let n = left.min(per_tx);
-        let batch: Vec<Item> = (0..n as i32).map(|seq| item(tx, seq)).collect();
-        s.write(|t| t.insert_many(&batch)).unwrap();
+        match shape {
+            Shape::Simple => {
+                let batch: Vec<Item> = (0..n as i32).map(|seq| item(tx, seq)).collect();
+                s.write(|t| t.insert_many(&batch)).unwrap();
+            }
+            Shape::Tags => s.write(|t| shapes::write_tx(t, tx as u64, n)).unwrap(),
+        }
         left -= n;
         tx += 1;
     }
 }
 
-fn row(case: &str, figure: String, target: &str) {
-    println!("{case:<58} {figure:>28}   {target}");
+/// Makes a master ready for `shape` (the profiles devices reference).
+fn seed(s: &Store, shape: Shape) {
+    if shape == Shape::Tags {
+        shapes::seed_profiles(s).unwrap();
+    }
 }
 
-async fn throughput(dir: &Path) {
+fn row(case: &str, figure: String, target: &str) {
+    println!("{case:<64} {figure:>30}   {target}");
+}
+
+async fn throughput(db: &Db, shape: Shape) {
     let rows = env("PERSIST_BENCH_ROWS", 1_000_000);
-    let local = open(&dir.join("local.db"));
+    let (sh, be) = (shape.label(), db.label());
+    let local = open(db, "local", shape);
+    seed(&local, shape);
     let t = Instant::now();
-    write_batched(&local, rows, 1000, 0);
+    write_batched(&local, shape, rows, 1000, 0);
     let local_rate = rows as f64 / t.elapsed().as_secs_f64();
     drop(local);
 
-    let (m, b) = (
-        open(&dir.join("tp-master.db")),
-        open(&dir.join("tp-backup.db")),
-    );
+    let (m, b) = (open(db, "tp-master", shape), open(db, "tp-backup", shape));
     let (_master, _backup, _) = pair(&m, &b).await;
+    seed(&m, shape);
+    wait_for(&b, m.position()).await;
     let t = Instant::now();
     let mm = m.clone();
     let master_done = tokio::task::spawn_blocking(move || {
-        write_batched(&mm, rows, 1000, 0);
+        write_batched(&mm, shape, rows, 1000, 0);
         Instant::now()
     })
     .await
@@ -135,31 +247,34 @@ async fn throughput(dir: &Path) {
     let rate = rows as f64 / all;
     assert_eq!(b.digest(), m.digest());
     row(
-        "throughput: local-only batched inserts (1000-row tx)",
+        &format!("{be} {sh} throughput: local-only batched inserts (1000-row tx)"),
         format!("{local_rate:.0} rows/s"),
         "baseline",
     );
     row(
-        "throughput: master commits while replicating",
+        &format!("{be} {sh} throughput: master commits while replicating"),
         format!("{master_rate:.0} rows/s"),
         "",
     );
     row(
-        "throughput: committed on master AND applied on backup",
+        &format!("{be} {sh} throughput: committed on master AND applied on backup"),
         format!("{rate:.0} rows/s ({:.2}x)", rate / local_rate),
-        ">= 0.7x local [PG 269k]",
+        ">= 0.7x local",
     );
 }
 
-async fn lag(dir: &Path) {
+async fn lag(db: &Db, shape: Shape) {
     let commits = env("PERSIST_BENCH_LAG_COMMITS", 5_000) as usize;
-    let (m, b) = (
-        open(&dir.join("lag-master.db")),
-        open(&dir.join("lag-backup.db")),
-    );
+    let (sh, be) = (shape.label(), db.label());
+    let (m, b) = (open(db, "lag-master", shape), open(db, "lag-backup", shape));
     let (_master, _backup, _) = pair(&m, &b).await;
     m.insert(&item(-1, 0)).unwrap();
-    wait_for(&b, 1).await;
+    seed(&m, shape);
+    if shape == Shape::Tags {
+        // One device (key 1) the tags of the lag load reference.
+        m.write(|t| shapes::write_tx(t, 0, 1)).unwrap();
+    }
+    wait_for(&b, m.position()).await;
     let base = m.position();
     // Timestamped in the backup's committing thread, right after the apply commits.
     let applied_at: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; commits]));
@@ -184,7 +299,19 @@ async fn lag(dir: &Path) {
             if let Some(left) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(left);
             }
-            mm.insert(&item(i as i64, 0)).unwrap();
+            match shape {
+                Shape::Simple => drop(mm.insert(&item(i as i64, 0)).unwrap()),
+                Shape::Tags => drop(
+                    mm.insert(&shapes::Tag {
+                        id: 0,
+                        device_id: 1,
+                        address: format!("ns=2;s=Lag.Register{i:05}"),
+                        scale: 0.1,
+                        description: shapes::description(0, i as u64),
+                    })
+                    .unwrap(),
+                ),
+            }
             at.push(Instant::now());
         }
         at
@@ -202,14 +329,14 @@ async fn lag(dir: &Path) {
     }
     let ms = |us: u64| us as f64 / 1000.0;
     row(
-        &format!("lag: commit -> applied, {commits} commits at 1000/s"),
+        &format!("{be} {sh} lag: commit -> applied, {commits} commits at 1000/s"),
         format!(
             "p50 {:.3} p99 {:.3} max {:.3} ms",
             ms(h.value_at_quantile(0.5)),
             ms(h.value_at_quantile(0.99)),
             ms(h.max())
         ),
-        "p50 <= 0.1, p99 <= 0.5 ms [PG 0.35/1.09]",
+        "p50 <= 0.1, p99 <= 0.5 ms",
     );
 }
 
@@ -229,24 +356,33 @@ fn peak_rss_mb(pid: u32) -> f64 {
         / 1024.0
 }
 
-fn resync(dir: &Path) {
+/// Returns the resync rate (rows/s).
+fn resync(db: &Db, dir: &Path, shape: Shape) -> f64 {
     let rows = env("PERSIST_BENCH_ROWS", 1_000_000);
-    let master_db = dir.join("rs-master.db");
+    let (sh, be) = (shape.label(), db.label());
+    let (mname, bname) = (format!("rs-master-{sh}"), format!("rs-backup-{sh}"));
     let head = {
-        let m = open(&master_db);
-        write_batched(&m, rows, 1000, 0);
+        let m = open(db, "rs-master", shape);
+        seed(&m, shape);
+        write_batched(&m, shape, rows, 1000, 0);
         // Trim the log: a fresh backup cannot replay it and needs a snapshot.
         m.trim_log(m.position()).unwrap();
         m.position()
     };
+    let shape_args: &[&str] = match shape {
+        Shape::Simple => &[],
+        Shape::Tags => &["--tags"],
+    };
     let secret = dir.join("secret");
     std::fs::write(&secret, SECRET).unwrap();
-    let node = env!("CARGO_BIN_EXE_persist-node");
-    let mut master = Command::new(node)
+    // PERSIST_NODE_BIN runs another build's node (e.g. the code before a change).
+    let node = std::env::var("PERSIST_NODE_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_persist-node").to_owned());
+    let mut master = Command::new(&node)
+        .arg("master")
+        .args(db.node_args(&mname))
+        .args(shape_args)
         .args([
-            "master",
-            "--db",
-            master_db.to_str().unwrap(),
             "--secret-file",
             secret.to_str().unwrap(),
             "--cluster",
@@ -263,11 +399,11 @@ fn resync(dir: &Path) {
         .trim_start_matches("LISTENING ")
         .to_string();
     let t = Instant::now();
-    let mut backup = Command::new(node)
+    let mut backup = Command::new(&node)
+        .arg("backup")
+        .args(db.node_args(&bname))
+        .args(shape_args)
         .args([
-            "backup",
-            "--db",
-            dir.join("rs-backup.db").to_str().unwrap(),
             "--secret-file",
             secret.to_str().unwrap(),
             "--cluster",
@@ -290,41 +426,42 @@ fn resync(dir: &Path) {
     let _ = backup.kill();
     let _ = master.wait();
     let _ = backup.wait();
-    let (m, b) = (open(&master_db), open(&dir.join("rs-backup.db")));
+    let (m, b) = (open(db, "rs-master", shape), open(db, "rs-backup", shape));
     assert_eq!(
         (m.position(), m.digest()),
         (b.position(), b.digest()),
         "resync converged"
     );
+    let rate = rows as f64 / secs;
     row(
-        &format!("resync: {rows} rows, fresh backup process (start to done)"),
-        format!("{:.0} rows/s", rows as f64 / secs),
-        ">= 1M rows/s [PG copy 648k]",
+        &format!("{be} {sh} resync: {rows} rows, fresh backup process (start to done)"),
+        format!("{rate:.0} rows/s"),
+        match shape {
+            Shape::Simple => ">= 1M rows/s",
+            Shape::Tags => ">= 0.8x simple",
+        },
     );
     row(
-        "resync: peak RSS master / backup process",
+        &format!("{be} {sh} resync: peak RSS master / backup process"),
         format!("{mrss:.1} / {brss:.1} MB"),
         "< 100 MB each",
     );
+    rate
 }
 
-async fn catchup(dir: &Path) {
+async fn catchup(db: &Db, shape: Shape) {
     let txs = env("PERSIST_BENCH_CATCHUP_TXS", 100_000);
-    let per_tx = 10;
-    let (m, b) = (
-        open(&dir.join("cu-master.db")),
-        open(&dir.join("cu-backup.db")),
-    );
+    let per_tx: u64 = 10;
+    let (sh, be) = (shape.label(), db.label());
+    let (m, b) = (open(db, "cu-master", shape), open(db, "cu-backup", shape));
     let (_master, backup, addr) = pair(&m, &b).await;
     m.insert(&item(-1, 0)).unwrap();
-    wait_for(&b, 1).await;
+    seed(&m, shape);
+    wait_for(&b, m.position()).await;
     backup.shutdown().await;
     let mm = m.clone();
     tokio::task::spawn_blocking(move || {
-        for tx in 0..txs as i64 {
-            let batch: Vec<Item> = (0..per_tx).map(|seq| item(tx, seq)).collect();
-            mm.write(|t| t.insert_many(&batch)).unwrap();
-        }
+        write_batched(&mm, shape, txs * per_tx, per_tx, 0);
     })
     .await
     .unwrap();
@@ -334,13 +471,13 @@ async fn catchup(dir: &Path) {
     let secs = t.elapsed().as_secs_f64();
     assert_eq!(b.digest(), m.digest());
     row(
-        &format!("catch-up: {txs} missed transactions of {per_tx} rows"),
+        &format!("{be} {sh} catch-up: {txs} missed transactions of {per_tx} rows"),
         format!(
             "{:.0} row changes/s ({:.0} tx/s)",
-            (txs * per_tx as u64) as f64 / secs,
+            (txs * per_tx) as f64 / secs,
             txs as f64 / secs
         ),
-        ">= 700k changes/s [PG 342k]",
+        ">= 700k changes/s",
     );
 }
 
@@ -349,7 +486,13 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let run = |case: &str| args.is_empty() || args.iter().any(|a| a == case);
+    let named = |set: &[&str]| args.iter().any(|a| set.contains(&a.as_str()));
+    let cases = ["throughput", "lag", "resync", "catchup"];
+    let run = |case: &str| !named(&cases) || args.iter().any(|a| a == case);
+    let shapes: Vec<Shape> = [Shape::Simple, Shape::Tags]
+        .into_iter()
+        .filter(|s| !named(&["simple", "tags"]) || args.iter().any(|a| a == s.label()))
+        .collect();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -359,7 +502,7 @@ fn main() {
         })
         .unwrap_or_default();
     println!(
-        "persist replication benchmark: SQLite (WAL, synchronous=NORMAL) on both nodes, loopback TCP; {} cores, {cpu}",
+        "persist replication benchmark: loopback TCP, SQLite (WAL, synchronous=NORMAL) or PostgreSQL on both nodes; {} cores, {cpu}",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
     let rt = Arc::new(
@@ -370,16 +513,45 @@ fn main() {
             .unwrap(),
     );
     let dir = tempfile::tempdir().unwrap();
-    if run("throughput") {
-        rt.block_on(throughput(dir.path()));
+    let mut dbs = Vec::new();
+    if !named(&["sqlite", "pg"]) || args.iter().any(|a| a == "sqlite") {
+        dbs.push(Db::Sqlite(dir.path().to_path_buf()));
     }
-    if run("lag") {
-        rt.block_on(lag(dir.path()));
+    if args.iter().any(|a| a == "pg") {
+        let url = std::env::var("PERSIST_BENCH_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        dbs.push(Db::Pg(url, format!("bench_{}", std::process::id())));
     }
-    if run("resync") {
-        resync(dir.path());
-    }
-    if run("catchup") {
-        rt.block_on(catchup(dir.path()));
+    for db in &dbs {
+        db.clean();
+        for &shape in &shapes {
+            if run("throughput") {
+                rt.block_on(throughput(db, shape));
+            }
+        }
+        for &shape in &shapes {
+            if run("lag") {
+                rt.block_on(lag(db, shape));
+            }
+        }
+        if run("resync") {
+            let rates: Vec<(Shape, f64)> = shapes
+                .iter()
+                .map(|&shape| (shape, resync(db, dir.path(), shape)))
+                .collect();
+            if let [(Shape::Simple, simple), (Shape::Tags, tags)] = rates[..] {
+                row(
+                    &format!("{} resync: tags rate / simple rate, same run", db.label()),
+                    format!("{:.2}x", tags / simple),
+                    ">= 0.8x",
+                );
+            }
+        }
+        for &shape in &shapes {
+            if run("catchup") {
+                rt.block_on(catchup(db, shape));
+            }
+        }
+        db.clean();
     }
 }

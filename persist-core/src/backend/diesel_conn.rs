@@ -113,12 +113,90 @@ fn tx_statements() -> (Statement, Statement) {
 
 impl<C, DB> DieselConnection<C>
 where
-    C: diesel::Connection<Backend = DB> + LoadConnection + Send,
+    C: diesel::Connection<Backend = DB> + LoadConnection + LoadRows + Send,
     DB: ValueCodec,
     DB::QueryBuilder: Default,
 {
     fn control(&mut self, stmt: &Statement) -> Result<()> {
         Connection::execute(self, stmt, &[]).map(|_| ())
+    }
+}
+
+/// How a diesel connection hands a result set to [`Connection::query`]: row
+/// by row where the driver can, so a large result never sits whole in memory
+/// (SQLite steps through its rows anyway; PostgreSQL uses libpq's
+/// single-row mode instead of loading the whole result first).
+pub trait LoadRows: diesel::Connection + Send
+where
+    Self::Backend: ValueCodec,
+{
+    /// Runs the query and calls `each` with every row, decoded as `columns`,
+    /// as the rows arrive.
+    fn load_rows(
+        &mut self,
+        stmt: &Statement,
+        values: &[Value],
+        columns: &[SqlType],
+        each: &mut dyn FnMut(Vec<Value>) -> Result<()>,
+    ) -> Result<()>;
+}
+
+/// [`LoadRows`] in the loading mode `M`.
+fn load_rows_with<M, C>(
+    conn: &mut C,
+    stmt: &Statement,
+    values: &[Value],
+    columns: &[SqlType],
+    each: &mut dyn FnMut(Vec<Value>) -> Result<()>,
+) -> Result<()>
+where
+    C: diesel::Connection + LoadConnection<M>,
+    C::Backend: ValueCodec,
+    <C::Backend as Backend>::QueryBuilder: Default,
+{
+    let sql = || stmt.display();
+    let cursor = conn
+        .load(Bound { stmt, values })
+        .map_err(|e| map_error(e, &sql()))?;
+    for row in cursor {
+        let row = row.map_err(|e| map_error(e, &sql()))?;
+        let mut out = Vec::with_capacity(columns.len());
+        for (i, &ty) in columns.iter().enumerate() {
+            let field = row.get(i).ok_or_else(|| {
+                Error::Database(format!("result has no column {i} in `{}`", sql()))
+            })?;
+            let value = <C::Backend as ValueCodec>::read_value(field.value(), ty)
+                .map_err(|e| Error::Database(format!("column {i} of `{}`: {e}", sql())))?;
+            out.push(value);
+        }
+        each(out)?;
+    }
+    Ok(())
+}
+
+impl LoadRows for diesel::SqliteConnection {
+    fn load_rows(
+        &mut self,
+        stmt: &Statement,
+        values: &[Value],
+        columns: &[SqlType],
+        each: &mut dyn FnMut(Vec<Value>) -> Result<()>,
+    ) -> Result<()> {
+        load_rows_with::<diesel::connection::DefaultLoadingMode, _>(
+            self, stmt, values, columns, each,
+        )
+    }
+}
+
+impl LoadRows for diesel::PgConnection {
+    fn load_rows(
+        &mut self,
+        stmt: &Statement,
+        values: &[Value],
+        columns: &[SqlType],
+        each: &mut dyn FnMut(Vec<Value>) -> Result<()>,
+    ) -> Result<()> {
+        load_rows_with::<diesel::pg::PgRowByRowLoadingMode, _>(self, stmt, values, columns, each)
     }
 }
 
@@ -136,7 +214,7 @@ impl<C> DieselConnection<C> {
 
 impl<C, DB> Connection for DieselConnection<C>
 where
-    C: diesel::Connection<Backend = DB> + LoadConnection + Send,
+    C: diesel::Connection<Backend = DB> + LoadConnection + LoadRows + Send,
     DB: ValueCodec,
     DB::QueryBuilder: Default,
 {
@@ -161,25 +239,7 @@ where
         columns: &[SqlType],
         each: &mut dyn FnMut(Vec<Value>) -> Result<()>,
     ) -> Result<()> {
-        let sql = || stmt.display();
-        let cursor = self
-            .conn
-            .load(Bound { stmt, values })
-            .map_err(|e| map_error(e, &sql()))?;
-        for row in cursor {
-            let row = row.map_err(|e| map_error(e, &sql()))?;
-            let mut out = Vec::with_capacity(columns.len());
-            for (i, &ty) in columns.iter().enumerate() {
-                let field = row.get(i).ok_or_else(|| {
-                    Error::Database(format!("result has no column {i} in `{}`", sql()))
-                })?;
-                let value = DB::read_value(field.value(), ty)
-                    .map_err(|e| Error::Database(format!("column {i} of `{}`: {e}", sql())))?;
-                out.push(value);
-            }
-            each(out)?;
-        }
-        Ok(())
+        self.conn.load_rows(stmt, values, columns, each)
     }
 
     fn begin_write(&mut self) -> Result<()> {

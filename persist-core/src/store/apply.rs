@@ -190,7 +190,7 @@ fn apply_one<'r>(
             Op::Insert => {
                 let values = check_image(t, ch.payload).map_err(|r| inapplicable(position, r))?;
                 // The payload is the canonical image: hash it as it came.
-                tx.digest.toggle(t.seed, ch.payload);
+                tx.delta.toggle(&mut tx.digest, t.name, t.seed, ch.payload);
                 tx.bump_identity(t, &values);
                 if tx.capture {
                     tx.captured.push(RowChange {

@@ -1,10 +1,12 @@
 //! The store: registration, typed CRUD, transactions, change capture, apply.
 
 mod apply;
+mod dynamic;
 mod fleet;
 mod history;
 mod operation;
 mod query;
+mod ranges;
 pub(crate) mod schema;
 mod snapshot;
 mod write;
@@ -27,10 +29,15 @@ use crate::record::{PersistentRecord, RecordMeta};
 use crate::value::{SqlType, Value};
 
 pub use apply::Applied;
+pub use dynamic::{DeletePreview, RowQuery, RowVersion, Stale};
 pub use fleet::{digest_of_images, RowImages};
 pub use history::HistoryItem;
 pub use operation::ReplicatedOperation;
 pub use query::Query;
+pub use ranges::{
+    bucket_of, plan_repair, RangeDigests, RangeMismatch, RangeRows, RepairOutcome, RepairSet,
+    Scrub, ScrubReport, TableRangeRows, BUCKETS,
+};
 pub use snapshot::{Restore, Snapshot, SnapshotChunk, SnapshotHeader, SnapshotTableInfo};
 pub use write::WriteTx;
 
@@ -118,6 +125,8 @@ pub(crate) struct Writer {
     pub published: Arc<RwLock<Published>>,
     /// Epoch of the newest entry in the log: entries must not go back in epoch.
     pub last_entry_epoch: u64,
+    /// The recorded range digests (see `ranges`), shared with readers.
+    pub ranges: ranges::SharedRanges,
 }
 
 /// Which node a pair considers active, as of an epoch. The epoch grows by one
@@ -166,6 +175,8 @@ struct Inner {
     /// Shared with a [`Restore`] in progress, which holds the lock across calls.
     writer: Arc<Mutex<Writer>>,
     published: Arc<RwLock<Published>>,
+    /// The recorded range digests, as the writer's.
+    ranges: ranges::SharedRanges,
     /// Why local writes are refused, if they are (see [`Store::set_write_gate`]);
     /// kept apart from the writer so reading or changing it never waits for a write.
     gate: RwLock<Option<String>>,
@@ -396,27 +407,29 @@ impl Store {
     pub fn open(config: StoreConfig) -> Result<Store> {
         let mut conn = config.connect()?;
         let dialect = conn.dialect();
-        let (history, head, epoch, last_entry_epoch, claim) = in_transaction(&mut *conn, |conn| {
-            for ddl in schema::internal_ddl(dialect) {
-                conn.batch(&ddl)?;
-            }
-            let history = match meta_get(conn, "history")? {
-                Some(h) => String::from_utf8_lossy(&h).into_owned(),
-                None => {
-                    let h = uuid::Uuid::new_v4().to_string();
-                    meta_set(conn, "history", h.clone().into_bytes())?;
-                    h
+        let (history, head, epoch, last_entry_epoch, claim, ranges) =
+            in_transaction(&mut *conn, |conn| {
+                for ddl in schema::internal_ddl(dialect) {
+                    conn.batch(&ddl)?;
                 }
-            };
-            let head = load_head(conn)?;
-            let claim: Claim = meta_get(conn, "claim")?
-                .and_then(|b| postcard::from_bytes(&b).ok())
-                .unwrap_or_default();
-            let max_epoch = Statement::new(format!("SELECT MAX(epoch) FROM {LOG_TABLE}"));
-            let log_epoch = query_i64(conn, &max_epoch, &[])?.unwrap_or(0) as u64;
-            let epoch = log_epoch.max(claim.epoch);
-            Ok((history, head, epoch, log_epoch, claim))
-        })?;
+                let history = match meta_get(conn, "history")? {
+                    Some(h) => String::from_utf8_lossy(&h).into_owned(),
+                    None => {
+                        let h = uuid::Uuid::new_v4().to_string();
+                        meta_set(conn, "history", h.clone().into_bytes())?;
+                        h
+                    }
+                };
+                let head = load_head(conn)?;
+                let claim: Claim = meta_get(conn, "claim")?
+                    .and_then(|b| postcard::from_bytes(&b).ok())
+                    .unwrap_or_default();
+                let max_epoch = Statement::new(format!("SELECT MAX(epoch) FROM {LOG_TABLE}"));
+                let log_epoch = query_i64(conn, &max_epoch, &[])?.unwrap_or(0) as u64;
+                let epoch = log_epoch.max(claim.epoch);
+                let ranges = ranges::opened(conn, head.position, head.digest)?;
+                Ok((history, head, epoch, log_epoch, claim, ranges))
+            })?;
         let checkpointer = match &config.backend {
             BackendConfig::Sqlite(o) => match o.background_checkpoint {
                 Some(every) => Some(Checkpointer::start(o, every)?),
@@ -430,13 +443,16 @@ impl Store {
             epoch,
             history: history.clone(),
         }));
+        let ranges = Arc::new(RwLock::new(ranges));
         Ok(Store {
             inner: Arc::new(Inner {
                 dialect,
+                ranges: ranges.clone(),
                 published: published.clone(),
                 claim: RwLock::new(claim),
                 gate: RwLock::new(None),
                 writer: Arc::new(Mutex::new(Writer {
+                    ranges,
                     published,
                     last_entry_epoch,
                     history,
@@ -546,6 +562,8 @@ impl Store {
                 if let Some(d) = new_digest {
                     w.digest = d;
                     w.publish();
+                    let (shared, position) = (w.ranges.clone(), w.position);
+                    ranges::migrated(&mut *w.conn, &shared, position, d)?;
                 }
                 for m in &order {
                     if schema::is_identity(m) && !w.next_id.contains_key(m.table) {

@@ -276,6 +276,33 @@ fn drop_index(conn: &mut dyn Connection, table: &str, column: &str, unique: bool
     ))
 }
 
+/// The secondary indexes of a table, as `create_table` makes them: (column, unique).
+fn secondary_indexes(meta: &RecordMeta) -> impl Iterator<Item = (&'static str, bool)> + '_ {
+    meta.columns
+        .iter()
+        .enumerate()
+        .filter(move |&(i, c)| i != meta.key && (c.unique || c.indexed))
+        .map(|(_, c)| (c.name, c.unique))
+}
+
+/// Drops the secondary indexes of a table (a restore loads rows without
+/// them and builds them once at the end, see [`create_secondary_indexes`]).
+pub(crate) fn drop_secondary_indexes(conn: &mut dyn Connection, meta: &RecordMeta) -> Result<()> {
+    for (column, unique) in secondary_indexes(meta) {
+        drop_index(conn, meta.table, column, unique)?;
+    }
+    Ok(())
+}
+
+/// Builds the secondary indexes of a table from its rows (a unique index
+/// over duplicate values fails with [`Error::SchemaConflict`] naming the column).
+pub(crate) fn create_secondary_indexes(conn: &mut dyn Connection, meta: &RecordMeta) -> Result<()> {
+    for (column, unique) in secondary_indexes(meta) {
+        create_index(conn, meta.table, column, unique)?;
+    }
+    Ok(())
+}
+
 fn create_table(conn: &mut dyn Connection, meta: &RecordMeta) -> Result<()> {
     let d = conn.dialect();
     let mut cols = Vec::new();
@@ -287,12 +314,7 @@ fn create_table(conn: &mut dyn Connection, meta: &RecordMeta) -> Result<()> {
         quote_ident(meta.table),
         cols.join(", ")
     ))?;
-    for (i, c) in meta.columns.iter().enumerate() {
-        if i != meta.key && (c.unique || c.indexed) {
-            create_index(conn, meta.table, c.name, c.unique)?;
-        }
-    }
-    Ok(())
+    create_secondary_indexes(conn, meta)
 }
 
 /// One column as recorded in a stored definition.

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use crate::backend::{quote_ident, Connection, Statement};
+use crate::backend::{quote_ident, Connection, Dialect, Statement};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::log::encode_image;
@@ -20,7 +20,9 @@ use crate::value::{SqlType, Value};
 use parking_lot::lock_api::ArcMutexGuard;
 use parking_lot::RawMutex;
 
-use super::schema::{column_list, Table, LOG_TABLE};
+use super::schema::{
+    column_list, create_secondary_indexes, drop_secondary_indexes, Table, LOG_TABLE,
+};
 use super::write::WriteTx;
 use super::{
     check_image, load_head, meta_set, query_i64, query_rows, write_anchor, Registry, Store, Writer,
@@ -235,22 +237,57 @@ impl Store {
             tables.push(t.name);
         }
         let mut w = self.inner.writer.lock_arc();
-        w.conn.begin_write()?;
+        // SQLite loads fresh tables: no index maintained row by row, no
+        // reference looked up per row (nor, for a parent arriving after its
+        // children, children scanned per row); `finish` builds the indexes
+        // and checks every reference once. Readers see none of it (WAL), so
+        // only SQLite does this: PostgreSQL's DROP INDEX would block them.
+        // Nor does its commit checkpoint the whole snapshot from the WAL
+        // into the database inside COMMIT: the background checkpointer (or
+        // the next commit) does, as for any other commit.
+        let fresh = if w.conn.dialect() == Dialect::Sqlite {
+            let pages = query_i64(
+                &mut *w.conn,
+                &Statement::new("PRAGMA wal_autocheckpoint"),
+                &[],
+            )?
+            .unwrap_or(1000);
+            w.conn.batch("PRAGMA foreign_keys = OFF")?;
+            w.conn.batch("PRAGMA wal_autocheckpoint = 0")?;
+            Some(pages)
+        } else {
+            None
+        };
+        if let Err(e) = w.conn.begin_write() {
+            if let Some(pages) = fresh {
+                end_fresh(&mut *w.conn, pages);
+            }
+            return Err(e);
+        }
         let mut names: Vec<&'static str> = reg.tables.keys().copied().collect();
         names.sort_unstable();
         for name in &names {
-            if let Err(e) = w.conn.batch(&format!("DELETE FROM {}", quote_ident(name))) {
+            let mut r = w.conn.batch(&format!("DELETE FROM {}", quote_ident(name)));
+            if fresh.is_some() && r.is_ok() {
+                r = drop_secondary_indexes(&mut *w.conn, reg.tables[name].meta);
+            }
+            if let Err(e) = r {
                 let _ = w.conn.rollback();
+                if let Some(pages) = fresh {
+                    end_fresh(&mut *w.conn, pages);
+                }
                 return Err(e);
             }
         }
         Ok(Restore {
+            fresh,
             w,
             reg,
             counts: vec![0; tables.len()],
             tables,
             header: header.clone(),
             digest: Digest::EMPTY,
+            ranges: Default::default(),
             open: true,
         })
     }
@@ -267,8 +304,27 @@ pub struct Restore {
     counts: Vec<u64>,
     header: SnapshotHeader,
     digest: Digest,
+    /// The range digests of the rows restored so far.
+    ranges: super::ranges::RangeDigests,
     /// The transaction is open (not committed, not rolled back).
     open: bool,
+    /// Loading fresh tables (SQLite): references unenforced, secondary
+    /// indexes dropped and no checkpoint in commit until `finish` (see
+    /// [`Store::begin_restore`]); the writer's `wal_autocheckpoint` to put back.
+    fresh: Option<i64>,
+}
+
+/// Puts SQLite's reference enforcement and the writer's checkpoint mark
+/// back after a restore.
+fn end_fresh(conn: &mut dyn Connection, autocheckpoint: i64) {
+    for sql in [
+        "PRAGMA foreign_keys = ON".to_owned(),
+        format!("PRAGMA wal_autocheckpoint = {autocheckpoint}"),
+    ] {
+        if let Err(e) = conn.batch(&sql) {
+            tracing::warn!("after a restore, `{sql}` failed: {e}");
+        }
+    }
 }
 
 impl std::fmt::Debug for Restore {
@@ -302,6 +358,9 @@ impl Restore {
         if std::mem::take(&mut self.open) {
             if let Err(e) = self.w.conn.rollback() {
                 tracing::warn!("rolling back a restore failed: {e}");
+            }
+            if let Some(pages) = self.fresh {
+                end_fresh(&mut *self.w.conn, pages);
             }
         }
     }
@@ -341,6 +400,7 @@ impl Restore {
             },
         })?;
         self.digest = tx.digest;
+        tx.delta.drain_into(&mut self.ranges);
         drop(tx);
         self.counts[table as usize] += rows.len() as u64;
         Ok(())
@@ -376,18 +436,30 @@ impl Restore {
                 remote: header.digest,
             });
         }
+        if self.fresh.is_some() {
+            self.build_and_check()?;
+        }
         let w = &mut *self.w;
         w.conn.batch(&format!("DELETE FROM {LOG_TABLE}"))?;
         write_anchor(&mut *w.conn, header.position, header.digest)?;
         meta_set(&mut *w.conn, "history", header.history.clone().into_bytes())?;
         w.conn.commit()?;
         self.open = false;
+        if let Some(pages) = self.fresh {
+            end_fresh(&mut *w.conn, pages);
+        }
         w.position = header.position;
         w.digest = header.digest;
         w.history = header.history.clone();
         w.epoch = w.epoch.max(header.epoch);
         w.last_entry_epoch = header.epoch;
         w.publish();
+        super::ranges::restored(
+            &w.ranges,
+            header.position,
+            std::mem::take(&mut self.ranges),
+            header.digest,
+        );
         for t in self.reg.tables.values() {
             if w.next_id.contains_key(t.name) {
                 let max = query_i64(&mut *w.conn, &t.max_key, &[])?.unwrap_or(0);
@@ -395,6 +467,45 @@ impl Restore {
             }
         }
         w.listeners.reset();
+        Ok(())
+    }
+
+    /// Builds the secondary indexes dropped at the start and checks every
+    /// reference in one pass (SQLite's `foreign_key_check`), before commit.
+    fn build_and_check(&mut self) -> Result<()> {
+        let reg = self.reg.clone();
+        let mut names: Vec<&'static str> = reg.tables.keys().copied().collect();
+        names.sort_unstable();
+        for name in names {
+            create_secondary_indexes(&mut *self.w.conn, reg.tables[name].meta).map_err(
+                |e| match e {
+                    e @ (Error::Locked(_) | Error::Unavailable(_) | Error::DiskFull(_)) => e,
+                    other => self.refuse(format!("{name}: {other}")),
+                },
+            )?;
+        }
+        let check = Statement::new(
+            "SELECT \"table\", rowid, parent FROM pragma_foreign_key_check() LIMIT 1",
+        );
+        let bad = query_rows(
+            &mut *self.w.conn,
+            &check,
+            &[],
+            &[SqlType::Text, SqlType::BigInt, SqlType::Text],
+        )?;
+        if let Some(row) = bad.into_iter().next() {
+            let text = |v: &Value| match v {
+                Value::Text(s) => s.clone(),
+                Value::I64(i) => i.to_string(),
+                _ => "?".to_owned(),
+            };
+            return Err(self.refuse(format!(
+                "{} row {} references a missing {} row",
+                text(&row[0]),
+                text(&row[1]),
+                text(&row[2])
+            )));
+        }
         Ok(())
     }
 

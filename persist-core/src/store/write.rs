@@ -1,9 +1,10 @@
 //! Write transactions: every change is executed, captured into the log entry
 //! body, folded into the digest, and kept for listeners, in one pass.
 
-use crate::backend::Statement;
+use crate::backend::{quote_ident, Statement};
 use crate::digest::Digest;
 use crate::error::{Error, KeyDisplay, Result};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::listen::{Commit, RowChange};
@@ -31,6 +32,8 @@ pub struct WriteTx<'a> {
     /// Whether changes go into a log entry body (not when replaying or restoring).
     pub(crate) logging: bool,
     scratch: Vec<u8>,
+    /// Row hashes for the range digests.
+    pub(crate) delta: super::ranges::RangeDelta,
     /// Position and digest of the last entry recorded in this transaction.
     head: Option<(u64, Digest)>,
     /// Epoch of the last entry recorded in this transaction.
@@ -41,7 +44,16 @@ pub struct WriteTx<'a> {
     finished: bool,
     /// (table, key) rows being deleted, so cascades through cycles terminate.
     deleting: Vec<(&'static str, Value)>,
+    /// Referenced keys (encoded) found to exist in this transaction, per
+    /// table, so rows sharing a target look it up once; a delete from the
+    /// table forgets them.
+    verified: HashMap<&'static str, HashSet<Vec<u8>>>,
 }
+
+/// Distinct referenced keys per `IN` query when a batch's references are checked.
+const REF_CHUNK: usize = 256;
+/// Verified referenced keys a transaction remembers per table, at most.
+const VERIFIED_CAP: usize = 4096;
 
 fn log_insert() -> &'static Statement {
     static STMT: std::sync::OnceLock<Statement> = std::sync::OnceLock::new();
@@ -106,12 +118,14 @@ impl<'a> WriteTx<'a> {
             body: BodyWriter::new(),
             captured: Vec::new(),
             scratch: Vec::new(),
+            delta: Default::default(),
             head: None,
             entry_epoch: None,
             in_operation: false,
             spoiled: None,
             finished: true,
             deleting: Vec::new(),
+            verified: HashMap::new(),
         }
     }
 
@@ -182,6 +196,7 @@ impl<'a> WriteTx<'a> {
             self.w.digest = digest;
             self.w.publish();
         }
+        super::ranges::committed(&self.w.ranges, self.w.position, &mut self.delta);
         if let Some(e) = self.entry_epoch {
             self.w.last_entry_epoch = self.w.last_entry_epoch.max(e);
         }
@@ -270,15 +285,7 @@ impl<'a> WriteTx<'a> {
                 flat.extend(values);
             }
             self.insert_rows(t, flat)?;
-            if !t.refs.is_empty() {
-                let mut row = vec![Value::Null; ncols];
-                for chunk in refs.chunks_exact(t.refs.len()) {
-                    for (&(col, _), v) in t.refs.iter().zip(chunk) {
-                        row[col] = v.clone();
-                    }
-                    self.check_references(t, &row)?;
-                }
-            }
+            self.check_references_many(t, &refs)?;
             Ok((keys, ncols))
         })();
         let (keys, _) = self.spoil(r)?;
@@ -375,7 +382,22 @@ impl<'a> WriteTx<'a> {
             let Some(tt) = self.reg.tables.get(target) else {
                 continue;
             };
-            if !self.exists(tt, v)? {
+            encode_key(v, &mut self.scratch);
+            if self
+                .verified
+                .get(tt.name)
+                .is_some_and(|known| known.contains(self.scratch.as_slice()))
+            {
+                continue;
+            }
+            if self.exists(tt, v)? {
+                encode_key(v, &mut self.scratch);
+                let known = self.verified.entry(tt.name).or_default();
+                if known.len() >= VERIFIED_CAP {
+                    known.clear();
+                }
+                known.insert(self.scratch.clone());
+            } else {
                 return Err(Error::MissingReference {
                     table: t.name.to_owned(),
                     column: t.meta.columns[col].name.to_owned(),
@@ -385,6 +407,97 @@ impl<'a> WriteTx<'a> {
             }
         }
         Ok(())
+    }
+
+    /// The references of many rows at once (`refs`: each row's reference
+    /// values, in `t.refs` order): one `IN` query per referenced table for
+    /// up to [`REF_CHUNK`] distinct keys instead of one SELECT per row. The
+    /// error is the one [`Self::check_references`] gives for the first row,
+    /// in order, with a missing reference.
+    fn check_references_many(&mut self, t: &Table, refs: &[Value]) -> Result<()> {
+        let nrefs = t.refs.len();
+        if nrefs == 0 {
+            return Ok(());
+        }
+        let mut missing: Vec<HashSet<Vec<u8>>> = Vec::with_capacity(nrefs);
+        for (j, &(_, target)) in t.refs.iter().enumerate() {
+            let mut distinct: HashSet<Vec<u8>> = HashSet::new();
+            let mut keys: Vec<&Value> = Vec::new();
+            if let Some(tt) = self.reg.tables.get(target) {
+                let mut last: Option<&Value> = None;
+                for v in refs.iter().skip(j).step_by(nrefs) {
+                    // Rows of a batch often share a target: skip repeats cheaply.
+                    if v.is_null() || last == Some(v) {
+                        continue;
+                    }
+                    last = Some(v);
+                    encode_key(v, &mut self.scratch);
+                    if !distinct.contains(&self.scratch) {
+                        distinct.insert(self.scratch.clone());
+                        keys.push(v);
+                    }
+                }
+                for chunk in keys.chunks(REF_CHUNK) {
+                    for found in self.existing_keys(tt, chunk)? {
+                        encode_key(&found, &mut self.scratch);
+                        distinct.remove(&self.scratch);
+                    }
+                }
+            }
+            missing.push(distinct);
+        }
+        if missing.iter().all(HashSet::is_empty) {
+            return Ok(());
+        }
+        for row in refs.chunks_exact(nrefs) {
+            for ((&(col, target), v), gone) in t.refs.iter().zip(row).zip(&missing) {
+                if v.is_null() || gone.is_empty() {
+                    continue;
+                }
+                encode_key(v, &mut self.scratch);
+                if gone.contains(&self.scratch) {
+                    return Err(Error::MissingReference {
+                        table: t.name.to_owned(),
+                        column: t.meta.columns[col].name.to_owned(),
+                        target: target.to_owned(),
+                        key: KeyDisplay(v).to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Which of `keys` (at most [`REF_CHUNK`]) exist in `t`. The list is
+    /// padded with its last key to a power of four, so a handful of
+    /// statement texts (and prepared statements) serve every batch.
+    fn existing_keys(&mut self, t: &Table, keys: &[&Value]) -> Result<Vec<Value>> {
+        let Some(&last) = keys.last() else {
+            return Ok(Vec::new());
+        };
+        let mut n = 1;
+        while n < keys.len() {
+            n *= 4;
+        }
+        let kq = quote_ident(t.meta.key_column().name);
+        let mut stmt = Statement::new(format!(
+            "SELECT {kq} FROM {} WHERE {kq} IN (",
+            quote_ident(t.name)
+        ));
+        let mut values = Vec::with_capacity(n);
+        for i in 0..n {
+            if i > 0 {
+                stmt.sql(", ");
+            }
+            stmt.bind(i, t.key_type());
+            values.push(keys.get(i).copied().unwrap_or(last).clone());
+        }
+        stmt.sql(")");
+        let rows = query_rows(&mut *self.w.conn, &stmt, &values, &[t.key_type()])?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| r.into_iter().next())
+            .collect())
     }
 
     pub(crate) fn insert_row(&mut self, t: &Table, values: Vec<Value>) -> Result<()> {
@@ -462,7 +575,8 @@ impl<'a> WriteTx<'a> {
     fn after_insert(&mut self, t: &Table, values: &[Value]) {
         self.bump_identity(t, values);
         encode_image(values, &mut self.scratch);
-        self.digest.toggle(t.seed, &self.scratch);
+        self.delta
+            .toggle(&mut self.digest, t.name, t.seed, &self.scratch);
         if self.logging {
             self.body.push(t.name, Op::Insert, &self.scratch);
         }
@@ -483,9 +597,11 @@ impl<'a> WriteTx<'a> {
             .execute(&t.update, &values)
             .map_err(|e| refine(e, t, &values))?;
         encode_image(&old, &mut self.scratch);
-        self.digest.toggle(t.seed, &self.scratch);
+        self.delta
+            .toggle(&mut self.digest, t.name, t.seed, &self.scratch);
         encode_image(&values, &mut self.scratch);
-        self.digest.toggle(t.seed, &self.scratch);
+        self.delta
+            .toggle(&mut self.digest, t.name, t.seed, &self.scratch);
         if self.logging {
             self.body.push(t.name, Op::Update, &self.scratch);
         }
@@ -511,8 +627,10 @@ impl<'a> WriteTx<'a> {
             r?;
         }
         self.w.conn.execute(&t.delete, std::slice::from_ref(&key))?;
+        self.verified.remove(t.name);
         encode_image(&old, &mut self.scratch);
-        self.digest.toggle(t.seed, &self.scratch);
+        self.delta
+            .toggle(&mut self.digest, t.name, t.seed, &self.scratch);
         if self.logging {
             encode_key(&key, &mut self.scratch);
             self.body.push(t.name, Op::Delete, &self.scratch);

@@ -100,6 +100,27 @@ fn custom_names_validate_and_crate() {
 }
 
 #[test]
+fn presentation_and_bounds() {
+    insta::assert_snapshot!(expand_record! {
+        #[persist(title = "Devices", validate = check)]
+        pub struct Device {
+            #[persist(identity, label = "Id")]
+            pub id: i64,
+            #[persist(unique, descriptive, label = "Name", help = "A unique name.")]
+            pub name: String,
+            #[persist(secret, label = "Password")]
+            pub password: Option<String>,
+            #[persist(multiline)]
+            pub notes: String,
+            #[persist(min = 1, max = 65535, default = 502, label = "Port")]
+            pub port: i32,
+            #[persist(min = -0.5, max = 2)]
+            pub ratio: Option<f64>,
+        }
+    });
+}
+
+#[test]
 fn enum_with_rename() {
     insta::assert_snapshot!(expand_enum! {
         pub enum Security {

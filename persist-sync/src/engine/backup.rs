@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use persist_core::store::{RangeMismatch, RangeRows, RepairSet, ScrubReport, BUCKETS};
 use persist_core::{Error as StoreError, LogEntry, SnapshotHeader, SnapshotTableInfo};
 
 use super::node::{auth_end, Ctx, Owner, PeerEvent};
@@ -19,7 +20,7 @@ use super::{
 use crate::auth::{Handshake, HandshakeStep};
 use crate::clock::Time;
 use crate::protocol::{
-    LinkRole, Message, ModuleManifest, NodeRole, Plan, RefuseReason, ResyncReason,
+    LinkRole, Message, ModuleManifest, NodeRole, Plan, RefuseReason, RepairRefusal, ResyncReason,
 };
 use crate::runtime_state::Cursor;
 use crate::worker::SyncConfig;
@@ -31,6 +32,14 @@ const ROUND_RETRY_MAX: Duration = Duration::from_secs(10);
 /// How long an unknown operation waits before it is tried again (the
 /// module may register it meanwhile).
 const STUCK_RETRY: Duration = Duration::from_secs(5);
+/// More differing ranges than this in one scrub: the data is far off, a
+/// snapshot is cheaper than a repair.
+const MAX_REPAIR_RANGES: usize = BUCKETS / 4;
+/// Row hashes one repair request carries at most (16 bytes each).
+const MAX_REPAIR_HASHES: usize = 500_000;
+/// Repairs in a row that did not fit (rows kept changing under them)
+/// before the backup asks for a snapshot instead.
+const MAX_REPAIR_FAILURES: u32 = 3;
 
 /// How to recover from a failed apply or restore.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +131,29 @@ struct Link {
     master_modules: Option<Vec<ModuleManifest>>,
     /// Version differences were logged (once per link).
     warned: bool,
+    /// A ranged repair in progress on this link.
+    repair: Repair,
+}
+
+/// A ranged repair's progress (one at a time, while streaming).
+enum Repair {
+    Idle,
+    /// Reading this node's rows of the differing buckets.
+    Reading,
+    /// The request is out.
+    Requested {
+        local: RangeRows,
+        at: Time,
+    },
+    /// The master's rows, read at `position`: applied once this node has
+    /// applied that position (and no further).
+    Holding {
+        local: RangeRows,
+        position: u64,
+        set: RepairSet,
+    },
+    /// Being applied.
+    Applying,
 }
 
 enum State {
@@ -164,6 +196,11 @@ pub(crate) struct BackupSide {
     history_acked: u64,
     /// This node is the active one: it redials every heartbeat.
     active: bool,
+    /// Repairs in a row that did not fit.
+    repair_failures: u32,
+    /// The verify found rows at odds with the digest: scrub as soon as
+    /// entries stream, to repair them by range.
+    scrub_when_streaming: bool,
 }
 
 impl BackupSide {
@@ -201,6 +238,8 @@ impl BackupSide {
             snapshot_progress: None,
             history_acked: 0,
             active: false,
+            repair_failures: 0,
+            scrub_when_streaming: false,
         }
     }
 
@@ -258,6 +297,7 @@ impl BackupSide {
                     history_reading: false,
                     master_modules: None,
                     warned: false,
+                    repair: Repair::Idle,
                 }));
             }
             Input::DialFailed { conn, error } => {
@@ -563,6 +603,9 @@ impl BackupSide {
                             queue: VecDeque::new(),
                             applying: false,
                         };
+                        if std::mem::take(&mut self.scrub_when_streaming) {
+                            ctx.scrub.hurry(ctx.now);
+                        }
                         if let Some(force) = link.restart.take() {
                             self.start_round(ctx, force, None);
                             return;
@@ -661,7 +704,43 @@ impl BackupSide {
             (Step::Streaming { .. }, Message::SyncPlan(Plan::Snapshot { reason })) => {
                 tracing::info!(?reason, "master sends a full snapshot");
                 link.round += 1;
+                link.repair = Repair::Idle;
                 link.step = Step::Restoring(Restoring::new());
+            }
+            (step, Message::RepairRows { position, set }) => {
+                let streaming = matches!(step, Step::Streaming { .. });
+                match std::mem::replace(&mut link.repair, Repair::Idle) {
+                    Repair::Requested { local, .. } if streaming => {
+                        ctx.scrub.status.rows_shipped += set.rows.len() as u64;
+                        link.repair = Repair::Holding {
+                            local,
+                            position,
+                            set,
+                        };
+                        self.pump_apply(ctx);
+                    }
+                    // The answer to a request of an earlier round.
+                    other => link.repair = other,
+                }
+            }
+            (_, Message::RepairRefused { reason }) => {
+                if !matches!(link.repair, Repair::Requested { .. }) {
+                    return;
+                }
+                link.repair = Repair::Idle;
+                match reason {
+                    RepairRefusal::TooLarge { .. } => {
+                        tracing::warn!("repair refused: {reason}; asking for a snapshot");
+                        self.start_round(ctx, Some(ResyncReason::DigestMismatch), None);
+                    }
+                    RepairRefusal::MasterDiverged(_) => {
+                        tracing::error!("repair refused: {reason}");
+                        ctx.scrub.status.master_diverged = Some(reason.to_string());
+                    }
+                    RepairRefusal::Unavailable(_) => {
+                        tracing::warn!("repair refused: {reason}; trying after the next scrub");
+                    }
+                }
             }
             (_, other) => {
                 let kind = other.kind();
@@ -692,6 +771,7 @@ impl BackupSide {
         }
         link.round += 1;
         link.history_in_flight = None;
+        link.repair = Repair::Idle;
         let force = match &link.step {
             Step::Verifying { force: prev, .. } => force.or(prev.clone()),
             _ => force,
@@ -764,17 +844,31 @@ impl BackupSide {
                 schema,
                 history,
                 epoch,
+                ranges_trusted,
             }) => {
                 let Step::Verifying { force, .. } = &mut link.step else {
                     return;
                 };
                 let mut force = force.take();
+                let mut digest = verification.computed;
                 if force.is_none() && !verification.is_consistent() {
-                    tracing::warn!(
-                        position = verification.position,
-                        "local data does not match its recorded digest: asking for a full resync"
-                    );
-                    force = Some(ResyncReason::DigestMismatch);
+                    if ranges_trusted && ctx.cfg.scrub.enabled {
+                        // The recorded digests say where: plan as if the
+                        // rows were right, and let the scrub repair the
+                        // ranges that are not.
+                        tracing::warn!(
+                            position = verification.position,
+                            "local data does not match its recorded digest: repairing by range"
+                        );
+                        digest = verification.recorded;
+                        self.scrub_when_streaming = true;
+                    } else {
+                        tracing::warn!(
+                            position = verification.position,
+                            "local data does not match its recorded digest: asking for a full resync"
+                        );
+                        force = Some(ResyncReason::DigestMismatch);
+                    }
                 }
                 ctx.send(
                     conn,
@@ -782,7 +876,7 @@ impl BackupSide {
                         schema,
                         history,
                         position: verification.position,
-                        digest: verification.computed,
+                        digest,
                         epoch,
                         force_snapshot: force,
                         role: NodeRole::Backup,
@@ -793,6 +887,9 @@ impl BackupSide {
             }
             Ok(StoreValue::Restored { position }) => {
                 link.restore_open = false;
+                self.scrub_when_streaming = false;
+                ctx.scrub.data_replaced(ctx.now);
+                ctx.scrub.status.master_diverged = None;
                 self.resyncs += 1;
                 self.snapshot_progress = None;
                 tracing::info!(position, "snapshot restored");
@@ -881,15 +978,42 @@ impl BackupSide {
     }
 
     fn pump_apply(&mut self, ctx: &mut Ctx<'_>) {
+        let position = self.position;
         let Some(link) = self.link_mut() else {
             return;
         };
         let (conn, round) = (link.conn, link.round);
         if let Step::Streaming { queue, applying } = &mut link.step {
-            if *applying || queue.is_empty() {
+            if *applying || matches!(link.repair, Repair::Applying) {
                 return;
             }
-            let n = apply_batch_len(queue, ctx.cfg.max_batch_bytes);
+            // A repair read at `at` goes in right after the entry at `at`.
+            let hold = match &link.repair {
+                Repair::Holding { position: at, .. } => Some(*at),
+                _ => None,
+            };
+            if hold.is_some_and(|at| position >= at) {
+                let Repair::Holding { local, set, .. } =
+                    std::mem::replace(&mut link.repair, Repair::Applying)
+                else {
+                    unreachable!("matched above");
+                };
+                ctx.store(
+                    Owner::Repair { conn, round },
+                    StoreOp::Repair { local, set },
+                );
+                return;
+            }
+            if queue.is_empty() {
+                return;
+            }
+            let mut n = apply_batch_len(queue, ctx.cfg.max_batch_bytes);
+            if let Some(at) = hold {
+                n = n.min(queue.iter().take_while(|e| e.position <= at).count());
+                if n == 0 {
+                    return;
+                }
+            }
             let batch: Vec<LogEntry> = queue.drain(..n).collect();
             *applying = true;
             ctx.store(Owner::Link { conn, round }, StoreOp::Apply(batch));
@@ -1012,6 +1136,148 @@ impl BackupSide {
         }
     }
 
+    /// A scrub pass of this node's rows ended: ranges that differ from
+    /// their recorded digests are repaired from the master (or, when too
+    /// many differ, replaced by a snapshot).
+    pub fn scrubbed(&mut self, ctx: &mut Ctx<'_>, report: ScrubReport) {
+        if report.differing.is_empty() {
+            if report.trusted && ctx.scrub.status.repairs > 0 {
+                // A clean pass after a repair: whatever the master refused is gone too.
+                ctx.scrub.status.master_diverged = None;
+            }
+            return;
+        }
+        let ranges = report.differing_buckets();
+        tracing::warn!(
+            position = report.position,
+            ranges,
+            "scrub: rows here do not match their recorded digests"
+        );
+        let now = ctx.now;
+        let peer_timeout = self.peer_timeout;
+        let Some(link) = self.link_mut() else {
+            // Not connected: the verify of the next connect finds it.
+            return;
+        };
+        if !matches!(link.step, Step::Streaming { .. }) {
+            return;
+        }
+        match &link.repair {
+            Repair::Idle => {}
+            // The answer was lost (the link keeps the order, a broken peer
+            // may not answer): ask again.
+            Repair::Requested { at, .. } if now.since(*at) > peer_timeout => {}
+            _ => return,
+        }
+        if ranges > MAX_REPAIR_RANGES {
+            tracing::warn!(
+                ranges,
+                "too many ranges differ for a repair: asking for a snapshot"
+            );
+            self.start_round(ctx, Some(ResyncReason::DigestMismatch), None);
+            return;
+        }
+        let (conn, round) = (link.conn, link.round);
+        link.repair = Repair::Reading;
+        ctx.store(
+            Owner::Repair { conn, round },
+            StoreOp::RangeRows(report.differing),
+        );
+    }
+
+    /// This node's read of the ranges to repair, or the repair's result.
+    pub fn repair_result(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        conn: ConnId,
+        round: u64,
+        result: StoreResult,
+    ) {
+        let now = ctx.now;
+        let State::Up(link) = &mut self.state else {
+            return;
+        };
+        if link.conn != conn || link.round != round {
+            // A repair applied on an older round still changed the rows.
+            if let Ok(StoreValue::Repaired(_)) = result {
+                ctx.scrub.data_replaced(now);
+            }
+            return;
+        }
+        let state = std::mem::replace(&mut link.repair, Repair::Idle);
+        match (state, result) {
+            (Repair::Reading, Ok(StoreValue::RangeRows(local))) => {
+                let still = local.differing();
+                if still.is_empty() {
+                    return;
+                }
+                let hashes: Vec<(String, Vec<u128>)> = local
+                    .tables
+                    .iter()
+                    .map(|t| (t.table.clone(), t.rows.iter().map(|(h, _)| *h).collect()))
+                    .collect();
+                let count: usize = hashes.iter().map(|(_, h)| h.len()).sum();
+                if count > MAX_REPAIR_HASHES {
+                    tracing::warn!(
+                        count,
+                        "the ranges to repair hold too many rows: asking for a snapshot"
+                    );
+                    self.start_round(ctx, Some(ResyncReason::DigestMismatch), None);
+                    return;
+                }
+                let ranges: Vec<RangeMismatch> = local
+                    .tables
+                    .iter()
+                    .map(|t| RangeMismatch {
+                        table: t.table.clone(),
+                        buckets: t.buckets.iter().map(|(b, _, _)| *b).collect(),
+                    })
+                    .collect();
+                tracing::info!(
+                    position = local.position,
+                    ranges = still.iter().map(|m| m.buckets.len()).sum::<usize>(),
+                    rows = count,
+                    "asking the master to repair ranges"
+                );
+                ctx.send(conn, Message::RepairRequest { ranges, hashes });
+                link.repair = Repair::Requested { local, at: now };
+            }
+            (Repair::Applying, Ok(StoreValue::Repaired(outcome))) => {
+                tracing::info!(
+                    inserted = outcome.inserted,
+                    updated = outcome.updated,
+                    deleted = outcome.deleted,
+                    "ranges repaired from the master"
+                );
+                self.repair_failures = 0;
+                ctx.scrub.status.repairs += 1;
+                ctx.scrub.status.rows_repaired += outcome.changed();
+                ctx.scrub.data_replaced(now);
+                self.pump_apply(ctx);
+            }
+            (Repair::Applying, Err(e)) => {
+                ctx.scrub.status.repair_failures += 1;
+                self.repair_failures += 1;
+                if self.repair_failures >= MAX_REPAIR_FAILURES {
+                    tracing::warn!(
+                        "repair failed ({e}) {} times: asking for a snapshot",
+                        self.repair_failures
+                    );
+                    self.repair_failures = 0;
+                    self.start_round(ctx, Some(ResyncReason::DigestMismatch), None);
+                } else {
+                    tracing::info!("repair did not fit, trying after the next scrub: {e}");
+                    ctx.scrub.data_replaced(now);
+                    self.pump_apply(ctx);
+                }
+            }
+            (_, Err(e)) => {
+                tracing::warn!("reading the ranges to repair: {e}");
+            }
+            (other, _) => link.repair = other,
+        }
+    }
+
     pub fn shutdown(&mut self, ctx: &mut Ctx<'_>) {
         self.down(ctx, LinkEnd::Shutdown);
         self.state = State::Waiting {
@@ -1034,6 +1300,7 @@ impl BackupSide {
             module_warnings: self.module_warnings.clone(),
             unauthenticated_failures: 0,
             redundancy: None,
+            scrub: Default::default(),
         }
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use persist_core::store::{plan_repair, ScrubReport};
 use persist_core::{Digest, LogEntry, SnapshotHeader};
 
 use super::node::{auth_end, Ctx, Owner, PeerEvent};
@@ -15,7 +16,8 @@ use super::{
 use crate::auth::{Handshake, HandshakeStep};
 use crate::clock::Time;
 use crate::protocol::{
-    LinkRole, Message, ModuleManifest, NodeRole, Plan, RefuseReason, ResyncReason, SnapshotTable,
+    LinkRole, Message, ModuleManifest, NodeRole, Plan, RefuseReason, RepairRefusal, ResyncReason,
+    SnapshotTable,
 };
 use crate::redundancy::machine::BackupProgress;
 use crate::runtime_state::Cursor;
@@ -90,6 +92,8 @@ struct Session {
     warned: bool,
     /// The remote address, for logs.
     addr: String,
+    /// A repair request being read: the backup's row hashes in its buckets.
+    repair: Option<Vec<(String, Vec<u128>)>>,
 }
 
 impl Session {
@@ -231,6 +235,7 @@ impl MasterSide {
                         fetching: false,
                         queued: 0,
                         retry_at: None,
+                        repair: None,
                         acked_at: ctx.now,
                         runtime: Cursor::default(),
                         modules: None,
@@ -625,6 +630,18 @@ impl MasterSide {
                     self.flush_runtime(ctx);
                 }
             }
+            Message::RepairRequest { ranges, hashes } => {
+                if !matches!(s.phase, Phase::Streaming) || s.repair.is_some() {
+                    // Of an earlier round, or a second one out: the backup
+                    // asks again after its next scrub.
+                    return;
+                }
+                let asked: usize = ranges.iter().map(|r| r.buckets.len()).sum();
+                tracing::info!(peer = ?s.peer, ranges = asked, "the backup asks to repair ranges");
+                s.repair = Some(hashes);
+                let round = s.round;
+                ctx.store(Owner::Repair { conn, round }, StoreOp::RangeRows(ranges));
+            }
             other => {
                 let kind = other.kind();
                 self.end(
@@ -693,6 +710,87 @@ impl MasterSide {
                 }
                 s.retry_at = Some(ctx.now + STORE_RETRY);
             }
+        }
+    }
+
+    /// The master's rows of the buckets a backup asked to repair: answered
+    /// with the rows it lacks, or refused (its own rows at odds with its
+    /// digest are never shipped).
+    pub fn repair_result(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        conn: ConnId,
+        round: u64,
+        result: StoreResult,
+    ) {
+        let Some(s) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        let Some(hashes) = s.repair.take() else {
+            return;
+        };
+        if round != s.round {
+            return;
+        }
+        let reason = match result {
+            Ok(StoreValue::RangeRows(rows)) => match plan_repair(&rows, &hashes) {
+                Ok(set) if set.rows.len() > ctx.cfg.scrub.max_repair_rows => {
+                    RepairRefusal::TooLarge {
+                        rows: set.rows.len() as u64,
+                        max: ctx.cfg.scrub.max_repair_rows as u64,
+                    }
+                }
+                Ok(set) => {
+                    let shipped = set.rows.len() as u64;
+                    tracing::info!(
+                        position = rows.position,
+                        shipped,
+                        dropped = set.remove.len(),
+                        "repairing the backup's ranges"
+                    );
+                    ctx.scrub.status.repairs += 1;
+                    ctx.scrub.status.rows_shipped += shipped;
+                    ctx.send(
+                        conn,
+                        Message::RepairRows {
+                            position: rows.position,
+                            set,
+                        },
+                    );
+                    return;
+                }
+                Err(bad) => {
+                    let refusal = RepairRefusal::MasterDiverged(bad);
+                    tracing::error!("{refusal}");
+                    ctx.scrub.status.master_diverged = Some(refusal.to_string());
+                    refusal
+                }
+            },
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!("reading rows to repair the backup: {e}");
+                RepairRefusal::Unavailable(e.to_string())
+            }
+        };
+        ctx.send(conn, Message::RepairRefused { reason });
+    }
+
+    /// A scrub pass of the master's own rows ended: rows at odds with the
+    /// master's digest are reported loudly (and never shipped as truth).
+    pub fn scrubbed(&mut self, ctx: &mut Ctx<'_>, report: ScrubReport) {
+        if !report.trusted {
+            let why = "the master's rows did not match its recorded digest when it opened: \
+                       a scrub cannot tell which; an operator must decide (a resync from a good node)";
+            if ctx.scrub.status.master_diverged.is_none() {
+                tracing::error!(position = report.position, "{why}");
+            }
+            ctx.scrub.status.master_diverged = Some(why.into());
+        } else if report.differing.is_empty() {
+            ctx.scrub.status.master_diverged = None;
+        } else {
+            let refusal = RepairRefusal::MasterDiverged(report.differing);
+            tracing::error!(position = report.position, "scrub: {refusal}");
+            ctx.scrub.status.master_diverged = Some(refusal.to_string());
         }
     }
 
@@ -1152,6 +1250,7 @@ impl MasterSide {
             module_warnings: serving.map_or_else(Vec::new, |s| s.module_warnings.clone()),
             unauthenticated_failures: self.unauthenticated.failures,
             redundancy: None,
+            scrub: Default::default(),
         }
     }
 

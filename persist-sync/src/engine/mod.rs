@@ -20,9 +20,11 @@ mod backup;
 mod master;
 mod node;
 pub mod plan;
+mod scrub;
 
 use std::time::Duration;
 
+use persist_core::store::{RangeMismatch, RangeRows, RepairOutcome, RepairSet, ScrubReport};
 use persist_core::{Claim, Digest, HistoryItem, LogEntry, SnapshotHeader, Verification};
 
 use crate::protocol::{Message, RefuseReason};
@@ -32,6 +34,7 @@ pub use plan::{
     compare_modules, plan_sync, BackupView, Decision, MasterView, ModuleConflict, RetentionPolicy,
     SendWindow, VersionSkew,
 };
+pub use scrub::{ScrubConfig, ScrubStatus};
 
 /// A link of this node, numbered by the node (never reused).
 pub type ConnId = u64;
@@ -254,6 +257,23 @@ pub enum StoreOp {
     },
     /// Record this claim durably.
     SetClaim(Claim),
+    /// Either side: read the next rows of the scrub pass in progress
+    /// (opening one if none is), see [`persist_core::Store::scrub`].
+    ScrubStep {
+        /// Rows at most.
+        rows: usize,
+    },
+    /// Either side: the rows of some buckets, with their recorded and
+    /// computed digests ([`persist_core::Store::range_rows`]).
+    RangeRows(Vec<RangeMismatch>),
+    /// Backup: repair buckets read as `local` with the master's `set`
+    /// ([`persist_core::Store::repair`]).
+    Repair {
+        /// This store's read of the buckets.
+        local: RangeRows,
+        /// What the master sent.
+        set: RepairSet,
+    },
 }
 
 /// What a store operation gave.
@@ -271,6 +291,10 @@ pub enum StoreValue {
         history: String,
         /// The epoch stamped on new entries.
         epoch: u64,
+        /// The recorded range digests are known (see
+        /// [`persist_core::Store::ranges_trusted`]): rows at odds with the
+        /// digest can be repaired by range instead of a snapshot.
+        ranges_trusted: bool,
     },
     /// [`StoreOp::RestoreChunk`]: the rows are in the restore.
     ChunkRestored,
@@ -304,6 +328,12 @@ pub enum StoreValue {
         /// Last delivered sequence number.
         seq: u64,
     },
+    /// [`StoreOp::ScrubStep`]: the pass's result once it has read every row.
+    Scrubbed(Option<ScrubReport>),
+    /// [`StoreOp::RangeRows`].
+    RangeRows(RangeRows),
+    /// [`StoreOp::Repair`].
+    Repaired(RepairOutcome),
 }
 
 /// The result of a store operation.

@@ -9,6 +9,7 @@ use persist_core::Claim;
 
 use super::backup::BackupSide;
 use super::master::MasterSide;
+use super::scrub::{ScrubStatus, Scrubber};
 use super::{ConnId, Input, LinkEnd, OpId, Output, StoreOp, StoreResult};
 use crate::clock::Time;
 use crate::protocol::{Message, ModuleManifest, NodeRole, RefuseReason};
@@ -127,6 +128,8 @@ pub struct NodeReport {
     pub unauthenticated_failures: u64,
     /// The redundancy state, if the node runs redundancy.
     pub redundancy: Option<RedundancyReport>,
+    /// Scrubbing and ranged repairs.
+    pub scrub: ScrubStatus,
 }
 
 /// The redundancy part of a [`NodeReport`].
@@ -170,6 +173,10 @@ pub(crate) enum Owner {
     Claim,
     /// Master: log retention.
     Retain,
+    /// The scrubber's step.
+    Scrub,
+    /// A ranged repair's read or apply, on a link in a round of it.
+    Repair { conn: ConnId, round: u64 },
     /// Nobody waits (cleanup).
     Nobody,
 }
@@ -206,6 +213,8 @@ pub(crate) struct Ctx<'a> {
     next_conn: &'a mut ConnId,
     /// The claim announced in heartbeats.
     pub claim: &'a Claim,
+    /// The scrubber: its counts, and told when data changes outside the log.
+    pub scrub: &'a mut Scrubber,
 }
 
 impl Ctx<'_> {
@@ -345,6 +354,7 @@ pub struct NodeCore {
     nonces: Nonces,
     nonce_source: Box<dyn FnMut() -> [u8; 32] + Send>,
     claims: ClaimWriter,
+    scrubber: Scrubber,
     last_state: Option<(ActivityLevel, u64, Option<String>)>,
     transitions: u64,
     stopped: bool,
@@ -395,6 +405,7 @@ impl NodeCore {
                 redial_max.max(p.sync.reconnect_initial),
             )),
         };
+        let scrub_cfg = p.sync.scrub.clone();
         let mut core = NodeCore {
             cfg: p.sync,
             side,
@@ -406,6 +417,7 @@ impl NodeCore {
             nonces: Nonces::default(),
             nonce_source: p.nonces,
             claims: ClaimWriter::default(),
+            scrubber: Scrubber::new(scrub_cfg, now),
             last_state: None,
             transitions: 0,
             stopped: false,
@@ -452,7 +464,8 @@ impl NodeCore {
             return out;
         }
         let mut claim_result = None;
-        let events = self.with_ctx(now, &mut out, |side, ctx| match input {
+        let mut scrub_result = None;
+        let mut events = self.with_ctx(now, &mut out, |side, ctx| match input {
             Input::Store { id, result } => {
                 match ctx.ops.owners.remove(&id).unwrap_or(Owner::Nobody) {
                     Owner::Link { conn, round } => match side {
@@ -465,6 +478,11 @@ impl NodeCore {
                         }
                     }
                     Owner::Claim => claim_result = Some(result),
+                    Owner::Scrub => scrub_result = Some(result),
+                    Owner::Repair { conn, round } => match side {
+                        Side::Master(m) => m.repair_result(ctx, conn, round, result),
+                        Side::Backup(b) => b.repair_result(ctx, conn, round, result),
+                    },
                     Owner::Nobody => {}
                 }
             }
@@ -476,7 +494,19 @@ impl NodeCore {
         if let Some(result) = claim_result {
             self.claim_written(now, result, &mut out);
         }
+        if let Some(report) = scrub_result.and_then(|r| self.scrubber.stepped(now, r)) {
+            events.extend(self.with_ctx(now, &mut out, |side, ctx| match side {
+                Side::Master(m) => m.scrubbed(ctx, report),
+                Side::Backup(b) => b.scrubbed(ctx, report),
+            }));
+        }
         self.settle(now, events, &mut out);
+        if let Some(op) = self.scrubber.poll(now) {
+            let id = self.ops.next;
+            self.ops.next += 1;
+            self.ops.owners.insert(id, Owner::Scrub);
+            out.push(Output::Store { id, op });
+        }
         out
     }
 
@@ -652,6 +682,7 @@ impl NodeCore {
             ops: &mut self.ops,
             next_conn: &mut self.next_conn,
             claim: &claim,
+            scrub: &mut self.scrubber,
         };
         f(&mut self.side, &mut ctx);
         events
@@ -671,6 +702,7 @@ impl NodeCore {
             side,
             self.machine.as_ref().and_then(|m| m.deadline()),
             self.claims.retry_at.filter(|_| !self.claims.writing),
+            self.scrubber.deadline(),
         ]
         .into_iter()
         .flatten()
@@ -716,6 +748,7 @@ impl NodeCore {
             transitions: self.transitions,
             error: gate_error.or_else(|| self.claims.error.clone()),
         });
+        r.scrub = self.scrubber.status.clone();
         r
     }
 }

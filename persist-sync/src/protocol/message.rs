@@ -17,20 +17,30 @@
 //!    acknowledges durably applied positions ([`Message::Ack`]). The backup
 //!    may send a new `SyncRequest` at any time (a failed apply, an operator's
 //!    resync): the master drops what it was sending and plans again.
+//! 4. **Repair** (while streaming, protocol 4): a backup whose scrubber found
+//!    rows that do not match its recorded range digests asks for those
+//!    buckets only ([`Message::RepairRequest`], with the hashes of the rows
+//!    it holds there); the master answers with the rows it lacks and the
+//!    hashes of the ones to drop ([`Message::RepairRows`], read at a
+//!    position the backup reaches before applying it) or says why not
+//!    ([`Message::RepairRefused`]).
 //!
 //! Every message travels as one frame: a version byte, then the postcard
 //! encoding of [`Message`]. The variant order is part of the wire format:
 //! append, never reorder.
 
+use persist_core::store::{RangeMismatch, RepairSet};
 use persist_core::{Digest, LogEntry};
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks.
 ///
 /// Version 3 added module manifests ([`Message::Modules`],
-/// [`RefuseReason::ModuleMismatch`]); a version 2 peer is refused in the
+/// [`RefuseReason::ModuleMismatch`]); version 4 added ranged repair
+/// ([`Message::RepairRequest`], [`Message::RepairRows`],
+/// [`Message::RepairRefused`]). A peer of another version is refused in the
 /// hello with [`RefuseReason::ProtocolVersion`].
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// A node's configured role in the pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -385,6 +395,66 @@ pub enum Message {
     /// Either way, once per link right after authenticating: the modules the
     /// sender runs (see [`ModuleManifest`]).
     Modules(Vec<ModuleManifest>),
+    /// Backup to master, while streaming: the rows of these buckets do not
+    /// match their recorded digests here; `hashes` are the row hashes the
+    /// backup holds in them, per table. At most one is out at a time.
+    RepairRequest {
+        /// The buckets, per table.
+        ranges: Vec<RangeMismatch>,
+        /// The backup's row hashes in those buckets, per table.
+        hashes: Vec<(String, Vec<u128>)>,
+    },
+    /// Master to backup: the answer to a [`Message::RepairRequest`], read at
+    /// `position` (the backup applies it once it has applied that position).
+    RepairRows {
+        /// The master's position when it read the rows.
+        position: u64,
+        /// The rows the backup lacks and the hashes of those it should drop.
+        set: RepairSet,
+    },
+    /// Master to backup: a [`Message::RepairRequest`] is not answered with rows.
+    RepairRefused {
+        /// Why.
+        reason: RepairRefusal,
+    },
+}
+
+/// Why a master does not answer a repair request with rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RepairRefusal {
+    /// The master's own rows in these buckets do not match its recorded
+    /// digests: they are not shipped as truth (an operator decides).
+    MasterDiverged(Vec<RangeMismatch>),
+    /// More rows differ than a repair ships: the backup asks for a snapshot.
+    TooLarge {
+        /// Rows that would travel.
+        rows: u64,
+        /// The master's limit.
+        max: u64,
+    },
+    /// The master could not read the rows (its store failed); try later.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for RepairRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RepairRefusal::MasterDiverged(m) => {
+                let buckets: usize = m.iter().map(|t| t.buckets.len()).sum();
+                let tables: Vec<&str> = m.iter().map(|t| t.table.as_str()).collect();
+                write!(
+                    f,
+                    "the master's own rows do not match its digest ({buckets} range(s) of {}): \
+                     not shipped; an operator must decide which node is right",
+                    tables.join(", ")
+                )
+            }
+            RepairRefusal::TooLarge { rows, max } => {
+                write!(f, "{rows} rows differ, more than a repair ships ({max})")
+            }
+            RepairRefusal::Unavailable(e) => write!(f, "the master could not read the rows: {e}"),
+        }
+    }
 }
 
 impl Message {
@@ -409,6 +479,9 @@ impl Message {
             Message::HistoryAck { .. } => "HistoryAck",
             Message::SnapshotAck { .. } => "SnapshotAck",
             Message::Modules(_) => "Modules",
+            Message::RepairRequest { .. } => "RepairRequest",
+            Message::RepairRows { .. } => "RepairRows",
+            Message::RepairRefused { .. } => "RepairRefused",
         }
     }
 }

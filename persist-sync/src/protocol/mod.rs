@@ -3,6 +3,6 @@
 pub mod message;
 
 pub use message::{
-    LinkRole, Message, ModuleManifest, ModuleMismatch, NodeRole, Plan, RefuseReason, ResyncReason,
-    SnapshotTable, PROTOCOL_VERSION,
+    LinkRole, Message, ModuleManifest, ModuleMismatch, NodeRole, Plan, RefuseReason, RepairRefusal,
+    ResyncReason, SnapshotTable, PROTOCOL_VERSION,
 };

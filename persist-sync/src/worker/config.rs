@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::auth::AuthConfig;
 use crate::codec::Limits;
-use crate::engine::RetentionPolicy;
+use crate::engine::{RetentionPolicy, ScrubConfig};
 use crate::protocol::ModuleManifest;
 
 /// Settings of a sync worker (either side).
@@ -42,6 +42,8 @@ pub struct SyncConfig {
     /// authentication (see [`ModuleManifest`] for what the master accepts).
     /// Empty (the default): none declared.
     pub modules: Vec<ModuleManifest>,
+    /// Scrubbing and ranged repair (see [`ScrubConfig`]).
+    pub scrub: ScrubConfig,
 }
 
 impl SyncConfig {
@@ -62,6 +64,7 @@ impl SyncConfig {
             heartbeat_interval: Duration::from_millis(500),
             peer_timeout: Duration::from_secs(5),
             modules: Vec::new(),
+            scrub: ScrubConfig::default(),
         }
     }
 
@@ -114,7 +117,21 @@ impl SyncConfig {
             ("max_in_flight", self.max_in_flight),
             ("snapshot_chunk_rows", self.snapshot_chunk_rows as u64),
         ];
-        for (setting, n) in sizes {
+        let scrub_sizes = [
+            ("scrub.step_rows", self.scrub.step_rows as u64),
+            ("scrub.max_repair_rows", self.scrub.max_repair_rows as u64),
+        ];
+        if self.scrub.enabled {
+            for (setting, d) in [
+                ("scrub.period", self.scrub.period),
+                ("scrub.step_interval", self.scrub.step_interval),
+            ] {
+                if d < Duration::from_millis(1) {
+                    return err(setting, format!("must be at least 1 ms (it is {d:?})"));
+                }
+            }
+        }
+        for (setting, n) in sizes.into_iter().chain(scrub_sizes) {
             if n == 0 {
                 return err(setting, "must be at least 1".into());
             }

@@ -306,6 +306,7 @@ impl<A: Acceptor, D: Dialer, P: Dialer> Driver<A, D, P> {
             peer_modules: report.peer_modules.clone(),
             module_warnings: report.module_warnings.clone(),
             unauthenticated_failures: report.unauthenticated_failures,
+            scrub: report.scrub.clone(),
         };
         self.published.status.send_if_modified(|s| {
             if *s != status {

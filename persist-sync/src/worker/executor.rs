@@ -29,6 +29,8 @@ pub(crate) struct StoreWorker {
     clock: Arc<dyn Clock>,
     snapshots: BTreeMap<ConnId, Snapshot>,
     restore: Option<Restore>,
+    /// The scrub pass in progress.
+    scrub: Option<persist_core::store::Scrub>,
     /// Operations that need the writer while a restore holds it.
     deferred: VecDeque<(OpId, StoreOp)>,
     faults: Option<FaultHook>,
@@ -56,6 +58,7 @@ fn needs_writer(op: &StoreOp) -> bool {
             | StoreOp::DeliverHistory { .. }
             | StoreOp::Retain { .. }
             | StoreOp::SetClaim(_)
+            | StoreOp::Repair { .. }
     )
 }
 
@@ -75,6 +78,7 @@ impl StoreWorker {
             clock,
             snapshots: BTreeMap::new(),
             restore: None,
+            scrub: None,
             deferred: VecDeque::new(),
             faults: None,
         }
@@ -116,6 +120,7 @@ impl StoreWorker {
         let store = &self.store;
         match op {
             StoreOp::Verify => Ok(StoreValue::Verified {
+                ranges_trusted: store.ranges_trusted(),
                 verification: store.verify()?,
                 schema: store.schema_fingerprint(),
                 history: store.history(),
@@ -243,6 +248,25 @@ impl StoreWorker {
                 }
                 Ok(StoreValue::Done)
             }
+            StoreOp::ScrubStep { rows } => {
+                let scrub = match &mut self.scrub {
+                    Some(s) => s,
+                    None => self.scrub.insert(store.scrub()?),
+                };
+                match scrub.step(rows) {
+                    Ok(false) => Ok(StoreValue::Scrubbed(None)),
+                    Ok(true) => {
+                        let report = self.scrub.take().expect("a scrub in progress").finish();
+                        Ok(StoreValue::Scrubbed(Some(report)))
+                    }
+                    Err(e) => {
+                        self.scrub = None;
+                        Err(e)
+                    }
+                }
+            }
+            StoreOp::RangeRows(ranges) => Ok(StoreValue::RangeRows(store.range_rows(&ranges)?)),
+            StoreOp::Repair { local, set } => Ok(StoreValue::Repaired(store.repair(&local, &set)?)),
             StoreOp::SetClaim(claim) => {
                 // A claim below the store's epoch is superseded already (the
                 // store applied entries of a later epoch): nothing to record.

@@ -38,6 +38,9 @@ pub struct LinkStatus {
     /// Master: clients that connected and failed before authenticating
     /// (they do not change `last_error`, which is the backup's link's).
     pub unauthenticated_failures: u64,
+    /// Scrubbing of this node's rows and ranged repairs (see
+    /// [`ScrubStatus`](crate::engine::ScrubStatus)).
+    pub scrub: crate::engine::ScrubStatus,
 }
 
 /// Acknowledged positions, awaitable from async and blocking code alike.

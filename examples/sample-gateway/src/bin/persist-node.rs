@@ -5,6 +5,8 @@
 //! persist-node master --db m.db --listen 127.0.0.1:0 --secret-file s [--write-txs N --rows-per-tx K --sync-timeout-ms T]
 //! persist-node backup --db b.db --peer 127.0.0.1:PORT --secret-file s
 //! ```
+//! `--tags` (either role) also registers the sample module's shapes;
+//! `--pg-url URL --pg-schema S` keeps the store on PostgreSQL.
 //! It prints one line per event on stdout: `LISTENING <addr>`, `ACKED <tx>`
 //! (a synchronous commit the backup confirmed), `UNCONFIRMED <tx>`,
 //! `POSITION <n>`, `DONE`. Records: [`Item`], an `i64` identity, the
@@ -24,6 +26,10 @@ use persist::sync::transport::tcp::{TcpAcceptor, TcpDialer};
 use persist::sync::worker::{SyncConfig, SyncError};
 use persist::Store;
 use std::sync::Arc;
+
+#[path = "../../benches/shapes/mod.rs"]
+#[allow(dead_code)] // the writers are the benchmark's
+mod shapes;
 
 /// A row written by the load generator; `tx` groups the rows of one transaction.
 #[derive(PersistentRecord, Debug, Clone, PartialEq)]
@@ -77,6 +83,18 @@ struct Common {
     /// Register the second version of the schema (to test mismatches).
     #[arg(long)]
     schema_v2: bool,
+    /// Also register the sample module's shapes (profiles, devices, tags:
+    /// references, unique and plain indexes, a long text column), as the
+    /// replication benchmark's realistic case does.
+    #[arg(long)]
+    tags: bool,
+    /// Keep the store on PostgreSQL at this URL instead of SQLite (`--db`
+    /// is then ignored); `--pg-schema` names its schema.
+    #[arg(long)]
+    pg_url: Option<String>,
+    /// The PostgreSQL schema of the store (with `--pg-url`).
+    #[arg(long, default_value = "persist_node")]
+    pg_schema: String,
     /// Longest delay between reconnection attempts, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     reconnect_max_ms: u64,
@@ -209,11 +227,20 @@ fn open(
     common: &Common,
     default_id: &str,
 ) -> Result<(Store, SyncConfig), Box<dyn std::error::Error>> {
-    let store = Store::open_sqlite(&common.db)?;
+    let store = match &common.pg_url {
+        Some(url) => Store::open(persist::StoreConfig::postgres(
+            url.clone(),
+            common.pg_schema.clone(),
+        ))?,
+        None => Store::open_sqlite(&common.db)?,
+    };
     if common.schema_v2 {
         store.register::<v2::Item>()?;
     } else {
         store.register::<Item>()?;
+    }
+    if common.tags {
+        shapes::register(&store)?;
     }
     let secret = Secret::new(std::fs::read(&common.secret_file)?)?;
     let node_id = common

@@ -118,6 +118,9 @@ pub struct Report {
     pub takeovers: u64,
     /// Full resyncs.
     pub resyncs: u64,
+    /// Ranged repairs the backup applied (its scrubber found rows at odds
+    /// with their recorded digests).
+    pub repairs: u64,
     /// Time from the end of the faults to convergence.
     pub converged_after: Duration,
     /// Status reports read (after every event, from each running node).
@@ -189,6 +192,10 @@ pub enum Fault {
     /// The node crashes, a row of its database changes behind the
     /// library's back while it is down, and it restarts.
     CrashAndTamper(usize, Duration),
+    /// A row of the running node's database changes behind the library's
+    /// back (the sqlite3 CLI next to a live node): the backup's scrubber
+    /// must find it and repair that range from the master.
+    Tamper(usize),
     /// The node freezes (SIGSTOP) and resumes.
     Freeze(usize, Duration),
     /// Frames in both directions are held (a pulled cable, no reset).
@@ -457,7 +464,8 @@ impl World {
         }
         match self.rng.below(15) {
             0 | 1 => Fault::Crash(node, self.rng.ms(100, 2500)),
-            2 => Fault::CrashAndTamper(1, self.rng.ms(100, 1500)),
+            2 if self.rng.chance(0.5) => Fault::CrashAndTamper(1, self.rng.ms(100, 1500)),
+            2 => Fault::Tamper(1),
             3 | 4 => Fault::Freeze(node, self.rng.ms(200, 3000)),
             5 => Fault::Partition(self.rng.ms(200, 2500)),
             6 => Fault::Reset,
@@ -1134,6 +1142,11 @@ impl World {
                 }
                 self.after(d, Ev::Undo(Undo::Restart(i)));
             }
+            Fault::Tamper(i) => {
+                if self.nodes[i].running.is_some() {
+                    self.tamper(i);
+                }
+            }
             Fault::Freeze(i, d) => {
                 if self.nodes[i].running.is_some() && self.nodes[i].frozen_until.is_none() {
                     self.nodes[i].frozen_until = Some(self.now + d);
@@ -1370,7 +1383,7 @@ impl World {
     }
 
     /// A row of node `i`'s database changed behind the library's back
-    /// (while the node is down).
+    /// (while the node is down, or next to it running).
     fn tamper(&mut self, i: usize) {
         let path = self.nodes[i].path.clone();
         let Ok(mut conn) = persist_core::backend::sqlite::open(
@@ -1482,9 +1495,14 @@ impl World {
         self.report.acked = self.check.max_acked();
         self.report.takeovers = self.check.takeovers();
         self.report.reports = self.check.reports();
-        for n in &self.nodes {
+        for (i, n) in self.nodes.iter().enumerate() {
             if let Some(r) = &n.running {
-                self.report.resyncs += r.core.report(self.now).resyncs;
+                let report = r.core.report(self.now);
+                self.report.resyncs += report.resyncs;
+                // Node 1 is the backup (gw-b).
+                if i == 1 {
+                    self.report.repairs += report.scrub.repairs;
+                }
             }
         }
     }
