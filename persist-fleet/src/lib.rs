@@ -91,6 +91,7 @@ pub mod sample;
 mod shadow;
 mod status;
 pub mod wire;
+mod witness;
 
 pub use config::{FleetConfig, FleetKey};
 pub use edge::{Edge, EdgeStatus};
@@ -98,6 +99,7 @@ pub use error::{FleetError, Result};
 pub use publisher::{Publisher, PublisherStatus};
 pub use status::{fleet_status, EdgeView};
 pub use wire::FleetEntry;
+pub use witness::WitnessConfig;
 
 /// Row images per shared table.
 pub(crate) type SharedRows = Vec<(String, Vec<Vec<u8>>)>;
