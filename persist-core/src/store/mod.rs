@@ -2,6 +2,7 @@
 
 mod apply;
 mod dynamic;
+mod fleet;
 mod history;
 mod operation;
 mod query;
@@ -29,6 +30,7 @@ use crate::value::{SqlType, Value};
 
 pub use apply::Applied;
 pub use dynamic::{DeletePreview, RowQuery, RowVersion, Stale};
+pub use fleet::{digest_of_images, RowImages};
 pub use history::HistoryItem;
 pub use operation::ReplicatedOperation;
 pub use query::Query;

@@ -3,9 +3,11 @@
 //!
 //! - [`machine`]: the decisions (pure; see its docs for the rule).
 //! - [`node`]: the runtime that drives them over the sync link.
+//! - [`witness`]: the optional witness lease against split brain (pure).
 
 pub mod machine;
 pub mod node;
+pub mod witness;
 
 #[cfg(test)]
 mod tests;
