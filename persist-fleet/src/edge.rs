@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{kv, object_store::ObjectStore, stream::Stream, AckKind, Message};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use persist_core::log::decode_body;
 use persist_core::store::digest_of_images;
 use persist_core::{Digest, Store};
@@ -52,6 +52,7 @@ pub struct EdgeStatus {
 /// master (the one that can write); see the crate docs for why.
 pub struct Edge {
     status: Arc<Mutex<EdgeStatus>>,
+    position: tokio::sync::watch::Receiver<u64>,
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -98,7 +99,9 @@ impl Edge {
             ..Default::default()
         }));
         let stop = Arc::new(AtomicBool::new(false));
+        let (position_tx, position) = tokio::sync::watch::channel(0);
         let mut e = EdgeTask {
+            position: position_tx,
             shared: config.shared.iter().cloned().collect(),
             fleet,
             store,
@@ -110,12 +113,22 @@ impl Edge {
         };
         let s = stop.clone();
         let task = tokio::spawn(async move { e.run(s).await });
-        Ok(Edge { status, stop, task })
+        Ok(Edge {
+            status,
+            position,
+            stop,
+            task,
+        })
     }
 
     /// The edge's status.
     pub fn status(&self) -> EdgeStatus {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The applied fleet position, updated right after each commit.
+    pub fn watch_position(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.position.clone()
     }
 
     /// Waits until the edge applied fleet position `position` (or later), at
@@ -148,6 +161,7 @@ struct Cursor {
 }
 
 struct EdgeTask {
+    position: tokio::sync::watch::Sender<u64>,
     shared: HashSet<String>,
     fleet: Fleet,
     store: Store,
@@ -220,6 +234,14 @@ impl EdgeTask {
     /// (`repair`) or needed, then consumes until a snapshot must be loaded,
     /// it is told to stop, or an error.
     async fn session(&mut self, stop: &AtomicBool, mut repair: bool) -> Result<()> {
+        if let Some(reason) = self.store.write_gate() {
+            // Not the master of its pair: another node consumes under this
+            // edge's name; touching the consumer would disturb it.
+            self.set_error(Some(format!("not consuming: {reason}")));
+            self.put_status(false).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return Ok(());
+        }
         let fleet_name = self.fleet.cfg.cluster.clone();
         let shared: Vec<String> = self.shared.iter().cloned().collect();
         let (cursor, digest) = self
@@ -331,10 +353,17 @@ impl EdgeTask {
         objects: &ObjectStore,
         stop: &AtomicBool,
     ) -> Result<()> {
-        let mut messages = self.consumer(stream).await?;
+        // Every message ready, up to a batch, at each wake-up (polled with
+        // the task's own waker: a no-op waker poll of the pull stream can
+        // leave it never woken again).
+        let mut messages = self.consumer(stream).await?.ready_chunks(APPLY_BATCH);
         let mut batch: Vec<(FleetEntry, Message)> = Vec::new();
         while !stop.load(Ordering::SeqCst) {
-            let first =
+            if self.store.write_gate().is_some() {
+                // Became a backup: stop consuming (the consumer stays for the master).
+                return Ok(());
+            }
+            let ready =
                 match tokio::time::timeout(Duration::from_millis(500), messages.next()).await {
                     Err(_) => {
                         self.put_status(false).await;
@@ -346,17 +375,14 @@ impl EdgeTask {
                             reason: "the message stream ended".into(),
                         })
                     }
-                    Ok(Some(m)) => m.map_err(|e| FleetError::Nats {
-                        op: "consume",
-                        reason: e.to_string(),
-                    })?,
+                    Ok(Some(ready)) => ready,
                 };
-            let mut msgs = vec![first];
-            while msgs.len() < APPLY_BATCH {
-                match messages.next().now_or_never() {
-                    Some(Some(Ok(m))) => msgs.push(m),
-                    _ => break,
-                }
+            let mut msgs = Vec::with_capacity(ready.len());
+            for m in ready {
+                msgs.push(m.map_err(|e| FleetError::Nats {
+                    op: "consume",
+                    reason: e.to_string(),
+                })?);
             }
             for msg in msgs {
                 match self.take(msg, &mut batch).await? {
@@ -479,6 +505,8 @@ impl EdgeTask {
             s.stream_seq = c.seq;
             s.digest = digest_hex(c.digest);
         });
+        self.position
+            .send_if_modified(|p| std::mem::replace(p, c.position) != c.position);
     }
 
     /// Writes the status to the bucket, at most every 500 ms unless `now`.

@@ -479,3 +479,45 @@ fn a_restarted_publisher_goes_on_from_the_stream_and_cascades_reach_edges() {
     rt.block_on(edge.stop());
     rt.block_on(publisher.stop());
 }
+
+#[test]
+fn only_the_master_of_an_edge_pair_consumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(dir.path());
+    let key = key_file(dir.path(), 9);
+    let cfg = config(&nats, &key);
+    let rt = runtime();
+    let central = open_store(&dir.path().join("central.db"));
+    let publisher = rt
+        .block_on(Publisher::start(central.clone(), cfg.clone()))
+        .unwrap();
+    // The pair's backup: its write gate is closed, as the redundancy runtime closes it.
+    let backup_store = open_store(&dir.path().join("backup.db"));
+    backup_store.set_write_gate(Some("this node is the backup".into()));
+    let on_backup = rt
+        .block_on(Edge::start(backup_store.clone(), edge_config(&cfg, "pair")))
+        .unwrap();
+    let master_store = open_store(&dir.path().join("master.db"));
+    let on_master = rt
+        .block_on(Edge::start(master_store.clone(), edge_config(&cfg, "pair")))
+        .unwrap();
+    for burst in 0..5 {
+        churn(&central, burst * 40, 40);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(rt.block_on(publisher.wait_published(central.position(), WAIT)));
+    let at = publisher.status().position;
+    assert!(
+        rt.block_on(on_master.wait_position(at, WAIT)),
+        "{:?}",
+        on_master.status()
+    );
+    assert_eq!(tags(&master_store), tags(&central));
+    let b = on_backup.status();
+    assert_eq!(b.position, 0, "{b:?}");
+    assert!(b.last_error.unwrap().contains("not consuming"));
+    assert!(tags(&backup_store).is_empty());
+    rt.block_on(on_backup.stop());
+    rt.block_on(on_master.stop());
+    rt.block_on(publisher.stop());
+}

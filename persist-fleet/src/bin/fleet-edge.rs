@@ -71,6 +71,7 @@ async fn run(args: Args) -> persist_fleet::Result<()> {
     let mut buf = [0u8; 64];
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| persist_fleet::FleetError::Config(e.to_string()))?;
+    let mut position = edge.watch_position();
     let mut last = u64::MAX;
     loop {
         let s = edge.status();
@@ -82,7 +83,9 @@ async fn run(args: Args) -> persist_fleet::Result<()> {
             r = stdin.read(&mut buf) => if matches!(r, Ok(0) | Err(_)) { break },
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
-            _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+            _ = position.changed() => {}
+            // The digest can change without the position (a snapshot load).
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
     }
     edge.stop().await;
