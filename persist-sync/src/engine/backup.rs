@@ -334,7 +334,8 @@ impl BackupSide {
             | Input::Accepted { .. }
             | Input::AcceptFailed { .. }
             | Input::Head(_)
-            | Input::Store { .. } => {}
+            | Input::Store { .. }
+            | Input::Lease(_) => {}
             Input::RuntimeChanged => self.flush_runtime(ctx),
             Input::HistoryChanged => self.pump_history(ctx),
             Input::Tick => self.tick(ctx),

@@ -297,7 +297,7 @@ impl MasterSide {
                 }
             }
             Input::RuntimeChanged => self.flush_runtime(ctx),
-            Input::HistoryChanged | Input::Store { .. } => {}
+            Input::HistoryChanged | Input::Store { .. } | Input::Lease(_) => {}
             Input::Tick => self.tick(ctx),
         }
     }

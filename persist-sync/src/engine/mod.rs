@@ -115,6 +115,8 @@ pub enum Input {
     HistoryChanged,
     /// Time passed (at [`NodeCore::deadline`], or whenever the driver likes).
     Tick,
+    /// The witness answered a [`Output::Lease`] request.
+    Lease(crate::redundancy::witness::LeaseEvent),
 }
 
 /// Something the node wants done.
@@ -173,6 +175,9 @@ pub enum Output {
     },
     /// The node stopped (after [`Command::Shutdown`]): nothing more will come.
     Stopped,
+    /// Ask the witness this (one request at a time; answer with
+    /// [`Input::Lease`], within the witness's request timeout).
+    Lease(crate::redundancy::witness::LeaseAction),
 }
 
 /// What the node asks of its store. Reads use the store's readers (they

@@ -16,6 +16,7 @@ use crate::protocol::{Message, ModuleManifest, NodeRole, RefuseReason};
 use crate::redundancy::machine::{
     ActivityLevel, Effect, Machine, PeerView, RedundancySettings, RequestError,
 };
+use crate::redundancy::witness::{LeaseStatus, WitnessSettings};
 use crate::runtime_state::RuntimeStates;
 use crate::worker::SyncConfig;
 
@@ -63,6 +64,8 @@ pub struct NodeParams {
     pub sync: SyncConfig,
     /// Redundancy settings (`None`: a sync worker without the redundancy runtime).
     pub redundancy: Option<RedundancySettings>,
+    /// A witness lease fencing the pair (redundancy only; `None`: no witness).
+    pub witness: Option<WitnessSettings>,
     /// The claim the store recorded.
     pub claim: Claim,
     /// The store's position.
@@ -147,6 +150,8 @@ pub struct RedundancyReport {
     pub transitions: u64,
     /// A redundancy problem (a claim that could not be recorded, a second master).
     pub error: Option<String>,
+    /// The witness lease as this node knows it (`None`: no witness).
+    pub lease: Option<LeaseStatus>,
 }
 
 /// What the link sides tell the node about the peer.
@@ -372,10 +377,13 @@ impl std::fmt::Debug for NodeCore {
 impl NodeCore {
     /// A node starting at `now`. Feed it [`Input::Tick`] first.
     pub fn new(p: NodeParams, now: Time) -> NodeCore {
-        let machine = p
-            .redundancy
-            .clone()
-            .map(|s| Machine::new(s, p.claim.clone(), now));
+        let machine = p.redundancy.clone().map(|s| {
+            let m = Machine::new(s, p.claim.clone(), now);
+            match p.witness.clone() {
+                Some(w) => m.with_witness(w, now),
+                None => m,
+            }
+        });
         let redial_max = match &p.redundancy {
             // Redial often enough to keep hearing a master that refuses us
             // (a refusal counts as hearing it), and to reach a restarting
@@ -465,6 +473,7 @@ impl NodeCore {
         }
         let mut claim_result = None;
         let mut scrub_result = None;
+        let mut lease_event = None;
         let mut events = self.with_ctx(now, &mut out, |side, ctx| match input {
             Input::Store { id, result } => {
                 match ctx.ops.owners.remove(&id).unwrap_or(Owner::Nobody) {
@@ -486,6 +495,7 @@ impl NodeCore {
                     Owner::Nobody => {}
                 }
             }
+            Input::Lease(event) => lease_event = Some(event),
             other => match side {
                 Side::Master(m) => m.input(ctx, other),
                 Side::Backup(b) => b.input(ctx, other),
@@ -493,6 +503,9 @@ impl NodeCore {
         });
         if let Some(result) = claim_result {
             self.claim_written(now, result, &mut out);
+        }
+        if let (Some(event), Some(m)) = (lease_event, &mut self.machine) {
+            m.lease_event(now, event);
         }
         if let Some(report) = scrub_result.and_then(|r| self.scrubber.stepped(now, r)) {
             events.extend(self.with_ctx(now, &mut out, |side, ctx| match side {
@@ -603,6 +616,10 @@ impl NodeCore {
         }
         if let Some(m) = &mut self.machine {
             effects.extend(m.tick(now));
+            // After the tick: the lease is wanted once a takeover is due.
+            if let Some(action) = m.lease_poll(now) {
+                out.push(Output::Lease(action));
+            }
         }
         self.apply_effects(now, effects, out);
         if self.claims.retry_at.is_some_and(|t| now >= t) && !self.claims.writing {
@@ -747,6 +764,7 @@ impl NodeCore {
             active_node: m.claim().active.clone(),
             transitions: self.transitions,
             error: gate_error.or_else(|| self.claims.error.clone()),
+            lease: m.lease(now),
         });
         r.scrub = self.scrubber.status.clone();
         r

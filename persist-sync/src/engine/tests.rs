@@ -27,6 +27,7 @@ fn master() -> NodeCore {
             role: Role::Master,
             sync: SyncConfig::new(auth("gw-a", SECRET)),
             redundancy: None,
+            witness: None,
             claim: Claim::default(),
             position: 0,
             schema: 0,

@@ -38,11 +38,29 @@
 //! - Two nodes both configured as master (found by the master's probe):
 //!   both refuse config writes, and only the one whose id sorts first stays
 //!   active, until an operator fixes the configuration.
+//!
+//! # With a witness
+//! A pair given a witness ([`Machine::with_witness`]) fences split brain
+//! with a lease (the rules are in [`super::witness`]):
+//! - a node makes a claim naming itself (a takeover, a master's startup
+//!   decision, an undone switchover) only while it holds the lease: it
+//!   wants the lease once the takeover is due, and takes over when it has
+//!   it;
+//! - a node whose claim names it is active only while its lease counts or
+//!   its peer confirms it on a live link (the peer's claim names it, heard
+//!   within half the failover timeout) and no third node holds the lease;
+//!   otherwise it stands by (at its standby level) without giving up its
+//!   claim, and is active again once either holds.
+//!
+//! So with the pair link cut, only the node that can hold the lease is
+//! active; with the witness unreachable and the link up, the pair runs on
+//! its last decision; with both gone, nobody is active until one returns.
 
 use std::time::Duration;
 
 use persist_core::Claim;
 
+use super::witness::{Lease, LeaseAction, LeaseEvent, LeaseStatus, WitnessSettings};
 use crate::clock::Time;
 use crate::protocol::NodeRole;
 
@@ -248,6 +266,11 @@ pub struct Machine {
     /// The peer uses this node's id: a backup so configured never acts
     /// (its claims would name the master too) until it is fixed.
     same_id: bool,
+    /// The witness lease, if the pair has a witness.
+    lease: Option<Lease>,
+    /// Until when the peer's last announcement confirms this node as the
+    /// active one (its claim named this node), with a witness only.
+    confirmed_until: Option<Time>,
 }
 
 fn rank(c: &Claim, master_id: Option<&str>) -> (u64, bool) {
@@ -272,6 +295,54 @@ impl Machine {
             switchover: None,
             conflict: None,
             same_id: false,
+            lease: None,
+            confirmed_until: None,
+        }
+    }
+
+    /// The same machine fenced by a witness lease (see the module docs).
+    /// `settings` should have passed [`WitnessSettings::validate`] against
+    /// this node's failover timeout.
+    pub fn with_witness(mut self, settings: WitnessSettings, now: Time) -> Self {
+        self.lease = Some(Lease::new(settings, self.settings.node_id.clone(), now));
+        self
+    }
+
+    /// The lease as this node knows it (`None`: no witness).
+    pub fn lease(&self, now: Time) -> Option<LeaseStatus> {
+        self.lease.as_ref().map(|l| l.status(now))
+    }
+
+    /// Whether the peer confirms this node as the active one at `now`.
+    fn confirmed(&self, now: Time) -> bool {
+        self.peer.is_some() && self.confirmed_until.is_some_and(|t| now < t)
+    }
+
+    /// Whether the witness (if any) lets the node its claim names act.
+    fn witness_permits(&self, now: Time) -> bool {
+        self.lease.as_ref().is_none_or(|l| {
+            l.permits_active(
+                now,
+                self.confirmed(now),
+                self.peer.as_ref().map(|p| p.node_id.as_str()),
+            )
+        })
+    }
+
+    /// What to ask of the witness at `now`, if anything: the node wants
+    /// the lease while its claim names it or a takeover is due.
+    pub fn lease_poll(&mut self, now: Time) -> Option<LeaseAction> {
+        let want = self.holds_me() || self.takeover_due(now);
+        let lease = self.lease.as_mut()?;
+        lease.want(want);
+        lease.poll(now)
+    }
+
+    /// The witness answered; call [`Machine::tick`] after it (a takeover
+    /// may now go ahead).
+    pub fn lease_event(&mut self, now: Time, event: LeaseEvent) {
+        if let Some(l) = &mut self.lease {
+            l.event(now, event);
         }
     }
 
@@ -330,6 +401,8 @@ impl Machine {
             Some(id) if id == self.me() => match &self.conflict {
                 // Two masters: only the one whose id sorts first acts.
                 Some(other) if other.as_str() < self.me() => self.standby(),
+                // Neither the lease nor the peer vouches for this node.
+                _ if !self.witness_permits(now) => self.standby(),
                 _ => ActivityLevel::Active,
             },
             Some(_) => self.standby(),
@@ -375,6 +448,7 @@ impl Machine {
     /// The peer's link went away: what it announced no longer counts.
     pub fn link_down(&mut self) {
         self.peer = None;
+        self.confirmed_until = None;
     }
 
     /// The peer announced its claim on the current link (a heartbeat).
@@ -398,6 +472,9 @@ impl Machine {
             }
         }
         let me = self.settings.node_id.clone();
+        self.confirmed_until = (self.lease.is_some()
+            && view.claim.active.as_deref() == Some(me.as_str()))
+        .then(|| now + self.settings.failover_timeout / 2);
         let i_am_active = self.holds_me();
         match self.settings.role {
             NodeRole::Backup => {
@@ -439,40 +516,50 @@ impl Machine {
 
     /// Time passed; the driver calls this at [`Machine::deadline`] at least.
     pub fn tick(&mut self, now: Time) -> Vec<Effect> {
-        let me = self.settings.node_id.clone();
         if now.since(self.started) >= self.settings.startup_allowance {
             self.allowance_over = true;
         }
-        if let Some((_, undo_at)) = self.switchover {
-            if now >= undo_at {
-                // The backup never announced the switchover: take the pair back.
-                self.switchover = None;
-                if self.settings.role == NodeRole::Master && !self.holds_me() {
-                    return self.make(me);
-                }
-            }
+        if self.confirmed_until.is_some_and(|t| now >= t) {
+            self.confirmed_until = None;
         }
+        if self.switchover.is_some_and(|(_, undo_at)| now >= undo_at)
+            && (self.settings.role != NodeRole::Master || self.holds_me())
+        {
+            // Announced meanwhile, or taken back by other means.
+            self.switchover = None;
+        }
+        if !self.takeover_due(now) {
+            return Vec::new();
+        }
+        if self.lease.as_ref().is_some_and(|l| !l.holds(now)) {
+            // With a witness a node takes over only once it holds the lease
+            // ([`Machine::lease_poll`] asks for it).
+            return Vec::new();
+        }
+        self.switchover = None;
+        let me = self.settings.node_id.clone();
+        self.make(me)
+    }
+
+    /// Whether this node is due to make a claim naming itself.
+    fn takeover_due(&self, now: Time) -> bool {
         let i_am_active = self.holds_me();
         match self.settings.role {
-            NodeRole::Independent if !i_am_active => self.make(me),
+            NodeRole::Independent => !i_am_active,
             // Silence for the failover timeout: take over. A restarted backup
             // whose stored claim names it makes a fresh claim too rather than
             // act on the old one (whose epoch the master may have passed).
-            NodeRole::Backup
-                if !self.same_id
-                    && (!i_am_active || !self.decided(now))
-                    && now >= self.failover_at() =>
-            {
-                self.make(me)
+            NodeRole::Backup => {
+                !self.same_id && (!i_am_active || !self.decided(now)) && now >= self.failover_at()
             }
-            NodeRole::Master
-                if !i_am_active
-                    && !self.heard_claim
-                    && now.since(self.started) >= self.settings.startup_allowance =>
-            {
-                self.make(me)
+            // A master alone after its startup allowance, or whose
+            // switchover the backup never announced, takes the pair (back).
+            NodeRole::Master => {
+                !i_am_active
+                    && ((!self.heard_claim
+                        && now.since(self.started) >= self.settings.startup_allowance)
+                        || self.switchover.is_some_and(|(_, undo_at)| now >= undo_at))
             }
-            _ => Vec::new(),
         }
     }
 
@@ -493,18 +580,25 @@ impl Machine {
     /// When [`Machine::tick`] or [`Machine::activity`] may change next
     /// (`None`: only inputs matter).
     pub fn deadline(&self) -> Option<Time> {
-        let undo = self.switchover.map(|(_, t)| t);
+        // While a node waits for the lease, the lease's own timers drive it
+        // (the takeover's time has passed and must not be ticked again).
+        let waiting = self.lease.as_ref().is_some_and(|l| l.wants());
+        let undo = self.switchover.map(|(_, t)| t).filter(|_| !waiting);
         let undecided = (!self.heard_claim && !self.decided_alone && !self.allowance_over)
             .then(|| self.started + self.settings.startup_allowance);
         let own = match self.settings.role {
-            NodeRole::Backup if self.same_id => None,
+            NodeRole::Backup if self.same_id || waiting => None,
             NodeRole::Backup if !self.holds_me() => Some(self.failover_at()),
             NodeRole::Backup => undecided.map(|_| self.failover_at()),
             _ if self.holds_me() => None,
             NodeRole::Independent => Some(self.started),
             NodeRole::Master => undecided,
         };
-        [undo, undecided, own].into_iter().flatten().min()
+        let lease = self.lease.as_ref().and_then(|l| l.deadline());
+        [undo, undecided, own, lease, self.confirmed_until]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Planned switchover (on the active master): the backup takes over.

@@ -11,6 +11,8 @@ pub mod witness;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod witness_pair_tests;
 
 pub use crate::protocol::NodeRole;
 pub use machine::{

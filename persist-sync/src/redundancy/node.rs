@@ -11,6 +11,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::machine::{ActivityLevel, RedundancySettings};
+use super::witness::{WitnessClient, WitnessSettings, WitnessView};
 use crate::engine::{Command, CommandError, NodeReport, RedundancyReport, Role};
 use crate::history::History;
 use crate::protocol::{ModuleManifest, NodeRole};
@@ -57,6 +58,9 @@ pub struct RedundancyState {
     /// "module `alarms`: 1.1.0 here, 1.0.0 on gw-a: same records,
     /// replication continues"; empty while not connected.
     pub module_warnings: Vec<String>,
+    /// The witness lease as this node knows it (`None`: the pair has no
+    /// witness).
+    pub witness: Option<WitnessView>,
 }
 
 #[derive(Default)]
@@ -90,6 +94,12 @@ impl StatePublisher {
             transitions: r.transitions,
             peer_modules: report.peer_modules.clone(),
             module_warnings: report.module_warnings.clone(),
+            witness: r.lease.as_ref().map(|l| WitnessView {
+                held_here: l.valid_until.is_some(),
+                holder: l.holder.clone(),
+                revision: l.revision,
+                error: l.error.clone(),
+            }),
         };
         if *self.tx.borrow() == next {
             return;
@@ -131,6 +141,13 @@ pub struct NodeBuilder {
     sync: SyncConfig,
     runtime: Option<Arc<RuntimeStates>>,
     history: Option<Arc<History>>,
+    witness: Option<(WitnessSettings, Arc<dyn WitnessClient>)>,
+}
+
+impl std::fmt::Debug for dyn WitnessClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WitnessClient")
+    }
 }
 
 impl NodeBuilder {
@@ -142,7 +159,23 @@ impl NodeBuilder {
             sync,
             runtime: None,
             history: None,
+            witness: None,
         }
+    }
+
+    /// Fences the pair with a witness lease: this node acts only while it
+    /// holds the lease or its peer confirms it on a live link, and takes
+    /// over only once it holds the lease (see
+    /// [`Machine`](super::Machine)'s "With a witness"). Give both nodes of
+    /// the pair the same witness and key. `settings.ttl` must be shorter
+    /// than the failover timeout (checked at start).
+    pub fn witness(
+        mut self,
+        settings: WitnessSettings,
+        client: Arc<dyn WitnessClient>,
+    ) -> NodeBuilder {
+        self.witness = Some((settings, client));
+        self
     }
 
     /// Runtime state carried to the standby (see [`crate::runtime_state`]).
@@ -217,6 +250,7 @@ impl NodeBuilder {
             transitions: 0,
             peer_modules: Vec::new(),
             module_warnings: Vec::new(),
+            witness: self.witness.as_ref().map(|_| WitnessView::default()),
         };
         let (tx, state) = watch::channel(initial.clone());
         let blocking = Arc::new(Blocking::default());
@@ -238,6 +272,7 @@ impl NodeBuilder {
                     tx,
                     blocking: blocking.clone(),
                 }),
+                witness: self.witness,
             },
             acceptor,
             dialer,

@@ -19,9 +19,46 @@
 //! - One request at a time, each bounded by `request_timeout`: an answer
 //!   that does not come in time counts as the witness being unreachable.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use crate::clock::Time;
+
+/// Carries out [`LeaseAction`]s against a real witness (persist-fleet's
+/// NATS KV bucket, say). The node task runs one request at a time, bounded
+/// by [`WitnessSettings::request_timeout`]; an implementation answers
+/// every request with the [`LeaseEvent`] of the same `seq`, and
+/// [`LeaseEvent::Unreachable`] for every failure it cannot attribute to
+/// another holder.
+pub trait WitnessClient: Send + Sync + 'static {
+    /// Carries out `action`.
+    fn request(&self, action: LeaseAction) -> Pin<Box<dyn Future<Output = LeaseEvent> + Send>>;
+}
+
+/// The witness as a node's status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WitnessView {
+    /// Whether this node's lease counts now.
+    pub held_here: bool,
+    /// Who holds the lease, as last answered.
+    pub holder: Option<String>,
+    /// The lease's revision as last seen.
+    pub revision: u64,
+    /// Why the witness is unreachable, while it is.
+    pub error: Option<String>,
+}
+
+impl LeaseAction {
+    /// The request's number.
+    pub fn seq(&self) -> u64 {
+        match self {
+            LeaseAction::TryAcquire { seq }
+            | LeaseAction::Renew { seq, .. }
+            | LeaseAction::Release { seq, .. } => *seq,
+        }
+    }
+}
 
 /// Witness settings (per node, never replicated).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,6 +260,11 @@ impl Lease {
         self.want = want;
     }
 
+    /// Whether this node wants the lease (as last told).
+    pub fn wants(&self) -> bool {
+        self.want
+    }
+
     /// Whether this node's lease counts at `now`.
     pub fn holds(&self, now: Time) -> bool {
         self.held.is_some_and(|(_, until)| now < until)
@@ -329,11 +371,7 @@ impl Lease {
             self.held = None;
         }
         self.pending = Some(Pending {
-            seq: match &action {
-                LeaseAction::TryAcquire { seq }
-                | LeaseAction::Renew { seq, .. }
-                | LeaseAction::Release { seq, .. } => *seq,
-            },
+            seq: action.seq(),
             sent: now,
             release,
         });
@@ -355,6 +393,11 @@ impl Lease {
             (false, None) => None,
         };
         [pending, expiry, next].into_iter().flatten().min()
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &WitnessSettings {
+        &self.settings
     }
 
     /// The lease as this node knows it.

@@ -45,6 +45,7 @@ pub fn start_backup<D: Dialer>(
             history: None,
             probe_every: None,
             state: None,
+            witness: None,
         },
         None,
         Some(dialer),

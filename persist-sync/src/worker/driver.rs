@@ -20,6 +20,7 @@ use crate::engine::{
 use crate::history::History;
 use crate::redundancy::machine::{RedundancySettings, SettingsError};
 use crate::redundancy::node::StatePublisher;
+use crate::redundancy::witness::{LeaseAction, LeaseEvent, WitnessClient, WitnessSettings};
 use crate::runtime_state::RuntimeStates;
 use crate::transport::{Acceptor, Dialer, Link};
 use tokio::task::JoinHandle;
@@ -56,6 +57,8 @@ pub(crate) struct Driver<A, D, P> {
     pub published: Arc<Published>,
     /// Keeps the master's commit hook in place while the node runs.
     pub _bridge: Option<super::bridge::Bridge>,
+    /// The witness and the bound on one request to it.
+    pub witness: Option<(Arc<dyn WitnessClient>, std::time::Duration)>,
 }
 
 async fn changed(rx: &mut Option<watch::Receiver<u64>>) -> Option<u64> {
@@ -80,6 +83,8 @@ struct Io {
     next_command: u64,
     events: mpsc::Sender<Input>,
     dialed: mpsc::Sender<(ConnId, Result<LinkHandle, String>)>,
+    /// The witness request in flight (the core asks one at a time).
+    lease: Option<AbortOnDrop<()>>,
 }
 
 impl Io {
@@ -147,6 +152,7 @@ impl<A: Acceptor, D: Dialer, P: Dialer> Driver<A, D, P> {
             next_command: 0,
             events: events_tx,
             dialed: dialed_tx,
+            lease: None,
         };
         let mut last_report = None;
         let mut outputs = self.core.step(self.clock.now(), Input::Tick);
@@ -170,6 +176,7 @@ impl<A: Acceptor, D: Dialer, P: Dialer> Driver<A, D, P> {
             l.close();
         }
         io.dials.clear();
+        io.lease = None;
         // What the core handed the store last (a restore given up, a claim)
         // runs before the node is gone.
         self.executor.finish().await;
@@ -270,6 +277,7 @@ impl<A: Acceptor, D: Dialer, P: Dialer> Driver<A, D, P> {
                 Output::Gate(reason) => self.store.set_write_gate(reason),
                 Output::Reply { id, result } => io.answers.push((id, result)),
                 Output::Stopped => stopped = true,
+                Output::Lease(action) => self.ask_witness(io, action),
             }
         }
         stopped
@@ -289,6 +297,26 @@ impl<A: Acceptor, D: Dialer, P: Dialer> Driver<A, D, P> {
             }),
         };
         io.dials.insert(conn, AbortOnDrop(task));
+    }
+
+    /// Asks the witness in a task of its own, bounded by its request
+    /// timeout; the answer comes back as an input.
+    fn ask_witness(&mut self, io: &mut Io, action: LeaseAction) {
+        let Some((witness, bound)) = &self.witness else {
+            return;
+        };
+        let (witness, bound, events) = (witness.clone(), *bound, io.events.clone());
+        io.lease = Some(AbortOnDrop(tokio::spawn(async move {
+            let seq = action.seq();
+            let event = match tokio::time::timeout(bound, witness.request(action)).await {
+                Ok(event) => event,
+                Err(_) => LeaseEvent::Unreachable {
+                    seq,
+                    error: format!("the witness did not answer within {bound:?}"),
+                },
+            };
+            let _ = events.send(Input::Lease(event)).await;
+        })));
     }
 
     fn publish(&self, report: &NodeReport) {
@@ -357,6 +385,7 @@ pub(crate) struct Start {
     pub history: Option<Arc<History>>,
     pub probe_every: Option<std::time::Duration>,
     pub state: Option<StatePublisher>,
+    pub witness: Option<(WitnessSettings, Arc<dyn WitnessClient>)>,
 }
 
 /// A started node: what its handles share.
@@ -378,6 +407,9 @@ pub enum StartError {
     /// The settings contradict each other.
     #[error("{0}")]
     Mismatch(String),
+    /// A witness setting cannot work.
+    #[error("witness settings: {0}")]
+    Witness(#[from] crate::redundancy::witness::WitnessSettingsError),
     /// A thread could not be started.
     #[error("starting the node: {0}")]
     Io(#[from] std::io::Error),
@@ -399,6 +431,15 @@ pub(crate) fn spawn<A: Acceptor, D: Dialer, P: Dialer>(
                 r.node_id, s.sync.auth.node_id
             )));
         }
+    }
+    match (&s.witness, &s.redundancy) {
+        (Some((w, _)), Some(r)) => w.validate(r.failover_timeout)?,
+        (Some(_), None) => {
+            return Err(StartError::Mismatch(
+                "a witness fences a redundant pair: this node runs no redundancy".into(),
+            ))
+        }
+        (None, _) => {}
     }
     let clock = TokioClock::new();
     let store = s.store;
@@ -422,6 +463,7 @@ pub(crate) fn spawn<A: Acceptor, D: Dialer, P: Dialer>(
         NodeParams {
             role: s.role,
             redundancy: s.redundancy,
+            witness: s.witness.as_ref().map(|(w, _)| w.clone()),
             claim: store.claim(),
             position: store.position(),
             schema: store.schema_fingerprint(),
@@ -465,6 +507,7 @@ pub(crate) fn spawn<A: Acceptor, D: Dialer, P: Dialer>(
         history_changed: s.history.as_ref().map(|h| h.subscribe()),
         published: published.clone(),
         _bridge: bridge,
+        witness: s.witness.map(|(w, client)| (client, w.request_timeout)),
     };
     let task = tokio::spawn(driver.run());
     Ok(Started {

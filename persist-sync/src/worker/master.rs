@@ -45,6 +45,7 @@ pub fn start_master<A: Acceptor>(
             history: None,
             probe_every: None,
             state: None,
+            witness: None,
         },
         Some(acceptor),
         None,

@@ -243,6 +243,7 @@ impl SimNode {
             NodeParams {
                 role,
                 redundancy: Some(settings),
+                witness: None,
                 claim: store.claim(),
                 position: store.position(),
                 schema: store.schema_fingerprint(),
