@@ -99,7 +99,7 @@ pub use error::{FleetError, Result};
 pub use publisher::{Publisher, PublisherStatus};
 pub use status::{fleet_status, EdgeView};
 pub use wire::FleetEntry;
-pub use witness::WitnessConfig;
+pub use witness::{NatsWitness, WitnessConfig};
 
 /// Row images per shared table.
 pub(crate) type SharedRows = Vec<(String, Vec<Vec<u8>>)>;
