@@ -101,6 +101,8 @@ struct Raw {
     audit: RawAudit,
     #[serde(default)]
     api: RawApi,
+    /// Checked by persist-fleet's `WitnessConfig` (its keys, its rules).
+    witness: Option<Spanned<toml::Table>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -320,6 +322,12 @@ pub struct Config {
     pub audit_file: PathBuf,
     /// The REST API's tokens and the peer's URL.
     pub api: ApiConfig,
+    /// The optional witness lease (`[witness]`), checked against the
+    /// failover timeout: where it is and the lease's settings.
+    pub witness: Option<(
+        persist_fleet::WitnessConfig,
+        persist::sync::redundancy::witness::WitnessSettings,
+    )>,
     /// Things that work but should not stay so (a world-readable secret, a
     /// status page off loopback without TLS): logged at start.
     pub warnings: Vec<String>,
@@ -385,6 +393,46 @@ impl Checker<'_> {
 }
 
 impl Checker<'_> {
+    /// `[witness]`: persist-fleet's keys and rules, files relative to the
+    /// config's directory, the TTL checked against the failover timeout.
+    fn witness(
+        &self,
+        raw: &Spanned<toml::Table>,
+        failover_timeout: Duration,
+    ) -> Result<
+        (
+            persist_fleet::WitnessConfig,
+            persist::sync::redundancy::witness::WitnessSettings,
+        ),
+        ConfigError,
+    > {
+        let mut table = raw.get_ref().clone();
+        for key in ["credentials_file", "nkey_file"] {
+            if let Some(toml::Value::String(p)) = table.get(key) {
+                let path = self.path(Path::new(p)).display().to_string();
+                table.insert(key.into(), toml::Value::String(path));
+            }
+        }
+        let problem = |e: persist_fleet::FleetError| match e {
+            persist_fleet::FleetError::Config(m) => m.trim_start_matches("[witness] ").to_owned(),
+            other => other.to_string(),
+        };
+        // The section's header line (a table's span starts where its
+        // header line does, which `line` would count as the line before).
+        let header = self
+            .text
+            .lines()
+            .position(|l| l.trim() == "[witness]")
+            .map(|i| i + 1);
+        let err = |e| ConfigError {
+            line: header,
+            ..self.err("[witness]", None, problem(e))
+        };
+        let cfg = persist_fleet::WitnessConfig::from_toml(&table.to_string()).map_err(err)?;
+        let settings = cfg.settings(failover_timeout).map_err(err)?;
+        Ok((cfg, settings))
+    }
+
     /// `[api]`: every token file read and checked, names unique, no token
     /// shared with another or with the operator.
     fn api(
@@ -749,7 +797,12 @@ impl Config {
                 .unwrap_or(Path::new(&format!("{id}.audit.jsonl"))),
         );
         let api = c.api(&raw.api, &token, &mut warnings)?;
+        let witness = match &raw.witness {
+            Some(t) => Some(c.witness(t, settings.failover_timeout)?),
+            None => None,
+        };
         Ok(Config {
+            witness,
             api,
             file: file.to_path_buf(),
             settings,
@@ -831,6 +884,48 @@ operator_token_file = "operator.token"
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         // Nothing was created: the database is opened later.
         assert!(!d.0.path().join("gw-a.db").exists());
+    }
+
+    #[test]
+    fn the_witness_section_is_checked_against_the_failover_timeout() {
+        let d = Dir::new();
+        let witness = "\n[witness]\nurl = \"nats://127.0.0.1:4222\"\nbucket = \"pair-witness\"\nkey = \"line-7\"\nttl_ms = 2000\n";
+        let c = d.parse(&format!("{MASTER}{witness}")).unwrap();
+        let (w, s) = c.witness.unwrap();
+        assert_eq!((w.key.as_str(), s.ttl), ("line-7", Duration::from_secs(2)));
+        assert!(d.parse(MASTER).unwrap().witness.is_none());
+        // A TTL at the failover timeout: named, with the section's line.
+        let e = d
+            .parse(&format!("{MASTER}{}", witness.replace("2000", "3000")))
+            .unwrap_err();
+        assert_eq!(e.key, "[witness]");
+        assert_eq!(e.line, Some(20), "{e}");
+        assert!(
+            e.problem.contains("shorter than the failover timeout"),
+            "{e}"
+        );
+        // Files are relative to the config; a missing one is named.
+        let e = d
+            .parse(&format!(
+                "{MASTER}{witness}credentials_file = \"w.creds\"\n"
+            ))
+            .unwrap_err();
+        assert!(
+            e.problem.contains("credentials_file") && e.problem.contains("no such file"),
+            "{e}"
+        );
+        d.write("w.creds", "creds");
+        let c = d
+            .parse(&format!(
+                "{MASTER}{witness}credentials_file = \"w.creds\"\n"
+            ))
+            .unwrap();
+        assert!(c.witness.unwrap().0.credentials_file.unwrap().is_absolute());
+        // A key persist-fleet does not know.
+        let e = d
+            .parse(&format!("{MASTER}{witness}password = \"x\"\n"))
+            .unwrap_err();
+        assert!(e.problem.contains("password"), "{e}");
     }
 
     #[test]

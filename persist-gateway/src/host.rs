@@ -168,9 +168,14 @@ impl Gateway {
         sync = sync.modules(modules.manifests().to_vec());
         sync.reconnect_max = cfg.reconnect_max;
         sync.reconnect_initial = sync.reconnect_initial.min(sync.reconnect_max);
-        let builder = NodeBuilder::new(store.clone(), cfg.settings.clone(), sync)
+        let mut builder = NodeBuilder::new(store.clone(), cfg.settings.clone(), sync)
             .runtime(modules.runtime())
             .history(history.clone());
+        if let Some((w, settings)) = &cfg.witness {
+            tracing::info!(url = %w.url, bucket = %w.bucket, key = %w.key, ttl = ?settings.ttl, "witness lease");
+            let client = persist_fleet::NatsWitness::new(w.clone(), id.clone(), settings.clone());
+            builder = builder.witness(settings.clone(), Arc::new(client));
+        }
         let (node, link_addr) = start_node(&cfg, builder).await?;
         let node = Arc::new(node);
         let status = tokio::net::TcpListener::bind(cfg.status_listen)

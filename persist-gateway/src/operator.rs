@@ -94,6 +94,16 @@ pub struct StateView {
     /// On the master: clients that connected to the link port and failed
     /// before authenticating (they do not change `last_error`).
     pub unauthenticated_failures: u64,
+    /// The witness lease, when the pair has a witness: who holds it as
+    /// last answered, and whether this node's lease counts now.
+    pub witness_holder: Option<String>,
+    /// Whether this node holds the witness lease now (`false` without a
+    /// witness).
+    pub witness_held_here: bool,
+    /// Why the witness is unreachable, while it is.
+    pub witness_error: Option<String>,
+    /// Whether the pair has a witness.
+    pub witness: bool,
 }
 
 /// Builds the state view of a node.
@@ -142,6 +152,10 @@ pub fn view(node_id: &str, node: &NodeHandle) -> StateView {
             .collect(),
         module_warnings: s.module_warnings.clone(),
         unauthenticated_failures: link.unauthenticated_failures,
+        witness: s.witness.is_some(),
+        witness_holder: s.witness.as_ref().and_then(|w| w.holder.clone()),
+        witness_held_here: s.witness.as_ref().is_some_and(|w| w.held_here),
+        witness_error: s.witness.and_then(|w| w.error),
     }
 }
 
@@ -193,6 +207,18 @@ pub fn metrics(v: &StateView) -> String {
         "The pair's epoch as this node knows it.",
         v.epoch.to_string(),
     );
+    if v.witness {
+        gauge(
+            "persist_witness_lease_held",
+            "1 while this node's witness lease counts, else 0.",
+            u8::from(v.witness_held_here).to_string(),
+        );
+        gauge(
+            "persist_witness_reachable",
+            "1 while the witness answers this node, else 0.",
+            u8::from(v.witness_error.is_none()).to_string(),
+        );
+    }
     gauge(
         "persist_redundancy_transitions",
         "Changes of activity, epoch or active node since the node started.",
@@ -318,6 +344,7 @@ th{{color:#4a5568;font-weight:500}} .err{{color:#c53030}} .warn{{color:#975a16}}
                 "unauthenticated link clients failed",
                 v.unauthenticated_failures.to_string(),
             ),
+            row("witness lease", witness_line(v)),
         ]
         .join(""),
         audit = audit_table(audit),
@@ -332,6 +359,22 @@ th{{color:#4a5568;font-weight:500}} .err{{color:#c53030}} .warn{{color:#975a16}}
             .map(|e| format!("<p class=\"err\">Last error: {}</p>", esc(e)))
             .unwrap_or_default(),
     )
+}
+
+/// The witness row of the status page (escaped by `row`).
+fn witness_line(v: &StateView) -> String {
+    if !v.witness {
+        return "no witness".into();
+    }
+    let holder = match (&v.witness_holder, v.witness_held_here) {
+        (_, true) => "held here".to_owned(),
+        (Some(h), false) => format!("held by {h}"),
+        (None, false) => "not held".to_owned(),
+    };
+    match &v.witness_error {
+        Some(e) => format!("{holder}; witness unreachable: {e}"),
+        None => holder,
+    }
 }
 
 fn list(items: &[String]) -> String {
