@@ -103,6 +103,8 @@ struct Raw {
     api: RawApi,
     /// Checked by persist-fleet's `WitnessConfig` (its keys, its rules).
     witness: Option<Spanned<toml::Table>>,
+    /// Checked by persist-fleet's `FleetConfig`.
+    fleet: Option<Spanned<toml::Table>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -328,6 +330,9 @@ pub struct Config {
         persist_fleet::WitnessConfig,
         persist::sync::redundancy::witness::WitnessSettings,
     )>,
+    /// The fleet (`[fleet]`): a central gateway publishes its shared record
+    /// types, an edge (with `edge = "name"`) consumes them.
+    pub fleet: Option<persist_fleet::FleetConfig>,
     /// Things that work but should not stay so (a world-readable secret, a
     /// status page off loopback without TLS): logged at start.
     pub warnings: Vec<String>,
@@ -393,8 +398,47 @@ impl Checker<'_> {
 }
 
 impl Checker<'_> {
-    /// `[witness]`: persist-fleet's keys and rules, files relative to the
-    /// config's directory, the TTL checked against the failover timeout.
+    /// A persist-fleet section (`[witness]`, `[fleet]`) as its own TOML,
+    /// with the named file keys made relative to the config's directory;
+    /// errors name the section's header line.
+    fn section<T>(
+        &self,
+        name: &str,
+        raw: &Spanned<toml::Table>,
+        files: &[&str],
+        check: impl FnOnce(&str) -> persist_fleet::Result<T>,
+    ) -> Result<T, ConfigError> {
+        let mut table = raw.get_ref().clone();
+        for key in files {
+            if let Some(toml::Value::String(p)) = table.get(*key) {
+                let path = self.path(Path::new(p)).display().to_string();
+                table.insert((*key).into(), toml::Value::String(path));
+            }
+        }
+        let header = format!("[{name}]");
+        // The header's line (a table's span starts where its header line
+        // does, which `line` would count as the line before).
+        let line = self
+            .text
+            .lines()
+            .position(|l| l.trim() == header)
+            .map(|i| i + 1);
+        check(&table.to_string()).map_err(|e| {
+            let problem = match e {
+                persist_fleet::FleetError::Config(m) => {
+                    m.trim_start_matches(&format!("{header} ")).to_owned()
+                }
+                other => other.to_string(),
+            };
+            ConfigError {
+                line,
+                ..self.err(&header, None, problem)
+            }
+        })
+    }
+
+    /// `[witness]`: persist-fleet's keys and rules, the TTL checked against
+    /// the failover timeout.
     fn witness(
         &self,
         raw: &Spanned<toml::Table>,
@@ -406,31 +450,26 @@ impl Checker<'_> {
         ),
         ConfigError,
     > {
-        let mut table = raw.get_ref().clone();
-        for key in ["credentials_file", "nkey_file"] {
-            if let Some(toml::Value::String(p)) = table.get(key) {
-                let path = self.path(Path::new(p)).display().to_string();
-                table.insert(key.into(), toml::Value::String(path));
-            }
-        }
-        let problem = |e: persist_fleet::FleetError| match e {
-            persist_fleet::FleetError::Config(m) => m.trim_start_matches("[witness] ").to_owned(),
-            other => other.to_string(),
-        };
-        // The section's header line (a table's span starts where its
-        // header line does, which `line` would count as the line before).
-        let header = self
-            .text
-            .lines()
-            .position(|l| l.trim() == "[witness]")
-            .map(|i| i + 1);
-        let err = |e| ConfigError {
-            line: header,
-            ..self.err("[witness]", None, problem(e))
-        };
-        let cfg = persist_fleet::WitnessConfig::from_toml(&table.to_string()).map_err(err)?;
-        let settings = cfg.settings(failover_timeout).map_err(err)?;
-        Ok((cfg, settings))
+        self.section("witness", raw, &["credentials_file", "nkey_file"], |text| {
+            let cfg = persist_fleet::WitnessConfig::from_toml(text)?;
+            let settings = cfg.settings(failover_timeout)?;
+            Ok((cfg, settings))
+        })
+    }
+
+    /// `[fleet]`: persist-fleet's keys and rules, the fleet key read now.
+    fn fleet(&self, raw: &Spanned<toml::Table>) -> Result<persist_fleet::FleetConfig, ConfigError> {
+        self.section(
+            "fleet",
+            raw,
+            &["key_file", "credentials_file", "nkey_file"],
+            |text| {
+                let cfg = persist_fleet::FleetConfig::from_toml(text)?;
+                cfg.check()?;
+                cfg.load_key()?;
+                Ok(cfg)
+            },
+        )
     }
 
     /// `[api]`: every token file read and checked, names unique, no token
@@ -801,7 +840,12 @@ impl Config {
             Some(t) => Some(c.witness(t, settings.failover_timeout)?),
             None => None,
         };
+        let fleet = match &raw.fleet {
+            Some(t) => Some(c.fleet(t)?),
+            None => None,
+        };
         Ok(Config {
+            fleet,
             witness,
             api,
             file: file.to_path_buf(),
@@ -926,6 +970,23 @@ operator_token_file = "operator.token"
             .parse(&format!("{MASTER}{witness}password = \"x\"\n"))
             .unwrap_err();
         assert!(e.problem.contains("password"), "{e}");
+    }
+
+    #[test]
+    fn the_fleet_section_reads_its_key_relative_to_the_config() {
+        let d = Dir::new();
+        let fleet = "\n[fleet]\nurl = \"nats://127.0.0.1:4222\"\ncluster = \"plant-group\"\nedge = \"site-7\"\nkey_file = \"fleet.key\"\nshared = [\"device\"]\n";
+        let e = d.parse(&format!("{MASTER}{fleet}")).unwrap_err();
+        assert_eq!((e.key.as_str(), e.line), ("[fleet]", Some(20)), "{e}");
+        assert!(e.problem.contains("fleet.key"), "{e}");
+        d.write("fleet.key", &"ab".repeat(32));
+        let c = d.parse(&format!("{MASTER}{fleet}")).unwrap().fleet.unwrap();
+        assert!(c.key_file.is_absolute() && c.is_shared("device"));
+        assert_eq!(c.edge.as_deref(), Some("site-7"));
+        let e = d
+            .parse(&format!("{MASTER}{}", fleet.replace("site-7", "site 7")))
+            .unwrap_err();
+        assert!(e.problem.contains("edge"), "{e}");
     }
 
     #[test]

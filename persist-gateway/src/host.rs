@@ -176,7 +176,14 @@ impl Gateway {
             let client = persist_fleet::NatsWitness::new(w.clone(), id.clone(), settings.clone());
             builder = builder.witness(settings.clone(), Arc::new(client));
         }
+        if let Some(f) = &cfg.fleet {
+            crate::fleet::prepare(f, &store).map_err(GatewayError::Start)?;
+        }
         let (node, link_addr) = start_node(&cfg, builder).await?;
+        let fleet = cfg
+            .fleet
+            .clone()
+            .map(|f| Arc::new(crate::fleet::FleetRunner::start(f, store.clone(), role)));
         let node = Arc::new(node);
         let status = tokio::net::TcpListener::bind(cfg.status_listen)
             .await
@@ -203,6 +210,10 @@ impl Gateway {
             peer_url: cfg.api.peer_url.clone(),
         }))
         .merge(crate::pages::router());
+        let app = match &fleet {
+            Some(f) => app.merge(crate::fleet::router(f.clone())),
+            None => app,
+        };
         let status_task = tokio::spawn(crate::http::serve_bounded(
             status,
             app,
@@ -220,6 +231,7 @@ impl Gateway {
             link_addr,
             status_task: Some(status_task),
             follower: Some(follower),
+            fleet,
         })
     }
 }
@@ -361,6 +373,7 @@ pub struct RunningGateway {
     link_addr: Option<SocketAddr>,
     status_task: Option<JoinHandle<std::io::Result<()>>>,
     follower: Option<JoinHandle<()>>,
+    fleet: Option<Arc<crate::fleet::FleetRunner>>,
 }
 
 impl RunningGateway {
@@ -411,6 +424,9 @@ impl RunningGateway {
             .set_write_gate(Some(format!("gateway {} is shutting down", self.id)));
         let m = self.modules.clone();
         let _ = tokio::task::spawn_blocking(move || m.shutdown()).await;
+        if let Some(f) = self.fleet.take() {
+            f.stop().await;
+        }
         if self.role == NodeRole::Backup {
             let deadline = Instant::now() + HISTORY_FLUSH;
             loop {

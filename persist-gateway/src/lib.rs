@@ -10,11 +10,13 @@
 //! SIGINT. [`http`] is how the operator surface is served: connections
 //! capped and bounded in time, so idle, slow or flooding clients cannot take
 //! it down. [`api`] is the REST API of the modules' records, on the same
-//! listener, and [`pages`] the configuration pages built on it.
+//! listener, and [`pages`] the configuration pages built on it. [`fleet`]
+//! runs the gateway's part in a fleet (`[fleet]`) and shows it at `/fleet`.
 
 pub mod api;
 pub mod audit;
 pub mod config;
+pub mod fleet;
 mod host;
 pub mod http;
 pub mod logging;
