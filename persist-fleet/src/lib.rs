@@ -90,6 +90,8 @@ pub mod records;
 pub mod sample;
 mod shadow;
 mod status;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod wire;
 mod witness;
 
