@@ -399,14 +399,14 @@ async fn the_pages_in_a_real_browser() {
     go(&cb, "#/device", "Devices").await;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let t = cb
-            .find(Locator::Css("#rows tbody"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if !t.contains("press-7") {
+        // The live list re-renders its rows: an element found just before
+        // a re-render is stale by the time its text is read (seen under
+        // load); that is "not yet", as in `wait_text`.
+        let t = match cb.find(Locator::Css("#rows tbody")).await {
+            Ok(e) => e.text().await.ok(),
+            Err(_) => None,
+        };
+        if t.is_some_and(|t| !t.contains("press-7")) {
             break;
         }
         assert!(Instant::now() < deadline, "the backup still lists it");
