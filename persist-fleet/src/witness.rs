@@ -232,7 +232,17 @@ impl Inner {
         Ok(store)
     }
 
+    /// Carries out `action`; after a failure the bucket is looked up again
+    /// at the next request (a server restarted without its store has none).
     async fn request(&self, action: LeaseAction) -> LeaseEvent {
+        let event = self.carry_out(action).await;
+        if matches!(event, LeaseEvent::Unreachable { .. }) {
+            self.conn.lock().await.bucket = None;
+        }
+        event
+    }
+
+    async fn carry_out(&self, action: LeaseAction) -> LeaseEvent {
         let seq = action.seq();
         let kv = match self.bucket().await {
             Ok(kv) => kv,
@@ -293,8 +303,16 @@ impl Inner {
                     Err(e) => unreachable(seq, format!("renew the lease: {e}")),
                 }
             }
-            // Released or expired between the two requests: ask again.
-            _ => unreachable(seq, "the lease changed while it was read"),
+            // Nobody holds it (expired or released since): take it, as an
+            // acquire would. The node counts the lease from when it asked,
+            // which is before this create.
+            _ => match kv
+                .create(key, bytes::Bytes::from(self.node_id.clone().into_bytes()))
+                .await
+            {
+                Ok(revision) => LeaseEvent::Held { seq, revision },
+                Err(e) => unreachable(seq, format!("acquire the lease: {e}")),
+            },
         }
     }
 }
