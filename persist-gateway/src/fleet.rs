@@ -110,8 +110,7 @@ impl FleetRunner {
         let (c, s) = (cfg.clone(), state.clone());
         let task = tokio::spawn(async move {
             if central && role != NodeRole::Master {
-                s.lock().error = Some("a central backup does not publish; its master does".into());
-                return;
+                return; // a central backup: its master publishes
             }
             let mut wait = Duration::from_secs(1);
             loop {
@@ -284,7 +283,11 @@ th{{color:#4a5568;font-weight:500}} .err{{color:#c53030}}</style></head><body>\
 <table><tr><th>edge</th><th>position</th><th>lag</th><th>last seen</th><th>digest</th><th>snapshots loaded</th><th>refused</th><th>last error</th></tr>{rows}</table>\
 </body></html>",
         cluster = esc(&v.cluster),
-        part = v.part,
+        part = match v.part {
+            "central" => "the central publisher",
+            "edge" => "an edge",
+            _ => "the central pair's backup (its master publishes)",
+        },
         published = v
             .published
             .map(|p| format!(", published up to position {p}"))
