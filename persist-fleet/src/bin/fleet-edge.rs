@@ -2,11 +2,14 @@
 //! benchmark: opens a SQLite store with the sample records, writes a
 //! site-local note, consumes the fleet, and prints one line per change of
 //! its applied position (`applied <position> <digest>`). Ends on SIGTERM,
-//! SIGINT, or when its standard input closes.
+//! SIGINT, or when its standard input closes. With `--timestamps` each line
+//! also carries the wall-clock time the edge saw the position applied, in
+//! microseconds since the Unix epoch (`applied <position> <digest> <us>`),
+//! for the benchmark's commit-to-applied times across processes.
 //!
 //! `fleet-edge --url nats://127.0.0.1:4222 --cluster c --edge site-1 --key-file k --db edge.db`
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use persist_core::Store;
@@ -26,6 +29,9 @@ struct Args {
     key_file: std::path::PathBuf,
     #[arg(long)]
     db: std::path::PathBuf,
+    /// Appends the time (µs since the Unix epoch) to each `applied` line.
+    #[arg(long)]
+    timestamps: bool,
 }
 
 #[tokio::main]
@@ -61,6 +67,7 @@ async fn run(args: Args) -> persist_fleet::Result<()> {
     })
     .await
     .map_err(|e| persist_fleet::FleetError::Config(e.to_string()))??;
+    let timestamps = args.timestamps;
     let cfg = FleetConfig::new(args.url, args.cluster, args.key_file)
         .with_edge(args.edge)
         .share::<FleetTag>()
@@ -77,7 +84,14 @@ async fn run(args: Args) -> persist_fleet::Result<()> {
         let s = edge.status();
         if s.position != last {
             last = s.position;
-            println!("applied {} {}", s.position, s.digest);
+            if timestamps {
+                let us = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros());
+                println!("applied {} {} {us}", s.position, s.digest);
+            } else {
+                println!("applied {} {}", s.position, s.digest);
+            }
         }
         tokio::select! {
             r = stdin.read(&mut buf) => if matches!(r, Ok(0) | Err(_)) { break },

@@ -147,10 +147,27 @@ pub struct EdgeProcess {
     lines: mpsc::Receiver<String>,
     pub position: u64,
     pub digest: String,
+    /// With `--timestamps`: each `applied` line's position and wall-clock
+    /// time (µs since the Unix epoch), in order.
+    pub stamps: Vec<(u64, u64)>,
 }
 
 impl EdgeProcess {
+    /// Starts a `fleet-edge` and waits until it says it started.
     pub fn spawn(nats: &NatsServer, key: &Path, dir: &Path, name: &str) -> EdgeProcess {
+        let mut e = EdgeProcess::launch(nats, key, dir, name, &[]);
+        e.wait_started();
+        e
+    }
+
+    /// Starts a `fleet-edge` (with `extra` arguments) without waiting for it.
+    pub fn launch(
+        nats: &NatsServer,
+        key: &Path,
+        dir: &Path,
+        name: &str,
+        extra: &[&str],
+    ) -> EdgeProcess {
         let db = dir.join(format!("{name}.db"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_fleet-edge"))
             .args([
@@ -165,6 +182,7 @@ impl EdgeProcess {
             .arg(key)
             .arg("--db")
             .arg(&db)
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -179,16 +197,53 @@ impl EdgeProcess {
                 }
             }
         });
-        let mut e = EdgeProcess {
+        EdgeProcess {
             name: name.to_owned(),
             db,
             child: Some(child),
             lines: rx,
             position: 0,
             digest: String::new(),
-        };
-        e.wait_line(|l| l == "started", Duration::from_secs(20));
-        e
+            stamps: Vec::new(),
+        }
+    }
+
+    /// Waits for the `started` line (panics after 60 s).
+    pub fn wait_started(&mut self) {
+        assert!(
+            self.wait_line(|l| l == "started", Duration::from_secs(60)),
+            "{} did not start",
+            self.name
+        );
+    }
+
+    /// The process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends a signal (`STOP`, `CONT`, ...) with `kill(1)`.
+    pub fn signal(&self, sig: &str) {
+        if let Some(pid) = self.pid() {
+            let ok = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(pid.to_string())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(ok, "kill -{sig} {pid}");
+        }
+    }
+
+    fn handle(&mut self, line: &str) {
+        if let Some(rest) = line.strip_prefix("applied ") {
+            let mut it = rest.split(' ');
+            self.position = it.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            self.digest = it.next().unwrap_or("").to_owned();
+            if let Some(us) = it.next().and_then(|t| t.parse().ok()) {
+                self.stamps.push((self.position, us));
+            }
+        }
     }
 
     fn wait_line(&mut self, want: impl Fn(&str) -> bool, timeout: Duration) -> bool {
@@ -197,17 +252,20 @@ impl EdgeProcess {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(rest) = line.strip_prefix("applied ") {
-                        let mut it = rest.split(' ');
-                        self.position = it.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-                        self.digest = it.next().unwrap_or("").to_owned();
-                    }
+                    self.handle(&line);
                     if want(&line) {
                         return true;
                     }
                 }
                 Err(_) => return false,
             }
+        }
+    }
+
+    /// Reads the lines already printed, without waiting.
+    pub fn drain(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.handle(&line);
         }
     }
 
@@ -226,10 +284,17 @@ impl EdgeProcess {
         true
     }
 
+    /// Asks the edge to stop (closes its stdin) without waiting.
+    pub fn request_stop(&mut self) {
+        if let Some(c) = &mut self.child {
+            drop(c.stdin.take());
+        }
+    }
+
     /// Asks the edge to stop (closes its stdin) and waits for it.
     pub fn stop(&mut self) {
+        self.request_stop();
         if let Some(mut c) = self.child.take() {
-            drop(c.stdin.take());
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -248,6 +313,35 @@ impl EdgeProcess {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// Starts `fleet-edge` processes together, then waits until each started.
+pub fn spawn_edges(
+    nats: &NatsServer,
+    key: &Path,
+    dir: &Path,
+    names: &[String],
+    extra: &[&str],
+) -> Vec<EdgeProcess> {
+    let mut edges: Vec<EdgeProcess> = names
+        .iter()
+        .map(|n| EdgeProcess::launch(nats, key, dir, n, extra))
+        .collect();
+    for e in &mut edges {
+        e.wait_started();
+    }
+    edges
+}
+
+/// Stops every edge: all are asked first, then each is waited for (an edge
+/// takes up to half a second to notice, so one by one would add up).
+pub fn stop_all(edges: &mut [EdgeProcess]) {
+    for e in edges.iter_mut() {
+        e.request_stop();
+    }
+    for e in edges.iter_mut() {
+        e.stop();
     }
 }
 
