@@ -297,6 +297,26 @@ impl Pub {
         }
     }
 
+    /// The store's head, once it has caught up with what this publisher
+    /// read: the writer publishes its head just after a commit that a
+    /// reader may already see, so a head behind `source` for a moment is
+    /// that race (seen under a tight write loop: six needless rebases in
+    /// 100,000 entries), not a store that went back. One that stays behind
+    /// for 100 ms did go back (a restore).
+    async fn settled_head(&self, mut head: persist_core::LogHead) -> Result<persist_core::LogHead> {
+        for _ in 0..20 {
+            if head.position >= self.source {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let store = self.store.clone();
+            head = tokio::task::spawn_blocking(move || store.head())
+                .await
+                .map_err(|e| FleetError::Config(format!("store task: {e}")))??;
+        }
+        Ok(head)
+    }
+
     /// Publishes what the central log has after `source`.
     async fn step(&mut self) -> Result<Step> {
         let (store, from) = (self.store.clone(), self.source + 1);
@@ -307,6 +327,7 @@ impl Pub {
         })
         .await
         .map_err(|e| FleetError::Config(format!("store task: {e}")))??;
+        let head = self.settled_head(head).await?;
         if head.position < self.source || (head.position >= from && head.first_retained > from) {
             // The central store went back, or trimmed what was not published.
             return Ok(Step::Resync);
