@@ -8,8 +8,8 @@
 //! processes (the release build of this package's binary). Sizes:
 //! `FLEET_BENCH_EDGES` (default 20), `FLEET_BENCH_LAG_COMMITS` (default
 //! 1,000, at `FLEET_BENCH_RATE` commits/s, default 100), `FLEET_BENCH_BURST`
-//! (default 2,000 entries), `FLEET_BENCH_CATCHUP` (default 20,000 entries).
-//! A full run takes about two minutes. It prints figures; it never asserts
+//! (default 2,000 entries), `FLEET_BENCH_CATCHUP` (default 50,000 entries).
+//! A full run takes about a minute on two cores. It prints figures; it never asserts
 //! a timing (only that every edge and the backup end with the central data).
 //!
 //! Every central commit is one small configuration transaction (one shared
@@ -241,6 +241,54 @@ impl Fleet {
             );
         }
         st
+    }
+}
+
+/// CPU seconds used so far: the edges (user, system), the nats-server,
+/// and this process (central store, publisher, and the pair).
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    edges_user: f64,
+    edges_sys: f64,
+    nats: f64,
+    bench: f64,
+}
+
+impl Cpu {
+    fn now(f: &Fleet) -> Cpu {
+        let mut c = Cpu::default();
+        for e in &f.edges {
+            if let Some(pid) = e.pid() {
+                let (u, s) = cpu_secs(pid);
+                c.edges_user += u;
+                c.edges_sys += s;
+            }
+        }
+        c.nats = f.nats.pid().map_or(0.0, |p| {
+            let (u, s) = cpu_secs(p);
+            u + s
+        });
+        let (u, s) = cpu_secs(std::process::id());
+        c.bench = u + s;
+        c
+    }
+
+    /// What was used since `before`, per entry applied on each edge.
+    fn show(self, before: Cpu, entries: u64, edges: usize) -> String {
+        let per = |secs: f64| secs * 1e6 / (entries as f64 * edges as f64);
+        let (eu, es) = (
+            self.edges_user - before.edges_user,
+            self.edges_sys - before.edges_sys,
+        );
+        format!(
+            "edges {:.1} s ({:.0} µs user + {:.0} µs system per entry per edge), nats-server {:.1} s, \
+             central+publisher {:.1} s",
+            eu + es,
+            per(eu),
+            per(es),
+            self.nats - before.nats,
+            self.bench - before.bench
+        )
     }
 }
 
@@ -547,7 +595,7 @@ fn main() {
     let lag_n = env("FLEET_BENCH_LAG_COMMITS", 1_000);
     let rate = env("FLEET_BENCH_RATE", 100);
     let burst_n = env("FLEET_BENCH_BURST", 2_000);
-    let catchup_n = env("FLEET_BENCH_CATCHUP", 20_000);
+    let catchup_n = env("FLEET_BENCH_CATCHUP", 50_000);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -570,11 +618,17 @@ fn main() {
     let pair_dir = tempfile::tempdir().unwrap();
     let mut pair = f.rt.block_on(start_pair(pair_dir.path()));
 
+    let c0 = Cpu::now(&f);
     let lag = fleet_lag(&mut f, lag_n, rate);
+    let c1 = Cpu::now(&f);
     let plag = f.rt.block_on(pair_lag(&mut pair, lag_n, rate));
+    let c2 = Cpu::now(&f);
     let burst = fleet_burst(&mut f, burst_n);
+    let c3 = Cpu::now(&f);
     let pburst = f.rt.block_on(pair_burst(&mut pair, burst_n));
+    let c4 = Cpu::now(&f);
     let apply = fleet_apply(&mut f, burst_n);
+    let c5 = Cpu::now(&f);
     let st = f.check();
     let catchup = fleet_catchup(&mut f, catchup_n);
     let pcatchup = f.rt.block_on(pair_catchup(&mut pair, catchup_n));
@@ -595,6 +649,7 @@ fn main() {
     );
     row(&format!("fleet lag: {lag_case}, per edge"), show(&lag.each));
     row(&format!("pair  lag: {lag_case}, backup"), show(&plag));
+    row("  CPU, fleet lag", c1.show(c0, lag_n, edges));
     ratio("  ratio all-edges / pair, p50", lag.all.p50, plag.p50, "");
     ratio("  ratio all-edges / pair, p99", lag.all.p99, plag.p99, "");
     ratio("  ratio per-edge / pair, p50", lag.each.p50, plag.p50, "");
@@ -618,6 +673,7 @@ fn main() {
         &format!("pair  burst: {burst_n} entries committed and applied on the backup"),
         format!("{pburst:.0} entries/s"),
     );
+    row("  CPU, fleet burst", c3.show(c2, burst_n, edges));
     ratio("  ratio fleet (all edges) / pair", burst.all, pburst, "");
     row(
         &format!("fleet apply: {burst_n} entries, {edges} edges resumed together, per edge"),
@@ -630,6 +686,7 @@ fn main() {
         "fleet apply: total over the edges",
         format!("{:.0} entries/s", apply.total),
     );
+    row("  CPU, fleet apply", c5.show(c4, burst_n, edges));
     row(
         &format!("fleet catch-up: {catchup_n} entries published, no edge running"),
         format!("{:.0} entries/s", catchup.published),
