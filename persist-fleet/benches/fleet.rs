@@ -34,7 +34,10 @@
 //! - **catch-up**: every edge stopped, N entries published, one edge
 //!   process started: entries/s from process start to the last entry
 //!   applied (a replay of the stream, not a snapshot: `snapshot_every` is
-//!   set past the run).
+//!   set past the run), and its longest pause without progress: a pull
+//!   consumer that stalls shows there as a pause of about 30 s (twice the
+//!   client's 15 s idle heartbeat, after which the edge recreates its
+//!   consumer and goes on; it logs `missed idle heartbeat`).
 //! - **pair**: the same commits replicated master -> backup by persist-sync
 //!   over loopback TCP in this process (start_master / start_backup, as in
 //!   `examples/sample-gateway/benches/replication.rs`): commit to applied on
@@ -409,6 +412,11 @@ struct Catchup {
     /// Entries/s from its `started` line (store open, NATS connected).
     from_started: f64,
     bootstraps: u64,
+    /// The longest time without an applied position, and the position it followed.
+    pause_ms: f64,
+    pause_after: u64,
+    /// Entries/s from its `started` line, that pause left out.
+    without_pause: f64,
 }
 
 /// Every edge stopped, N entries published, one edge started.
@@ -418,9 +426,16 @@ fn fleet_catchup(f: &mut Fleet, n: u64) -> Catchup {
     let last = f.commit_fast(n);
     let published = n as f64 / t0.elapsed().as_secs_f64();
     let t0 = Instant::now();
-    let mut e = EdgeProcess::launch(&f.nats, &f.key, f.dir.path(), &f.names[0], &[]);
+    let mut e = EdgeProcess::launch(
+        &f.nats,
+        &f.key,
+        f.dir.path(),
+        &f.names[0],
+        &["--timestamps"],
+    );
     e.wait_started();
     let started = Instant::now();
+    let started_us = now_us();
     assert!(e.wait_position(last, WAIT), "{} at {}", e.name, e.position);
     let (from_start, from_started) = (t0.elapsed().as_secs_f64(), started.elapsed().as_secs_f64());
     assert_eq!(
@@ -436,11 +451,23 @@ fn fleet_catchup(f: &mut Fleet, n: u64) -> Catchup {
             .find(|v| v.status.edge == f.names[0])
             .map_or(u64::MAX, |v| v.status.bootstraps);
     e.stop();
+    // The longest time without progress (from the `started` line on).
+    let mut pause = (0, 0);
+    let mut prev = (e.stamps.first().map_or(0, |s| s.0), started_us);
+    for &(p, t) in &e.stamps {
+        if t.saturating_sub(prev.1) > pause.0 {
+            pause = (t.saturating_sub(prev.1), prev.0);
+        }
+        prev = (p, t);
+    }
     Catchup {
         published,
         from_start: n as f64 / from_start,
         from_started: n as f64 / from_started,
         bootstraps,
+        pause_ms: pause.0 as f64 / 1000.0,
+        pause_after: pause.1,
+        without_pause: n as f64 / (from_started - pause.0 as f64 / 1e6),
     }
 }
 
@@ -701,6 +728,13 @@ fn main() {
     row(
         "fleet catch-up: the same, from its `started` line",
         format!("{:.0} entries/s", catchup.from_started),
+    );
+    row(
+        "fleet catch-up: its longest pause without progress",
+        format!(
+            "{:.0} ms after position {} ({:.0} entries/s without it)",
+            catchup.pause_ms, catchup.pause_after, catchup.without_pause
+        ),
     );
     row(
         &format!("pair  catch-up: backup restarted, {catchup_n} entries"),
