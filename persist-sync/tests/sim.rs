@@ -4,7 +4,12 @@
 //!   `PERSIST_SIM_SECONDS` (default 40) or exactly `PERSIST_SIM_SEEDS`,
 //!   from `PERSIST_SIM_FIRST_SEED` (default 1), on `PERSIST_SIM_THREADS`
 //!   threads (default 2). It prints how many seeds and simulated seconds it
-//!   covered.
+//!   covered, and how many of them ran with a witness
+//!   (`SimConfig::for_seed`: 40 % of seeds; `PERSIST_SIM_WITNESS=1` runs
+//!   only those, `=0` none of them), and the seeds where a node was Active
+//!   on its peer's word alone next to the lease holder (the known limit the
+//!   checker tolerates for a bounded time; `PERSIST_SIM_STRICT_WITNESS=1`
+//!   makes it a violation).
 //! - `PERSIST_SIM_SEED=n`: replays seed `n` alone, with a trace of every event.
 //! - `seeds_that_found_bugs_stay_fixed`: every seed that once found a defect.
 
@@ -13,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use persist_sync::engine::Command;
+use persist_sync::redundancy::witness::WitnessSettings;
 use persist_sync::redundancy::RecoveryMode;
 use persist_sync::testing::sim::{run, Fault, Mistake, Report, SimConfig};
 
@@ -25,7 +31,8 @@ fn random_seeds_keep_every_invariant() {
     if let Some(seed) = env("PERSIST_SIM_SEED") {
         let cfg = SimConfig {
             trace: true,
-            ..SimConfig::default()
+            strict_witness: env("PERSIST_SIM_STRICT_WITNESS") == Some(1),
+            ..SimConfig::for_seed(seed)
         };
         match run(seed, &cfg) {
             Ok(r) => {
@@ -47,36 +54,60 @@ fn random_seeds_keep_every_invariant() {
     let simulated = Arc::new(AtomicU64::new(0));
     let events = Arc::new(AtomicU64::new(0));
     let faults = Arc::new(AtomicU64::new(0));
+    // With a witness: seeds, simulated ms, faults, lease handovers.
+    let witnessed = Arc::new([(); 4].map(|_| AtomicU64::new(0)));
+    // Seeds where one node was Active on its peer's word alone next to the
+    // lease holder, with the longest such overlap.
+    let overlaps = Arc::new(Mutex::new(Vec::new()));
+    let only = env("PERSIST_SIM_WITNESS");
+    let strict = env("PERSIST_SIM_STRICT_WITNESS") == Some(1);
     let failures = Arc::new(Mutex::new(Vec::new()));
     let started = Instant::now();
     let workers: Vec<_> = (0..threads)
         .map(|_| {
-            let (next, done, simulated, events, faults, failures) = (
+            let (next, done, simulated, events, faults, witnessed, overlaps, failures) = (
                 next.clone(),
                 done.clone(),
                 simulated.clone(),
                 events.clone(),
                 faults.clone(),
+                witnessed.clone(),
+                overlaps.clone(),
                 failures.clone(),
             );
-            std::thread::spawn(move || {
-                let cfg = SimConfig::default();
-                loop {
-                    let seed = next.fetch_add(1, Ordering::SeqCst);
-                    let out_of_seeds = count.is_some_and(|c| seed >= first + c);
-                    let out_of_time = count.is_none() && started.elapsed() >= budget;
-                    if out_of_seeds || out_of_time || !failures.lock().unwrap().is_empty() {
-                        return;
-                    }
-                    match run(seed, &cfg) {
-                        Ok(r) => {
-                            done.fetch_add(1, Ordering::SeqCst);
-                            simulated.fetch_add(r.simulated.as_millis() as u64, Ordering::SeqCst);
-                            events.fetch_add(r.events, Ordering::SeqCst);
-                            faults.fetch_add(r.faults, Ordering::SeqCst);
+            std::thread::spawn(move || loop {
+                let seed = next.fetch_add(1, Ordering::SeqCst);
+                let out_of_seeds = count.is_some_and(|c| seed >= first + c);
+                let out_of_time = count.is_none() && started.elapsed() >= budget;
+                if out_of_seeds || out_of_time || !failures.lock().unwrap().is_empty() {
+                    return;
+                }
+                let cfg = SimConfig {
+                    strict_witness: strict,
+                    ..SimConfig::for_seed(seed)
+                };
+                if only.is_some_and(|w| (w == 1) != cfg.witness.is_some()) {
+                    continue;
+                }
+                match run(seed, &cfg) {
+                    Ok(r) => {
+                        let ms = r.simulated.as_millis() as u64;
+                        done.fetch_add(1, Ordering::SeqCst);
+                        simulated.fetch_add(ms, Ordering::SeqCst);
+                        events.fetch_add(r.events, Ordering::SeqCst);
+                        faults.fetch_add(r.faults, Ordering::SeqCst);
+                        if r.witness {
+                            for (n, v) in
+                                [1, ms, r.faults, r.lease_handovers].into_iter().enumerate()
+                            {
+                                witnessed[n].fetch_add(v, Ordering::SeqCst);
+                            }
+                            if r.overlaps > 0 {
+                                overlaps.lock().unwrap().push((r.overlap_max, seed));
+                            }
                         }
-                        Err(v) => failures.lock().unwrap().push(v),
                     }
+                    Err(v) => failures.lock().unwrap().push(v),
                 }
             })
         })
@@ -84,15 +115,26 @@ fn random_seeds_keep_every_invariant() {
     for w in workers {
         w.join().unwrap();
     }
+    let w = |n: usize| witnessed[n].load(Ordering::SeqCst);
+    let mut overlaps = overlaps.lock().unwrap().clone();
+    overlaps.sort_by(|a, b| b.cmp(a));
     println!(
         "simulator: {} seeds from {first}, {:.0} simulated seconds, {} events, {} faults, \
-         violations: {}, in {:.1} s",
+         violations: {}, in {:.1} s; with a witness: {} seeds, {:.0} simulated seconds, \
+         {} faults, {} lease handovers; {} seeds with a node Active on its peer's word \
+         next to the lease holder (the longest: {:?})",
         done.load(Ordering::SeqCst),
         simulated.load(Ordering::SeqCst) as f64 / 1000.0,
         events.load(Ordering::SeqCst),
         faults.load(Ordering::SeqCst),
         failures.lock().unwrap().len(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        w(0),
+        w(1) as f64 / 1000.0,
+        w(2),
+        w(3),
+        overlaps.len(),
+        &overlaps[..overlaps.len().min(5)]
     );
     let failures = failures.lock().unwrap();
     if let Some(v) = failures.first() {
@@ -297,4 +339,163 @@ fn a_switchover_while_the_backup_is_down_is_refused() {
             r.replies
         );
     }
+}
+
+/// A witness with a 300 ms lease (the failover timeout is 500 ms), and both
+/// nodes Active at once a violation even on a peer's word alone.
+fn with_witness(c: &mut SimConfig) {
+    let w = WitnessSettings::new(s(300));
+    w.validate(c.failover_timeout)
+        .expect("valid witness settings");
+    c.witness = Some(w);
+    c.strict_witness = true;
+}
+
+/// Which nodes were Active at `t` (gw-a, gw-b).
+fn active_at(r: &Report, t: Duration) -> [bool; 2] {
+    r.activity
+        .iter()
+        .take_while(|(at, _)| at.offset() <= t)
+        .last()
+        .map_or([false; 2], |(_, a)| *a)
+}
+
+/// The changes of activity from `from` to `to`, and the state in force at
+/// `from` (with the time it began).
+fn activity_between(r: &Report, from: Duration, to: Duration) -> Vec<(Duration, [bool; 2])> {
+    let mut out = vec![(from, active_at(r, from))];
+    out.extend(
+        r.activity
+            .iter()
+            .filter(|(at, _)| at.offset() > from && at.offset() <= to)
+            .map(|(at, a)| (at.offset(), *a)),
+    );
+    out
+}
+
+/// Witness: the pair link is cut for 3 s while both nodes reach the
+/// witness: the master keeps renewing its lease, the backup's tries find
+/// it taken, and exactly one node (the master) is Active throughout.
+#[test]
+fn a_cut_link_with_a_witness_keeps_exactly_one_active() {
+    let reports = scenario(
+        "cut link, witness reachable",
+        vec![(s(3000), Fault::Partition(s(3000)))],
+        with_witness,
+    );
+    for r in &reports {
+        let during = activity_between(r, s(3000), s(6000));
+        assert!(
+            during.iter().all(|(_, a)| *a == [true, false]),
+            "seed {}: only the master Active during the cut: {during:?}",
+            r.seed
+        );
+    }
+}
+
+/// Witness: the master is cut from the pair link and from the witness. Its
+/// lease stops counting before the server expires it, so it stands down
+/// first (never both Active: strict); the backup wins the lease once the
+/// server expired it, and takes over within the failover timeout plus the
+/// lease's TTL and a renewal round.
+#[test]
+fn an_isolated_master_gives_way_to_the_backup_once_it_wins_the_lease() {
+    let reports = scenario(
+        "master cut from link and witness",
+        vec![(s(3000), Fault::Isolate(0, s(3000)))],
+        with_witness,
+    );
+    let w = WitnessSettings::new(s(300));
+    for r in &reports {
+        assert_eq!(active_at(r, s(3000)), [true, false], "seed {}", r.seed);
+        let took = r
+            .activity
+            .iter()
+            .find(|(at, a)| at.offset() > s(3000) && a[1])
+            .map(|(at, _)| at.offset())
+            .unwrap_or_else(|| panic!("seed {}: the backup took over: {:?}", r.seed, r.activity));
+        // Not before the failover timeout after the master's last
+        // heartbeat (at most one interval before the cut), not after the
+        // master's lease ended on the server plus a try (ttl < failover
+        // timeout).
+        let latest = s(3000) + s(500) + w.renew_every + w.request_timeout + s(110);
+        assert!(
+            took >= s(3400) && took <= latest,
+            "seed {}: took over at {took:?} (latest {latest:?})",
+            r.seed
+        );
+        let stood_down = r
+            .activity
+            .iter()
+            .find(|(at, a)| at.offset() > s(3000) && !a[0])
+            .map(|(at, _)| at.offset())
+            .unwrap_or_else(|| panic!("seed {}: the master stood down", r.seed));
+        assert!(
+            stood_down <= s(3000) + w.valid_for() && stood_down < took,
+            "seed {}: the master stood down at {stood_down:?}, the backup took over at {took:?}",
+            r.seed
+        );
+        assert!(r.lease_handovers >= 2, "seed {}: {r:?}", r.seed);
+    }
+}
+
+/// Witness: the witness is down for 4 s with the pair link up: the pair
+/// runs on its last decision (the master stays Active on its backup's
+/// word). The master dies meanwhile: nobody can take the lease, so nobody
+/// is Active until the witness returns; then the backup takes over.
+#[test]
+fn with_the_witness_down_the_pair_keeps_its_decision_and_waits_for_it_to_take_over() {
+    let reports = scenario(
+        "witness down",
+        vec![(s(2500), Fault::WitnessDown(s(4000)))],
+        with_witness,
+    );
+    for r in &reports {
+        let during = activity_between(r, s(2500), s(6500));
+        assert!(
+            during.iter().all(|(_, a)| *a == [true, false]),
+            "seed {}: the master stays Active: {during:?}",
+            r.seed
+        );
+    }
+    let reports = scenario(
+        "witness down, then the master dies",
+        vec![
+            (s(2500), Fault::WitnessDown(s(3000))),
+            (s(3000), Fault::Crash(0, s(4000))),
+        ],
+        with_witness,
+    );
+    for r in &reports {
+        let during = activity_between(r, s(3001), s(5500));
+        assert!(
+            during.iter().all(|(_, a)| *a == [false, false]),
+            "seed {}: nobody Active without the witness: {during:?}",
+            r.seed
+        );
+        assert!(
+            active_at(r, s(6000))[1],
+            "seed {}: {:?}",
+            r.seed,
+            r.activity
+        );
+    }
+}
+
+/// Witness: the active master freezes (SIGSTOP) for longer than the
+/// failover timeout; the backup wins the lease and takes over. When the
+/// master resumes, its socket still holds the backup's heartbeats sent
+/// before the takeover, naming the master: the machine counts each as its
+/// peer's confirmation from when it is read, so the master is Active next
+/// to the lease holder until the backup's close or its new claim arrives.
+/// Ignored until the confirmation rule is fixed (RELIABILITY.md, "Witness");
+/// run it with `--ignored`.
+#[test]
+#[ignore = "known defect: a stale confirmation read after a freeze makes the master Active next to the new lease holder"]
+fn a_master_frozen_past_the_failover_does_not_act_on_stale_confirmations() {
+    scenario(
+        "master frozen past the failover timeout",
+        vec![(s(3000), Fault::Freeze(0, s(1500)))],
+        with_witness,
+    );
 }

@@ -18,6 +18,23 @@
 //!    world reads every node's report after every event.
 //! 7. A node never holds an epoch lower than the one it stored, and is not
 //!    Active before its startup allowance unless it heard its peer's claim.
+//!
+//! # With a witness
+//! - 1 becomes: **never both nodes Active at the same instant**, whatever the
+//!   link does, and never both nodes' leases counting at once. (Not while
+//!   the backup is configured with the master's id: the witness cannot tell
+//!   two nodes of the same name apart, and such a backup never acts anyway
+//!   once it has met the master.) One exception unless
+//!   [`SimConfig::strict_witness`]: a node Active on its peer's word alone
+//!   (its lease does not count) next to the lease holder, for at most half
+//!   the failover timeout plus the longest frame transit. The peer's word
+//!   counts from when it arrived, not from when it was said: a heartbeat
+//!   that waited in a frozen node's socket, or crossed a half-open link
+//!   slowly, names the node active after its peer already took the lease.
+//!   Each such overlap is counted and reported (`Report::overlaps`).
+//! - 2 holds only where the backup can win the lease, with a bound that
+//!   waits for the master's lease to end on the server (see
+//!   [`Checker::takeover_due`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -26,6 +43,7 @@ use persist_core::{Claim, Digest};
 
 use super::net::Net;
 use super::node::{SimNode, IDS};
+use super::witness::{SimWitness, MAX_LATENCY};
 use super::{Mistake, SimConfig};
 use crate::clock::Time;
 use crate::protocol::NodeRole;
@@ -97,7 +115,20 @@ pub struct Checker {
     master_heard_since: Option<Time>,
     handshake: Duration,
     reports: u64,
+    /// With a witness, both Active with one on its peer's word alone is a
+    /// violation at once (see [`super::SimConfig::strict_witness`]).
+    strict_witness: bool,
+    /// Since when both nodes are Active, one on its peer's word alone.
+    overlap_since: Option<Time>,
+    /// How many such overlaps, the longest, and when the first began.
+    overlaps: u64,
+    overlap_max: Duration,
+    first_overlap: Option<Time>,
 }
+
+/// The longest a frame takes between the nodes in the simulator when no
+/// partition holds it: the largest extra delay plus the largest latency.
+const MAX_FRAME_TRANSIT: Duration = Duration::from_micros(700_400);
 
 impl Checker {
     pub fn new(cfg: &SimConfig) -> Checker {
@@ -121,6 +152,11 @@ impl Checker {
             master_heard_since: None,
             handshake: Duration::from_millis(1000),
             reports: 0,
+            strict_witness: cfg.strict_witness,
+            overlap_since: None,
+            overlaps: 0,
+            overlap_max: Duration::ZERO,
+            first_overlap: None,
         }
     }
 
@@ -130,6 +166,12 @@ impl Checker {
 
     pub fn takeovers(&self) -> u64 {
         self.takeovers
+    }
+
+    /// With a witness: both nodes Active with one on its peer's word alone
+    /// (how often, the longest, when first).
+    pub fn overlaps(&self) -> (u64, Duration, Option<Time>) {
+        (self.overlaps, self.overlap_max, self.first_overlap)
     }
 
     pub fn started(&mut self, i: usize, now: Time) {
@@ -208,11 +250,66 @@ impl Checker {
         self.reports
     }
 
+    /// Invariant 2: when the backup, running and not Active, must be Active
+    /// at the latest (`None`: not required now).
+    ///
+    /// Without a witness: one heartbeat after the failover timeout has run
+    /// since it last heard the master (or since its start plus
+    /// max(allowance, failover timeout) if it never heard it), counted from
+    /// when it last woke up at the earliest.
+    ///
+    /// With a witness the backup can only take over once it holds the
+    /// lease, and it can only win the lease once the master's lease ended
+    /// on the server (the master may keep renewing after the backup last
+    /// heard it: a cut link with the master still reaching the witness
+    /// rightly leaves the master Active for ever). So the bound holds only
+    /// while the backup reaches the witness (its way is not cut, the
+    /// witness is up and answers without extra delay), and it is
+    ///
+    /// ```text
+    /// max(silent + failover timeout, woke up, lease of another node ended
+    ///     on the server, reaches the witness since)
+    ///   + heartbeat + renew_every + request_timeout + 3 × max witness latency
+    /// ```
+    ///
+    /// From the last of those moments the backup wants the lease and the
+    /// server has it free: a try that found the lease still taken retries
+    /// after `renew_every` (its answer came at most one latency late), a
+    /// request lost while the way was cut times out after
+    /// `request_timeout` and retries after `renew_every / 2`, and the
+    /// winning try takes a round trip; it takes over on that answer. For a
+    /// master that dies (crash, freeze) at `c` with everything else
+    /// healthy, its last renewal was written by `c + latency`, so its lease
+    /// ended by `c + latency + ttl`, before `silent + failover timeout`
+    /// (`ttl` is below the failover timeout): the bound is then the
+    /// witness-less one plus `renew_every + request_timeout + 3 × latency`.
+    fn takeover_due(&self, witness: Option<&SimWitness>) -> Option<Time> {
+        let silent_from = match self.heard[1] {
+            Some(h) => h + self.failover,
+            None => self.started[1] + self.allowance.max(self.failover),
+        };
+        let from = silent_from.max(self.awake_since[1]);
+        let Some(w) = witness else {
+            return Some(from + self.heartbeat + Duration::from_millis(1));
+        };
+        let reach = w.reach_since(1)?;
+        let s = &w.settings;
+        Some(
+            from.max(w.foreign_until()).max(reach)
+                + self.heartbeat
+                + s.renew_every
+                + s.request_timeout
+                + MAX_LATENCY * 3
+                + Duration::from_millis(1),
+        )
+    }
+
     pub fn after_event(
         &mut self,
         now: Time,
         nodes: &[SimNode; 2],
         net: &Net,
+        witness: Option<&SimWitness>,
     ) -> Result<(), Failed> {
         let active = |i: usize| {
             nodes[i].running.as_ref().is_some_and(|r| {
@@ -305,6 +402,79 @@ impl Checker {
                 ));
             }
         }
+        // 1 with a witness: never both Active, whatever the link.
+        let same_id = matches!(self.mistake, Some((Mistake::SameId, _)));
+        let mut overlap = false;
+        if let (Some(w), false) = (witness, same_id) {
+            let holds = |i: usize| {
+                nodes[i].running.as_ref().is_some_and(|r| {
+                    r.core
+                        .machine()
+                        .and_then(|m| m.lease(now))
+                        .is_some_and(|l| l.valid_until.is_some_and(|t| now < t))
+                })
+            };
+            let both_active = active(0) && active(1);
+            // The known limit: one node Active on its peer's word alone (its
+            // lease does not count; the word may be old), the other on the
+            // lease. Tolerated unless strict, and only for a bounded time.
+            overlap = both_active && (holds(0) != holds(1));
+            let mut lasted = Duration::ZERO;
+            if overlap {
+                let since = match self.overlap_since {
+                    Some(t) => t,
+                    None => {
+                        self.overlaps += 1;
+                        self.first_overlap.get_or_insert(now);
+                        *self.overlap_since.insert(now)
+                    }
+                };
+                lasted = now.since(since);
+                self.overlap_max = self.overlap_max.max(lasted);
+            }
+            let bound = self.failover / 2 + MAX_FRAME_TRANSIT;
+            if (both_active && (self.strict_witness || !overlap || lasted > bound))
+                || (holds(0) && holds(1))
+            {
+                let leases: Vec<String> = nodes
+                    .iter()
+                    .map(
+                        |n| match n.running.as_ref().and_then(|r| r.core.machine()) {
+                            Some(m) => format!("{}: {:?}", n.name(), m.lease(now)),
+                            None => format!("{}: down", n.name()),
+                        },
+                    )
+                    .collect();
+                return Err((
+                    Invariant::OneActive,
+                    format!(
+                        "both nodes {} with a witness{} ({}; {})",
+                        if both_active {
+                            "Active"
+                        } else {
+                            "hold the lease"
+                        },
+                        if overlap {
+                            format!(
+                                " for {lasted:?}, one on its peer's word alone (bound {})",
+                                if self.strict_witness {
+                                    "none: strict".to_string()
+                                } else {
+                                    format!("{bound:?}")
+                                }
+                            )
+                        } else {
+                            String::new()
+                        },
+                        leases.join("; "),
+                        w.describe(now)
+                    ),
+                ));
+            }
+        }
+        if !overlap {
+            self.overlap_since = None;
+        }
         // 1: never both accepting config writes.
         let open = |i: usize| {
             nodes[i]
@@ -331,21 +501,21 @@ impl Checker {
         }
         // 2: the backup takes over in time (a backup that found it has the
         // master's id refuses to act until it is fixed).
-        let same_id = matches!(self.mistake, Some((Mistake::SameId, _)));
         if nodes[1].config.role == NodeRole::Backup && awake[1] && !active(1) && !same_id {
-            let silent_from = match self.heard[1] {
-                Some(h) => h + self.failover,
-                None => self.started[1] + self.allowance.max(self.failover),
-            };
-            let due =
-                silent_from.max(self.awake_since[1]) + self.heartbeat + Duration::from_millis(1);
-            if now > due {
+            let due = self.takeover_due(witness);
+            if due.is_some_and(|due| now > due) {
                 return Err((
                     Invariant::Takeover,
                     format!(
-                        "the backup is not Active {:?} after it last heard the master ({:?})",
+                        "the backup is not Active {:?} after it last heard the master ({:?}){}",
                         now.since(self.heard[1].unwrap_or(self.started[1])),
-                        self.heard[1]
+                        self.heard[1],
+                        witness.map_or(String::new(), |w| format!(
+                            "; {}, another node's lease ended at {}, the backup reaches it since {:?}",
+                            w.describe(now),
+                            w.foreign_until(),
+                            w.reach_since(1)
+                        ))
                     ),
                 ));
             }

@@ -8,7 +8,10 @@
 //! (latency, loss, duplication, partitions, resets), processes (crash and
 //! restart, freeze and resume), the store's timing and faults (a full disk,
 //! a lock held by another process past the busy timeout, a slow fsync, a row
-//! changed behind the library's back), operators and configuration mistakes.
+//! changed behind the library's back), operators and configuration mistakes,
+//! and for a pair fenced by a witness ([`SimConfig::witness`]), the
+//! witness's key-value bucket and each node's way to it (down, cut, slow;
+//! see `witness.rs`).
 //!
 //! The invariants of [`check`] are checked after every event; a violation
 //! carries the seed (running it again replays it exactly) and the schedule
@@ -24,6 +27,7 @@ mod check;
 mod net;
 mod node;
 mod rng;
+mod witness;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -38,10 +42,12 @@ use self::check::Checker;
 use self::net::Net;
 use self::node::{NodeConfig, SimNode, IDS as IDS_};
 use self::rng::Rng;
+use self::witness::SimWitness;
 use crate::clock::{Clock, Time};
 use crate::engine::{Command, ConnId, Input, OpId, Output, StoreOp};
 use crate::protocol::NodeRole;
 use crate::redundancy::machine::{ActivityLevel, RecoveryMode};
+use crate::redundancy::witness::{LeaseAction, LeaseEvent, WitnessSettings};
 
 pub use self::check::Invariant;
 
@@ -80,6 +86,15 @@ pub struct SimConfig {
     pub trace: bool,
     /// These faults at these times instead of random ones (a scenario).
     pub script: Option<Vec<(Duration, Fault)>>,
+    /// A witness lease fencing the pair (`None`: no witness). Its settings
+    /// should pass [`WitnessSettings::validate`] against `failover_timeout`.
+    pub witness: Option<WitnessSettings>,
+    /// With a witness, both nodes Active at once is a violation even while
+    /// one of them is Active on its peer's word alone (the known limit of
+    /// the machine's confirmation rule; see `check.rs`). Off by default: the
+    /// checker then tolerates such an overlap for a bounded time and counts
+    /// it in [`Report::overlaps`].
+    pub strict_witness: bool,
 }
 
 impl Default for SimConfig {
@@ -95,7 +110,39 @@ impl Default for SimConfig {
             recovery: RecoveryMode::Automatic,
             trace: false,
             script: None,
+            witness: None,
+            strict_witness: false,
         }
+    }
+}
+
+impl SimConfig {
+    /// The configuration a random seed runs with: the default, and for
+    /// 40 % of seeds a witness with a TTL of 200-450 ms (below the 500 ms
+    /// failover timeout), renewal every fifth to third of it and requests
+    /// bounded by an eighth to a third, a clock margin of 1-20 % (each drawn
+    /// again until the settings validate). Drawn from the seed alone, so a
+    /// replay of the seed gets the same.
+    pub fn for_seed(seed: u64) -> SimConfig {
+        let mut cfg = SimConfig::default();
+        let mut rng = Rng::new(seed ^ 0x3117_E55E_11EA_5E00);
+        if rng.below(5) >= 2 {
+            return cfg;
+        }
+        let ttl = rng.ms(200, 450);
+        let w = loop {
+            let w = WitnessSettings {
+                ttl,
+                renew_every: ttl * (3 + rng.below(3) as u32) / 15,
+                request_timeout: ttl * (3 + rng.below(6) as u32) / 24,
+                clock_margin_permille: 10 + rng.below(191) as u32,
+            };
+            if w.validate(cfg.failover_timeout).is_ok() {
+                break w;
+            }
+        };
+        cfg.witness = Some(w);
+        cfg
     }
 }
 
@@ -127,6 +174,23 @@ pub struct Report {
     pub reports: u64,
     /// Answers to operator requests, in order.
     pub replies: Vec<String>,
+    /// The seed ran with a witness.
+    pub witness: bool,
+    /// Times the witness's lease changed hands.
+    pub lease_handovers: u64,
+    /// Lease requests that reached a running witness.
+    pub lease_requests: u64,
+    /// With a witness: times both nodes were Active with one of them on its
+    /// peer's word alone (tolerated unless `strict_witness`), the longest
+    /// such overlap, and when the first began.
+    pub overlaps: u64,
+    /// The longest overlap.
+    pub overlap_max: Duration,
+    /// When the first overlap began.
+    pub first_overlap: Option<Time>,
+    /// Which nodes were Active (gw-a, gw-b), each time that changed, as
+    /// seen after the event that changed it.
+    pub activity: Vec<(Time, [bool; 2])>,
     /// The fault schedule (and, with `trace`, every event).
     pub schedule: Vec<String>,
 }
@@ -224,6 +288,16 @@ pub enum Fault {
     /// The master's module writes this many rows in one transaction (so a
     /// snapshot spans many frames).
     Bulk(usize),
+    /// The witness is down (requests fail or time out; it keeps its bucket).
+    WitnessDown(Duration),
+    /// The node's way to the witness is cut (requests and answers vanish).
+    WitnessCut(usize, Duration),
+    /// The witness answers this much later each way (answers come after
+    /// the node gave up).
+    WitnessSlow(Duration, Duration),
+    /// The node is cut from the pair link (a partition) and from the
+    /// witness at once.
+    Isolate(usize, Duration),
 }
 
 /// A configuration mistake, in force for a while.
@@ -271,6 +345,19 @@ enum Ev {
         net: u64,
     },
     StoreDone(usize, u64),
+    /// A lease request reaches the witness (sent by `from` as `id`).
+    WitnessRequest {
+        from: usize,
+        inc: u64,
+        id: String,
+        action: LeaseAction,
+    },
+    /// The witness's answer reaches the node.
+    WitnessAnswer {
+        to: usize,
+        inc: u64,
+        event: LeaseEvent,
+    },
     Fault(Fault),
     Undo(Undo),
     Write(usize),
@@ -290,6 +377,9 @@ enum Undo {
     Locked(usize),
     Slow(usize),
     Mistake(Mistake),
+    WitnessUp,
+    WitnessReach(usize),
+    WitnessFast,
 }
 
 struct Scheduled {
@@ -343,6 +433,8 @@ struct World {
     lossy: bool,
     /// Frames and closes towards each node held by a partition.
     held: [Vec<Ev>; 2],
+    /// The witness, if the pair has one.
+    witness: Option<SimWitness>,
     _dir: tempfile::TempDir,
 }
 
@@ -371,6 +463,7 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Result<Report, Violation> {
         clock: Arc::new(SimClock::default()),
         report: Report {
             seed,
+            witness: cfg.witness.is_some(),
             ..Report::default()
         },
         next_tx: 1,
@@ -383,6 +476,10 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Result<Report, Violation> {
         deferred: [Vec::new(), Vec::new()],
         lossy: false,
         held: [Vec::new(), Vec::new()],
+        witness: cfg
+            .witness
+            .clone()
+            .map(|w| SimWitness::new(w, node::IDS[1], Rng::new(seed ^ 0x0057_17E5_5000_0001))),
         _dir: base,
     };
     w.setup();
@@ -450,6 +547,20 @@ impl World {
     }
 
     fn pick_fault(&mut self, mistake_done: &mut bool) -> Fault {
+        // A witness's faults come from its own random numbers: a seed
+        // without a witness draws what it always drew.
+        if let Some(w) = &mut self.witness {
+            let r = w.rng();
+            if r.chance(0.3) {
+                let node = r.below(2) as usize;
+                return match r.below(5) {
+                    0 => Fault::WitnessDown(r.ms(200, 2500)),
+                    1 | 2 => Fault::WitnessCut(node, r.ms(200, 2500)),
+                    3 => Fault::WitnessSlow(r.ms(5, 300), r.ms(300, 2000)),
+                    _ => Fault::Isolate(node, r.ms(300, 2500)),
+                };
+            }
+        }
         let node = self.rng.below(2) as usize;
         if !*mistake_done && self.rng.chance(self.cfg.mistake_chance) {
             *mistake_done = true;
@@ -524,6 +635,10 @@ impl World {
             }
             self.handle(s.ev)?;
             self.check_all()?;
+            let act = self.actives();
+            if self.report.activity.last().map(|(_, a)| *a) != Some(act) {
+                self.report.activity.push((self.now, act));
+            }
             if let Some(h) = self.healed {
                 // The deep check (every row, both digests recomputed) only
                 // once the cheap signs agree, at most every 50 ms.
@@ -555,6 +670,7 @@ impl World {
     fn target(&self, ev: &Ev) -> Option<usize> {
         match ev {
             Ev::Tick(i, _) | Ev::StoreDone(i, _) | Ev::Write(i) => Some(*i),
+            Ev::WitnessAnswer { to, .. } => Some(*to),
             Ev::Frame { to, .. } | Ev::Closed { to, .. } | Ev::Sent { to, .. } => Some(*to),
             Ev::Dialed { node, .. } | Ev::Accept { node, .. } => Some(*node),
             _ => None,
@@ -596,6 +712,9 @@ impl World {
                     ""
                 }
             ));
+        }
+        if let Some(w) = &self.witness {
+            out.push(w.describe(self.now));
         }
         out.join("; ")
     }
@@ -693,6 +812,18 @@ impl World {
             Ev::StoreDone(i, inc) => {
                 if self.live(i, inc) {
                     self.store_done(i);
+                }
+            }
+            Ev::WitnessRequest {
+                from,
+                inc,
+                id,
+                action,
+            } => self.witness_request(from, inc, id, action),
+            Ev::WitnessAnswer { to, inc, event } => {
+                let lost = self.witness.as_ref().is_none_or(|w| w.cut[to]);
+                if !lost && self.live(to, inc) {
+                    self.step(to, Input::Lease(event));
                 }
             }
             Ev::Fault(f) => self.fault(f),
@@ -819,14 +950,76 @@ impl World {
                     self.report.replies.push(format!("{name}: {result:?}"));
                 }
                 Output::Stopped => {}
-                // The simulated pair runs without a witness.
-                Output::Lease(_) => {}
+                Output::Lease(action) => self.ask_witness(i, action),
             }
         }
     }
 
     fn latency(&mut self) -> Duration {
         self.rng.us(40, 400) + self.net.delay
+    }
+
+    /// Node `i` sends a lease request to the witness.
+    fn ask_witness(&mut self, i: usize, action: LeaseAction) {
+        let inc = self.nodes[i].incarnation;
+        let id = self.nodes[i].config.node_id.clone();
+        let Some(w) = &mut self.witness else {
+            return;
+        };
+        if w.cut[i] {
+            return;
+        }
+        let l = w.latency();
+        self.after(
+            l,
+            Ev::WitnessRequest {
+                from: i,
+                inc,
+                id,
+                action,
+            },
+        );
+    }
+
+    /// A lease request reaches the witness: applied if it runs, answered
+    /// (the answer may come after its node gave up, or not at all).
+    fn witness_request(&mut self, from: usize, inc: u64, id: String, action: LeaseAction) {
+        let now = self.now;
+        let Some(w) = &mut self.witness else {
+            return;
+        };
+        if w.cut[from] {
+            return;
+        }
+        let event = if w.down {
+            if !w.rng().chance(0.5) {
+                return;
+            }
+            LeaseEvent::Unreachable {
+                seq: action.seq(),
+                error: "connection refused".into(),
+            }
+        } else {
+            w.apply(now, &id, &action)
+        };
+        let l = w.latency();
+        if self.cfg.trace {
+            let line = format!(
+                "witness <- {id}: {action:?} -> {event:?} ({})",
+                self.witness
+                    .as_ref()
+                    .map_or(String::new(), |w| w.describe(now))
+            );
+            self.log(line);
+        }
+        self.after(
+            l,
+            Ev::WitnessAnswer {
+                to: from,
+                inc,
+                event,
+            },
+        );
     }
 
     fn dial(&mut self, i: usize, conn: ConnId, probe: bool) {
@@ -1215,6 +1408,37 @@ impl World {
                 }
             }
             Fault::Bulk(n) => self.bulk(n),
+            Fault::WitnessDown(d) => {
+                if let Some(w) = &mut self.witness {
+                    w.down = true;
+                    w.refresh(self.now);
+                    self.after(d, Ev::Undo(Undo::WitnessUp));
+                }
+            }
+            Fault::WitnessCut(i, d) => {
+                if let Some(w) = &mut self.witness {
+                    w.cut[i] = true;
+                    w.refresh(self.now);
+                    self.after(d, Ev::Undo(Undo::WitnessReach(i)));
+                }
+            }
+            Fault::WitnessSlow(extra, d) => {
+                if let Some(w) = &mut self.witness {
+                    w.extra = extra;
+                    w.refresh(self.now);
+                    self.after(d, Ev::Undo(Undo::WitnessFast));
+                }
+            }
+            Fault::Isolate(i, d) => {
+                self.net.partitioned = true;
+                self.check.net_fault(self.now);
+                self.after(d, Ev::Undo(Undo::Partition));
+                if let Some(w) = &mut self.witness {
+                    w.cut[i] = true;
+                    w.refresh(self.now);
+                    self.after(d, Ev::Undo(Undo::WitnessReach(i)));
+                }
+            }
             Fault::Mistake(m, d) => {
                 self.mistake = Some(m);
                 self.check.mistake(Some(m), self.now);
@@ -1260,9 +1484,12 @@ impl World {
                     self.nodes[i].awake_since = self.now;
                     self.check.resumed(i, self.now);
                     // What arrived meanwhile, in order, then its timers (the
-                    // node task reads pending inputs before overdue deadlines).
+                    // node task reads pending inputs before overdue deadlines:
+                    // the ticks that came due meanwhile are the one below).
                     for ev in std::mem::take(&mut self.deferred[i]) {
-                        self.at(self.now, ev);
+                        if !matches!(ev, Ev::Tick(..)) {
+                            self.at(self.now, ev);
+                        }
                     }
                     let inc = self.nodes[i].incarnation;
                     if let Some(r) = &mut self.nodes[i].running {
@@ -1298,6 +1525,17 @@ impl World {
                     return;
                 }
                 self.fix_mistake();
+            }
+            Undo::WitnessUp | Undo::WitnessReach(_) | Undo::WitnessFast => {
+                let now = self.now;
+                if let Some(w) = &mut self.witness {
+                    match u {
+                        Undo::WitnessUp => w.down = false,
+                        Undo::WitnessReach(i) => w.cut[i] = false,
+                        _ => w.extra = Duration::ZERO,
+                    }
+                    w.refresh(now);
+                }
             }
         }
     }
@@ -1419,6 +1657,9 @@ impl World {
         if self.mistake.is_some() {
             self.fix_mistake();
         }
+        if let Some(w) = &mut self.witness {
+            w.heal(self.now);
+        }
         for i in 0..2 {
             if self.nodes[i].down {
                 self.start(i);
@@ -1430,10 +1671,23 @@ impl World {
 
     fn check_all(&mut self) -> Result<(), Violation> {
         let now = self.now;
-        let r = self.check.after_event(now, &self.nodes, &self.net);
+        let r = self
+            .check
+            .after_event(now, &self.nodes, &self.net, self.witness.as_ref());
         r.map_err(|(inv, msg)| {
             let d = self.describe();
             self.violation(inv, format!("{msg} [{d}]"))
+        })
+    }
+
+    /// Which nodes are Active now.
+    fn actives(&self) -> [bool; 2] {
+        [0, 1].map(|i| {
+            self.nodes[i].running.as_ref().is_some_and(|r| {
+                r.core
+                    .machine()
+                    .is_some_and(|m| m.activity(self.now) == ActivityLevel::Active)
+            })
         })
     }
 
@@ -1497,6 +1751,15 @@ impl World {
         self.report.acked = self.check.max_acked();
         self.report.takeovers = self.check.takeovers();
         self.report.reports = self.check.reports();
+        (
+            self.report.overlaps,
+            self.report.overlap_max,
+            self.report.first_overlap,
+        ) = self.check.overlaps();
+        if let Some(w) = &self.witness {
+            self.report.lease_handovers = w.handovers;
+            self.report.lease_requests = w.requests;
+        }
         for (i, n) in self.nodes.iter().enumerate() {
             if let Some(r) = &n.running {
                 let report = r.core.report(self.now);

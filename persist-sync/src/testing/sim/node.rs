@@ -243,7 +243,8 @@ impl SimNode {
             NodeParams {
                 role,
                 redundancy: Some(settings),
-                witness: None,
+                // A fresh lease on every start (it learns who holds it).
+                witness: cfg.witness.clone(),
                 claim: store.claim(),
                 position: store.position(),
                 schema: store.schema_fingerprint(),
