@@ -84,6 +84,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// Its process id while it runs (to measure its CPU, say).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Kills it (SIGKILL).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -10,14 +10,6 @@ use persist_core::Store;
 use persist_fleet::sample::{FleetLimit, FleetTag, SiteNote, SiteTagNote};
 use persist_fleet::{records, Edge, FleetConfig, Publisher};
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 const WAIT: Duration = Duration::from_secs(60);
 
 /// `n` central transactions of shared changes (inserts, then updates and

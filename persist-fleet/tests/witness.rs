@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{open_store, tag, tags, NatsServer};
+use common::{open_store, runtime, tag, tags, NatsServer};
 use persist_core::Store;
 use persist_fleet::{NatsWitness, WitnessConfig};
 use persist_sync::auth::{AuthConfig, Secret};
@@ -245,14 +245,6 @@ impl Pair {
         self.master.shutdown().await;
         self.backup.shutdown().await;
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 fn write(store: &Store, from: u64, n: u64) {

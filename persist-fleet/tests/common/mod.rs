@@ -5,7 +5,6 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -15,99 +14,15 @@ use persist_core::Store;
 use persist_fleet::sample::{FleetLimit, FleetTag};
 use persist_fleet::FleetConfig;
 
-/// The server binary: `NATS_SERVER`, else `nats-server` on the PATH, else Debian's place.
-fn server_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("NATS_SERVER") {
-        return p.into();
-    }
-    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
-        let p = Path::new(dir).join("nats-server");
-        if p.exists() {
-            return p;
-        }
-    }
-    let p = PathBuf::from("/usr/sbin/nats-server");
-    assert!(
-        p.exists(),
-        "nats-server not found: install Debian's nats-server package or set NATS_SERVER"
-    );
-    p
-}
+pub use persist_fleet::testing::NatsServer;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// A nats-server with JetStream, for one test.
-pub struct NatsServer {
-    pub port: u16,
-    pub dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl NatsServer {
-    pub fn start(dir: &Path) -> NatsServer {
-        let mut s = NatsServer {
-            port: free_port(),
-            dir: dir.join("nats"),
-            child: None,
-        };
-        s.spawn();
-        s
-    }
-
-    fn spawn(&mut self) {
-        std::fs::create_dir_all(&self.dir).unwrap();
-        let child = Command::new(server_binary())
-            .args(["-js", "-a", "127.0.0.1", "-p"])
-            .arg(self.port.to_string())
-            .arg("-sd")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nats-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not listen within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// The server's process id (while it runs).
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Kills the server and starts it again on the same port and store dir.
-    pub fn restart(&mut self) {
-        self.stop();
-        self.spawn();
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// A two-worker runtime, as the machine has two cores.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// Writes a fleet key file.
