@@ -112,6 +112,8 @@ struct Link {
     /// (a lost frame, a broken peer) ends the link.
     progress_at: Time,
     next_beat: Option<Time>,
+    /// The newest heartbeat send time heard from the master (echoed back).
+    peer_sent: u64,
     peer: Option<String>,
     step: Step,
     /// Sync rounds on this link; results of older rounds are dropped.
@@ -286,6 +288,7 @@ impl BackupSide {
                     last_heard: ctx.now,
                     progress_at: ctx.now,
                     next_beat: None,
+                    peer_sent: 0,
                     peer: None,
                     step: Step::Handshake(Box::new(hs)),
                     round: 0,
@@ -382,7 +385,7 @@ impl BackupSide {
                 }
                 if link.next_beat.is_some_and(|t| now >= t) {
                     link.next_beat = Some(now + self.heartbeat);
-                    let hb = ctx.heartbeat(NodeRole::Backup, self.position);
+                    let hb = ctx.heartbeat(NodeRole::Backup, self.position, link.peer_sent);
                     ctx.send(link.conn, hb);
                     // Snapshot acknowledgements are cumulative: repeat the
                     // last one, so one lost on the way cannot stall the snapshot.
@@ -464,7 +467,7 @@ impl BackupSide {
                     link.peer = Some(peer.node_id);
                     link.next_beat = Some(now + self.heartbeat);
                     ctx.out.push(Output::Authenticated { conn });
-                    let hb = ctx.heartbeat(NodeRole::Backup, self.position);
+                    let hb = ctx.heartbeat(NodeRole::Backup, self.position, link.peer_sent);
                     ctx.send(conn, hb);
                     ctx.send(conn, Message::Modules(ctx.cfg.modules.clone()));
                     // An active backup hands its runtime state over before it
@@ -491,10 +494,13 @@ impl BackupSide {
                 position,
                 role,
                 active,
+                sent,
+                echo,
             } => {
                 self.master_position = position;
+                link.peer_sent = link.peer_sent.max(sent);
                 let peer = link.peer.clone().unwrap_or_default();
-                ctx.announced(peer, role, epoch, active, self.position >= position);
+                ctx.announced(peer, role, epoch, active, self.position >= position, echo);
             }
             Message::Refused { reason } => {
                 self.refused = Some(reason.clone());
@@ -1065,7 +1071,7 @@ impl BackupSide {
         if let State::Up(link) = &mut self.state {
             if !matches!(link.step, Step::Handshake(_)) {
                 link.next_beat = Some(ctx.now + self.heartbeat);
-                let hb = ctx.heartbeat(NodeRole::Backup, position);
+                let hb = ctx.heartbeat(NodeRole::Backup, position, link.peer_sent);
                 ctx.send(link.conn, hb);
             }
         }

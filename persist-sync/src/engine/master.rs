@@ -68,6 +68,8 @@ struct Session {
     opened: Time,
     last_heard: Time,
     next_beat: Option<Time>,
+    /// The newest heartbeat send time heard from the peer (echoed back).
+    peer_sent: u64,
     peer: Option<String>,
     /// Sync rounds (a new `SyncRequest` starts one); results of older
     /// rounds are dropped.
@@ -229,6 +231,7 @@ impl MasterSide {
                         opened: ctx.now,
                         last_heard: ctx.now,
                         next_beat: None,
+                        peer_sent: 0,
                         peer: None,
                         round: 0,
                         window: SendWindow::new(1, ctx.cfg.max_in_flight),
@@ -325,7 +328,7 @@ impl MasterSide {
             }
             if beat_due(s.next_beat, now) {
                 s.next_beat = Some(now + ctx.cfg.heartbeat_interval);
-                let hb = ctx.heartbeat(NodeRole::Master, self.head);
+                let hb = ctx.heartbeat(NodeRole::Master, self.head, s.peer_sent);
                 ctx.send(conn, hb);
             }
             if s.retry_at.is_some_and(|t| now >= t) {
@@ -460,7 +463,7 @@ impl MasterSide {
                     s.last_heard = now;
                     s.next_beat = Some(now + ctx.cfg.heartbeat_interval);
                     ctx.out.push(Output::Authenticated { conn });
-                    let hb = ctx.heartbeat(NodeRole::Master, self.head);
+                    let hb = ctx.heartbeat(NodeRole::Master, self.head, s.peer_sent);
                     ctx.send(conn, hb);
                     ctx.send(conn, Message::Modules(ctx.cfg.modules.clone()));
                 }
@@ -482,12 +485,15 @@ impl MasterSide {
                 position,
                 role,
                 active,
+                sent,
+                echo,
             } => {
                 // Not an acknowledgement: a backup restoring a snapshot still
                 // announces the position of the data it is about to replace.
                 let _ = position;
+                s.peer_sent = s.peer_sent.max(sent);
                 let peer = s.peer.clone().unwrap_or_default();
-                ctx.announced(peer, role, epoch, active, false);
+                ctx.announced(peer, role, epoch, active, false, echo);
             }
             Message::Modules(modules) => {
                 if s.modules.is_some() {
@@ -910,7 +916,7 @@ impl MasterSide {
         for (&conn, s) in &mut self.sessions {
             if s.authenticated() {
                 s.next_beat = Some(ctx.now + ctx.cfg.heartbeat_interval);
-                let hb = ctx.heartbeat(NodeRole::Master, self.head);
+                let hb = ctx.heartbeat(NodeRole::Master, self.head, s.peer_sent);
                 ctx.send(conn, hb);
             }
         }

@@ -291,7 +291,8 @@ impl Ctx<'_> {
     }
 
     /// The peer announced its claim in a heartbeat (which does not say who
-    /// made it: the receiver credits the sender if it adopts it).
+    /// made it: the receiver credits the sender if it adopts it). `echo` is
+    /// the heartbeat's echo of this node's own send time (0: none).
     pub fn announced(
         &mut self,
         node_id: String,
@@ -299,6 +300,7 @@ impl Ctx<'_> {
         epoch: u64,
         active: Option<String>,
         caught_up: bool,
+        echo: u64,
     ) {
         self.events.push(PeerEvent::Announced(PeerView {
             node_id,
@@ -309,16 +311,21 @@ impl Ctx<'_> {
                 by: None,
             },
             caught_up,
+            echo: (echo > 0).then(|| Time::from_offset(Duration::from_micros(echo))),
         }));
     }
 
-    /// This node's heartbeat at `position`.
-    pub fn heartbeat(&self, role: NodeRole, position: u64) -> Message {
+    /// This node's heartbeat at `position`, echoing `echo` (the newest send
+    /// time heard from the peer on this link, 0 for none).
+    pub fn heartbeat(&self, role: NodeRole, position: u64, echo: u64) -> Message {
         Message::Heartbeat {
             epoch: self.claim.epoch,
             position,
             role,
             active: self.claim.active.clone(),
+            // Never 0 (that means "none" in an echo).
+            sent: (self.now.offset().as_micros() as u64).max(1),
+            echo,
         }
     }
 }

@@ -38,9 +38,11 @@ use serde::{Deserialize, Serialize};
 /// Version 3 added module manifests ([`Message::Modules`],
 /// [`RefuseReason::ModuleMismatch`]); version 4 added ranged repair
 /// ([`Message::RepairRequest`], [`Message::RepairRows`],
-/// [`Message::RepairRefused`]). A peer of another version is refused in the
+/// [`Message::RepairRefused`]); version 5 added the send time and its echo
+/// to [`Message::Heartbeat`] (the witness's confirmation). A peer of another
+/// version is refused in the
 /// hello with [`RefuseReason::ProtocolVersion`].
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// A node's configured role in the pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -343,6 +345,12 @@ pub enum Message {
         role: NodeRole,
         /// The node the sender holds active at `epoch` (`None`: undecided).
         active: Option<String>,
+        /// When the sender sent it, by its own monotonic clock (µs).
+        sent: u64,
+        /// The newest `sent` the sender has heard from the receiver on this
+        /// link (0: none yet): the receiver learns, by its own clock, how
+        /// fresh the sender's view is, whatever waited on the way.
+        echo: u64,
     },
     /// From the active node: the full runtime state of one provider.
     RuntimeFull {

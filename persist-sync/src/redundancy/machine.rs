@@ -51,10 +51,11 @@
 //!   within half the failover timeout) and no third node holds the lease;
 //!   otherwise it stands by (at its standby level) without giving up its
 //!   claim, and is active again once either holds;
-//! - once that permission ran out, a confirmation read on a link that was
-//!   up meanwhile counts only half a failover timeout after the node
-//!   noticed (frames that waited while it was frozen may predate the peer's
-//!   takeover); one on a link that came up since counts at once.
+//! - a confirmation counts until half a failover timeout after this
+//!   node's own send time that the peer's heartbeat echoes (protocol 5): the
+//!   peer cannot have taken over before a full failover timeout after it
+//!   heard that, so a heartbeat that waited on the way (read after this node
+//!   was frozen, or held by a partition) confirms nothing stale.
 //!
 //! So with the pair link cut, only the node that can hold the lease is
 //! active; with the witness unreachable and the link up, the pair runs on
@@ -198,6 +199,10 @@ pub struct PeerView {
     /// Whether this node has caught up with the peer's log (a backup's view
     /// of its master: its position reached the master's announced position).
     pub caught_up: bool,
+    /// This node's own send time that the announcement echoes, by this
+    /// node's clock: the peer's view is at least that fresh, however long
+    /// the frame waited on the way (`None`: it echoed nothing yet).
+    pub echo: Option<Time>,
 }
 
 /// What the driver must do after an input.
@@ -275,15 +280,6 @@ pub struct Machine {
     /// Until when the peer's last announcement confirms this node as the
     /// active one (its claim named this node), with a witness only.
     confirmed_until: Option<Time>,
-    /// With a witness: when this node's permission to act (its lease or a
-    /// confirmation) last ran out; the start counts as such a moment.
-    lapsed_at: Time,
-    /// When this node noticed that lapse (later than the lapse itself
-    /// when the node was frozen through it).
-    lapse_noticed: Time,
-    /// When the peer's current link was first heard (its first announcement
-    /// since the last link went down).
-    link_since: Option<Time>,
 }
 
 fn rank(c: &Claim, master_id: Option<&str>) -> (u64, bool) {
@@ -310,9 +306,6 @@ impl Machine {
             same_id: false,
             lease: None,
             confirmed_until: None,
-            lapsed_at: now,
-            lapse_noticed: now,
-            link_since: None,
         }
     }
 
@@ -327,22 +320,6 @@ impl Machine {
     /// The lease as this node knows it (`None`: no witness).
     pub fn lease(&self, now: Time) -> Option<LeaseStatus> {
         self.lease.as_ref().map(|l| l.status(now))
-    }
-
-    /// Records when this node's permission ran out, if it has by `now`:
-    /// called before the lease or the confirmation is dropped or replaced.
-    fn note_lapse(&mut self, now: Time) {
-        let lease = self.lease.as_ref().and_then(|l| l.counted_until());
-        let until = match (lease, self.confirmed_until) {
-            (Some(a), Some(b)) => Some(if a > b { a } else { b }),
-            (a, b) => a.or(b),
-        };
-        if let Some(u) = until.filter(|u| *u <= now) {
-            if u > self.lapsed_at {
-                self.lapsed_at = u;
-                self.lapse_noticed = now;
-            }
-        }
     }
 
     /// Whether the peer confirms this node as the active one at `now`.
@@ -365,7 +342,6 @@ impl Machine {
     /// the lease while its claim names it or a takeover is due.
     pub fn lease_poll(&mut self, now: Time) -> Option<LeaseAction> {
         let want = self.holds_me() || self.takeover_due(now);
-        self.note_lapse(now);
         let lease = self.lease.as_mut()?;
         lease.want(want);
         lease.poll(now)
@@ -481,7 +457,6 @@ impl Machine {
     /// The peer's link went away: what it announced no longer counts.
     pub fn link_down(&mut self) {
         self.peer = None;
-        self.link_since = None;
         self.confirmed_until = None;
     }
 
@@ -506,21 +481,12 @@ impl Machine {
             }
         }
         let me = self.settings.node_id.clone();
-        if self.peer.is_none() {
-            self.link_since = Some(now);
-        }
-        // Once this node's permission ran out, a confirmation read on a link
-        // that was up meanwhile counts only half a failover timeout after
-        // the node noticed: frames that waited on it (read after this node
-        // was frozen past the failover timeout, say) may predate the peer's
-        // takeover. A link that came up since carries only fresh frames.
-        self.note_lapse(now);
-        let fresh = self.link_since.is_some_and(|t| t > self.lapsed_at)
-            || now >= self.lapse_noticed + self.settings.failover_timeout / 2
-            || self.witness_permits(now);
-        self.confirmed_until =
-            (self.lease.is_some() && view.claim.active.as_deref() == Some(me.as_str()) && fresh)
-                .then(|| now + self.settings.failover_timeout / 2);
+        // The peer's word counts from when this node sent what the peer
+        // had heard (its echo), not from when it arrived.
+        self.confirmed_until = view
+            .echo
+            .filter(|_| self.lease.is_some() && view.claim.active.as_deref() == Some(me.as_str()))
+            .map(|sent| sent + self.settings.failover_timeout / 2);
         let i_am_active = self.holds_me();
         match self.settings.role {
             NodeRole::Backup => {
@@ -565,7 +531,6 @@ impl Machine {
         if now.since(self.started) >= self.settings.startup_allowance {
             self.allowance_over = true;
         }
-        self.note_lapse(now);
         if self.confirmed_until.is_some_and(|t| now >= t) {
             self.confirmed_until = None;
         }

@@ -44,6 +44,7 @@ fn view(id: &str, role: NodeRole, c: Claim, caught_up: bool) -> PeerView {
         role,
         claim: c,
         caught_up,
+        echo: None,
     }
 }
 

@@ -260,12 +260,6 @@ impl Lease {
         self.want = want;
     }
 
-    /// Until when the lease this node last held counts, even if that is
-    /// past (`None` once [`Lease::poll`] dropped it, or never held).
-    pub fn counted_until(&self) -> Option<Time> {
-        self.held.map(|(_, until)| until)
-    }
-
     /// Whether this node wants the lease (as last told).
     pub fn wants(&self) -> bool {
         self.want

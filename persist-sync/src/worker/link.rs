@@ -215,6 +215,8 @@ mod tests {
             position: 0,
             role: NodeRole::Master,
             active: None,
+            sent: 1,
+            echo: 0,
         }
     }
 

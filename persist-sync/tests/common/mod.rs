@@ -115,6 +115,8 @@ pub fn all_messages() -> Vec<Message> {
             position: 2,
             role: persist_sync::protocol::NodeRole::Master,
             active: None,
+            sent: 7,
+            echo: 0,
         },
         Message::Modules(vec![]),
         Message::Modules(vec![
@@ -286,11 +288,15 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
         (any::<u32>(), proptest::collection::vec(arb_bytes(16), 0..5))
             .prop_map(|(table, rows)| Message::SnapshotRows { table, rows }),
         Just(Message::SnapshotEnd),
-        (any::<u64>(), any::<u64>()).prop_map(|(epoch, position)| Message::Heartbeat {
-            epoch,
-            position,
-            role: persist_sync::protocol::NodeRole::Backup,
-            active: Some("gw-a".into())
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(epoch, position, sent)| {
+            Message::Heartbeat {
+                epoch,
+                position,
+                role: persist_sync::protocol::NodeRole::Backup,
+                active: Some("gw-a".into()),
+                sent,
+                echo: sent / 2,
+            }
         }),
         proptest::collection::vec(
             (arb_string(), arb_string(), any::<u128>()).prop_map(|(name, version, schema)| {

@@ -90,10 +90,11 @@ pub struct SimConfig {
     /// should pass [`WitnessSettings::validate`] against `failover_timeout`.
     pub witness: Option<WitnessSettings>,
     /// With a witness, both nodes Active at once is a violation even while
-    /// one of them is Active on its peer's word alone (the known limit of
-    /// the machine's confirmation rule; see `check.rs`). Off by default: the
-    /// checker then tolerates such an overlap for a bounded time and counts
-    /// it in [`Report::overlaps`].
+    /// one of them is Active on its peer's word alone. On by default (the
+    /// confirmation counts from the echoed send time since protocol 5);
+    /// off, the checker tolerates such an overlap for a bounded time and
+    /// counts it in [`Report::overlaps`] (it found the stale-confirmation
+    /// defect that way).
     pub strict_witness: bool,
 }
 
@@ -111,7 +112,7 @@ impl Default for SimConfig {
             trace: false,
             script: None,
             witness: None,
-            strict_witness: false,
+            strict_witness: true,
         }
     }
 }
