@@ -203,17 +203,17 @@ fn hello(protocol: u16, role: LinkRole, nonce: [u8; 32]) -> Vec<u8> {
 /// understand a repair request, is refused in its hello, with a reason an
 /// operator can read.
 #[tokio::test]
-async fn a_peer_from_before_ranged_repair_is_refused_with_both_versions() {
-    assert_eq!(PROTOCOL_VERSION, 4);
+async fn a_peer_from_before_echoed_heartbeats_is_refused_with_both_versions() {
+    assert_eq!(PROTOCOL_VERSION, 5);
     let master = cfg("plant-7", "gw-a", SECRET);
     let (d, a) = memory_link().await;
     let (mut d_tx, mut d_rx) = d.split();
     let (mut a_tx, mut a_rx) = a.split();
-    d_tx.send(hello(3, LinkRole::Dialer, [1; 32]))
+    d_tx.send(hello(4, LinkRole::Dialer, [1; 32]))
         .await
         .unwrap();
     let ar = authenticate(&mut a_tx, &mut a_rx, LinkRole::Acceptor, &master, T).await;
-    let expected = RefuseReason::ProtocolVersion { ours: 4, theirs: 3 };
+    let expected = RefuseReason::ProtocolVersion { ours: 5, theirs: 4 };
     assert!(
         matches!(&ar, Err(AuthError::Refused(r)) if *r == expected),
         "{ar:?}"
@@ -227,7 +227,7 @@ async fn a_peer_from_before_ranged_repair_is_refused_with_both_versions() {
     );
     assert_eq!(
         expected.to_string(),
-        "protocol version 3 refused by a node speaking version 4: \
+        "protocol version 4 refused by a node speaking version 5: \
          run releases of the same protocol on both nodes"
     );
 }
