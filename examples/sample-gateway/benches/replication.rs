@@ -35,7 +35,8 @@
 //! hops the sync path takes (committing thread -> tokio task -> TCP -> tokio
 //! task -> store thread), all at the same 1,000 messages/s. On SQLite it
 //! also runs the backup in a second process (this binary again), both sides
-//! stamping with the wall clock.
+//! stamping with the wall clock. `PERSIST_BENCH_LAGPARTS` picks the parts
+//! and their order (see `lag_parts`).
 
 #![allow(missing_docs)]
 
@@ -348,7 +349,13 @@ fn pace(start: Instant, i: usize) {
 
 /// One lag measurement (the `lag` case's): microseconds from the master's
 /// insert returning to the backup's commit hook, per commit.
-async fn lag_run(db: &Db, shape: Shape, name: &str, ckpt: Checkpoints, scrub: bool) -> Histogram<u64> {
+async fn lag_run(
+    db: &Db,
+    shape: Shape,
+    name: &str,
+    ckpt: Checkpoints,
+    scrub: bool,
+) -> Histogram<u64> {
     let commits = env("PERSIST_BENCH_LAG_COMMITS", 5_000) as usize;
     let (m, b) = (
         open_with(db, &format!("{name}-master"), shape, ckpt),
@@ -656,15 +663,22 @@ async fn lag_parts(db: &Db) {
     let be = db.label();
     let target = "p50 <= 0.1, p99 <= 0.5 ms";
     let sqlite = matches!(db, Db::Sqlite(_));
-    let parts = std::env::var("PERSIST_BENCH_LAGPARTS").unwrap_or_else(|_| {
-        "lp0,lp1,lp2,lp3,lp4,lp5,local,local-deferred,tcp,hops".into()
-    });
+    let parts = std::env::var("PERSIST_BENCH_LAGPARTS")
+        .unwrap_or_else(|_| "lp0,lp1,lp2,lp3,lp4,lp5,local,local-deferred,tcp,hops".into());
     for part in parts.split(',').map(str::trim) {
         let variant = match part {
             "lp0" => Some(("as the lag case (defaults)", Checkpoints::Default, true)),
-            "lp1" if sqlite => Some(("checkpoints deferred past the run", Checkpoints::Deferred, true)),
+            "lp1" if sqlite => Some((
+                "checkpoints deferred past the run",
+                Checkpoints::Deferred,
+                true,
+            )),
             "lp2" => Some(("scrubber off", Checkpoints::Default, false)),
-            "lp3" if sqlite => Some(("checkpoints deferred AND scrubber off", Checkpoints::Deferred, false)),
+            "lp3" if sqlite => Some((
+                "checkpoints deferred AND scrubber off",
+                Checkpoints::Deferred,
+                false,
+            )),
             "lp4" if sqlite => Some(("checkpoints inside commits", Checkpoints::InCommit, true)),
             _ => None,
         };
@@ -705,7 +719,9 @@ async fn lag_parts(db: &Db) {
             ("tcp", _) => {
                 let h = tokio::task::spawn_blocking(tcp_floor).await.unwrap();
                 row(
-                    &format!("lagparts tcp: one-way loopback TCP, thread to thread, {commits} at 1000/s"),
+                    &format!(
+                        "lagparts tcp: one-way loopback TCP, thread to thread, {commits} at 1000/s"
+                    ),
                     quantiles(&h),
                     "",
                 );
@@ -875,9 +891,8 @@ fn main() {
     let named = |set: &[&str]| args.iter().any(|a| set.contains(&a.as_str()));
     let cases = ["throughput", "lag", "resync", "catchup"];
     // `lagparts` only runs when named; naming it alone runs nothing else.
-    let run = |case: &str| {
-        !(named(&cases) || named(&["lagparts"])) || args.iter().any(|a| a == case)
-    };
+    let run =
+        |case: &str| !(named(&cases) || named(&["lagparts"])) || args.iter().any(|a| a == case);
     let shapes: Vec<Shape> = [Shape::Simple, Shape::Tags]
         .into_iter()
         .filter(|s| !named(&["simple", "tags"]) || args.iter().any(|a| a == s.label()))
