@@ -25,6 +25,18 @@
 //!   < 100 MB peak RSS each [initial copy 648k rows/s]
 //! - catchup: 100,000 transactions missed while the backup was down:
 //!   >= 700k row changes/s [342k rows/s]
+//!
+//! `lagparts` (only when named, simple shape) breaks the lag tail down in
+//! one run (issue 11): the lag as the `lag` case measures it, then with the
+//! SQLite checkpoints deferred past the run, with the scrubber off, with
+//! both, with checkpoints inside commits; the master's own commit latency
+//! and the backup's apply alone (a local store, same pacing); and the floors
+//! without a store: one-way loopback TCP between two threads, and the same
+//! hops the sync path takes (committing thread -> tokio task -> TCP -> tokio
+//! task -> store thread), all at the same 1,000 messages/s. On SQLite it
+//! also runs the backup in a second process (this binary again), both sides
+//! stamping with the wall clock. `PERSIST_BENCH_LAGPARTS` picks the parts
+//! and their order (see `lag_parts`).
 
 #![allow(missing_docs)]
 
@@ -147,6 +159,18 @@ impl Db {
                 "rs-backup",
                 "cu-master",
                 "cu-backup",
+                "lp-local",
+                "lp-local-deferred",
+                "lp0-master",
+                "lp0-backup",
+                "lp1-master",
+                "lp1-backup",
+                "lp2-master",
+                "lp2-backup",
+                "lp3-master",
+                "lp3-backup",
+                "lp4-master",
+                "lp4-backup",
             ] {
                 for shape in ["simple", "tags"] {
                     let schema = format!("{prefix}_{name}-{shape}");
@@ -159,7 +183,30 @@ impl Db {
 }
 
 fn open(db: &Db, name: &str, shape: Shape) -> Store {
-    let s = Store::open(db.config(&format!("{name}-{}", shape.label()))).unwrap();
+    open_with(db, name, shape, Checkpoints::Default)
+}
+
+/// The SQLite checkpoint regime of a `lagparts` variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Checkpoints {
+    /// The store's default: a background thread every 100 ms.
+    Default,
+    /// The background thread's first checkpoint an hour away: none in the run.
+    Deferred,
+    /// No background thread: SQLite checkpoints inside commits (every 1,000 WAL pages).
+    InCommit,
+}
+
+fn open_with(db: &Db, name: &str, shape: Shape, ckpt: Checkpoints) -> Store {
+    let mut config = db.config(&format!("{name}-{}", shape.label()));
+    if let persist::store::BackendConfig::Sqlite(o) = &mut config.backend {
+        match ckpt {
+            Checkpoints::Default => {}
+            Checkpoints::Deferred => o.background_checkpoint = Some(Duration::from_secs(3600)),
+            Checkpoints::InCommit => o.background_checkpoint = None,
+        }
+    }
+    let s = Store::open(config).unwrap();
     s.register::<Item>().unwrap();
     if shape == Shape::Tags {
         shapes::register(&s).unwrap();
@@ -177,11 +224,17 @@ fn cfg(node: &str) -> SyncConfig {
 }
 
 async fn pair(m: &Store, b: &Store) -> (MasterHandle, BackupHandle, String) {
+    pair_with(m, b, true).await
+}
+
+async fn pair_with(m: &Store, b: &Store, scrub: bool) -> (MasterHandle, BackupHandle, String) {
     let acceptor = TcpAcceptor::bind("127.0.0.1:0", None).await.unwrap();
     let addr = acceptor.local_socket_addr().to_string();
-    let master = start_master(m.clone(), acceptor, cfg("master")).unwrap();
-    let backup =
-        start_backup(b.clone(), TcpDialer::new(addr.clone(), None), cfg("backup")).unwrap();
+    let (mut mc, mut bc) = (cfg("master"), cfg("backup"));
+    mc.scrub.enabled = scrub;
+    bc.scrub.enabled = scrub;
+    let master = start_master(m.clone(), acceptor, mc).unwrap();
+    let backup = start_backup(b.clone(), TcpDialer::new(addr.clone(), None), bc).unwrap();
     (master, backup, addr)
 }
 
@@ -266,8 +319,49 @@ async fn throughput(db: &Db, shape: Shape) {
 async fn lag(db: &Db, shape: Shape) {
     let commits = env("PERSIST_BENCH_LAG_COMMITS", 5_000) as usize;
     let (sh, be) = (shape.label(), db.label());
-    let (m, b) = (open(db, "lag-master", shape), open(db, "lag-backup", shape));
-    let (_master, _backup, _) = pair(&m, &b).await;
+    let h = lag_run(db, shape, "lag", Checkpoints::Default, true).await;
+    row(
+        &format!("{be} {sh} lag: commit -> applied, {commits} commits at 1000/s"),
+        quantiles(&h),
+        "p50 <= 0.1, p99 <= 0.5 ms",
+    );
+}
+
+fn quantiles(h: &Histogram<u64>) -> String {
+    let ms = |us: u64| us as f64 / 1000.0;
+    format!(
+        "p50 {:.3} p99 {:.3} max {:.3} ms",
+        ms(h.value_at_quantile(0.5)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.max())
+    )
+}
+
+/// Sleeps until commit `i` of a 1,000/s load started at `start` is due.
+/// Sleep, never spin: on two cores a spinning load generator would steal
+/// the CPU the replication path needs.
+fn pace(start: Instant, i: usize) {
+    let due = start + Duration::from_micros(1000 * i as u64);
+    if let Some(left) = due.checked_duration_since(Instant::now()) {
+        std::thread::sleep(left);
+    }
+}
+
+/// One lag measurement (the `lag` case's): microseconds from the master's
+/// insert returning to the backup's commit hook, per commit.
+async fn lag_run(
+    db: &Db,
+    shape: Shape,
+    name: &str,
+    ckpt: Checkpoints,
+    scrub: bool,
+) -> Histogram<u64> {
+    let commits = env("PERSIST_BENCH_LAG_COMMITS", 5_000) as usize;
+    let (m, b) = (
+        open_with(db, &format!("{name}-master"), shape, ckpt),
+        open_with(db, &format!("{name}-backup"), shape, ckpt),
+    );
+    let (master, backup, _) = pair_with(&m, &b, scrub).await;
     m.insert(&item(-1, 0)).unwrap();
     seed(&m, shape);
     if shape == Shape::Tags {
@@ -293,12 +387,7 @@ async fn lag(db: &Db, shape: Shape) {
         let mut at = Vec::with_capacity(commits);
         let start = Instant::now();
         for i in 0..commits {
-            let due = start + Duration::from_micros(1000 * i as u64);
-            // Sleep, never spin: on two cores a spinning load generator
-            // would steal the CPU the replication path needs.
-            if let Some(left) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(left);
-            }
+            pace(start, i);
             match shape {
                 Shape::Simple => drop(mm.insert(&item(i as i64, 0)).unwrap()),
                 Shape::Tags => drop(
@@ -320,6 +409,9 @@ async fn lag(db: &Db, shape: Shape) {
     .unwrap();
     wait_for(&b, m.position()).await;
     b.remove_commit_hook(hook);
+    // Nothing of this pair runs on while the next part is measured.
+    backup.shutdown().await;
+    master.shutdown().await;
     let applied = applied_at.lock().unwrap().clone();
     let mut h = Histogram::<u64>::new(3).unwrap();
     for (c, a) in committed.iter().zip(&applied) {
@@ -327,17 +419,324 @@ async fn lag(db: &Db, shape: Shape) {
         h.record(a.saturating_duration_since(*c).as_micros() as u64)
             .unwrap();
     }
-    let ms = |us: u64| us as f64 / 1000.0;
-    row(
-        &format!("{be} {sh} lag: commit -> applied, {commits} commits at 1000/s"),
-        format!(
-            "p50 {:.3} p99 {:.3} max {:.3} ms",
-            ms(h.value_at_quantile(0.5)),
-            ms(h.value_at_quantile(0.99)),
-            ms(h.max())
-        ),
-        "p50 <= 0.1, p99 <= 0.5 ms",
-    );
+    h
+}
+
+/// A local store (no replication) written as the lag case's master is:
+/// single-row inserts at 1,000/s; the histogram of each insert's duration.
+fn local_commits(db: &Db, ckpt: Checkpoints) -> Histogram<u64> {
+    let commits = env("PERSIST_BENCH_LAG_COMMITS", 5_000) as usize;
+    let name = match ckpt {
+        Checkpoints::Default => "lp-local",
+        _ => "lp-local-deferred",
+    };
+    let s = open_with(db, name, Shape::Simple, ckpt);
+    s.insert(&item(-1, 0)).unwrap();
+    let mut h = Histogram::<u64>::new(3).unwrap();
+    let start = Instant::now();
+    for i in 0..commits {
+        pace(start, i);
+        let t = Instant::now();
+        s.insert(&item(i as i64, 0)).unwrap();
+        h.record(t.elapsed().as_micros() as u64).unwrap();
+    }
+    h
+}
+
+/// One-way loopback TCP between two threads (blocking sockets, no delay):
+/// 8-byte messages at 1,000/s, from before the write to after the read.
+fn tcp_floor() -> Histogram<u64> {
+    use std::io::{Read, Write};
+    let commits = env("PERSIST_BENCH_LAG_COMMITS", 5_000) as usize;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let reader = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        c.set_nodelay(true).unwrap();
+        let mut at = vec![Instant::now(); commits];
+        let mut buf = [0u8; 8];
+        for _ in 0..commits {
+            c.read_exact(&mut buf).unwrap();
+            at[u64::from_le_bytes(buf) as usize] = Instant::now();
+        }
+        at
+    });
+    let mut w = std::net::TcpStream::connect(addr).unwrap();
+    w.set_nodelay(true).unwrap();
+    let mut sent = Vec::with_capacity(commits);
+    let start = Instant::now();
+    for i in 0..commits {
+        pace(start, i);
+        sent.push(Instant::now());
+        w.write_all(&(i as u64).to_le_bytes()).unwrap();
+    }
+    let got = reader.join().unwrap();
+    let mut h = Histogram::<u64>::new(3).unwrap();
+    for (s, g) in sent.iter().zip(&got) {
+        h.record(g.saturating_duration_since(*s).as_micros() as u64)
+            .unwrap();
+    }
+    h
+}
+
+/// The sync path's hops without a store: the committing thread hands the
+/// message to a tokio task (unbounded channel, as a commit hook would), which
+/// writes it to loopback TCP; another tokio task reads it and hands it to a
+/// plain thread (the backup's store thread), which timestamps it.
+async fn hops_floor() -> Histogram<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let commits = env("PERSIST_BENCH_LAG_COMMITS", 5_000) as usize;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (to_store, store_rx) = std::sync::mpsc::channel::<u64>();
+    let store_thread = std::thread::spawn(move || {
+        let mut at = vec![Instant::now(); commits];
+        for _ in 0..commits {
+            let i = store_rx.recv().unwrap();
+            at[i as usize] = Instant::now();
+        }
+        at
+    });
+    let reader = tokio::spawn(async move {
+        let (mut c, _) = listener.accept().await.unwrap();
+        c.set_nodelay(true).unwrap();
+        let mut buf = [0u8; 8];
+        for _ in 0..commits {
+            c.read_exact(&mut buf).await.unwrap();
+            to_store.send(u64::from_le_bytes(buf)).unwrap();
+        }
+    });
+    let mut w = tokio::net::TcpStream::connect(addr).await.unwrap();
+    w.set_nodelay(true).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let writer = tokio::spawn(async move {
+        while let Some(i) = rx.recv().await {
+            w.write_all(&i.to_le_bytes()).await.unwrap();
+        }
+    });
+    let sent = tokio::task::spawn_blocking(move || {
+        let mut sent = Vec::with_capacity(commits);
+        let start = Instant::now();
+        for i in 0..commits {
+            pace(start, i);
+            sent.push(Instant::now());
+            tx.send(i as u64).unwrap();
+        }
+        sent
+    })
+    .await
+    .unwrap();
+    writer.await.unwrap();
+    reader.await.unwrap();
+    let got = store_thread.join().unwrap();
+    let mut h = Histogram::<u64>::new(3).unwrap();
+    for (s, g) in sent.iter().zip(&got) {
+        h.record(g.saturating_duration_since(*s).as_micros() as u64)
+            .unwrap();
+    }
+    h
+}
+
+/// The backup of `lag_two_processes`, in a child process (this binary run
+/// again with `PERSIST_BENCH_LAG_CHILD=<db file>|<master addr>|<base>|<commits>`):
+/// applies, stamps each commit with the wall clock in its commit hook, and
+/// prints `READY` once caught up with `base`, then `APPLIED <i> <unix ns>`
+/// lines once `base + commits` is applied.
+fn lag_child(spec: &str) {
+    let parts: Vec<&str> = spec.split('|').collect();
+    let (path, addr) = (parts[0], parts[1].to_string());
+    let base: u64 = parts[2].parse().unwrap();
+    let commits: usize = parts[3].parse().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let b = Store::open(StoreConfig::sqlite(path)).unwrap();
+    b.register::<Item>().unwrap();
+    let applied_at: Arc<Mutex<Vec<u128>>> = Arc::new(Mutex::new(vec![0; commits]));
+    let sink = applied_at.clone();
+    b.add_commit_hook(move |event| {
+        if let CommitEvent::Commit(c) = event {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            let i = c.position.wrapping_sub(base + 1) as usize;
+            if let Some(slot) = sink.lock().unwrap().get_mut(i) {
+                *slot = now;
+            }
+        }
+    });
+    rt.block_on(async {
+        let _backup = start_backup(b.clone(), TcpDialer::new(addr, None), cfg("backup")).unwrap();
+        wait_for(&b, base).await;
+        println!("READY");
+        wait_for(&b, base + commits as u64).await;
+    });
+    let mut out = String::new();
+    for (i, t) in applied_at.lock().unwrap().iter().enumerate() {
+        out.push_str(&format!("APPLIED {i} {t}\n"));
+    }
+    print!("{out}");
+}
+
+/// The lag case with the backup in another process (SQLite, simple shape):
+/// the wall clock on both sides, from the master's insert returning to the
+/// backup's commit hook.
+async fn lag_two_processes(dir: &Path) -> Histogram<u64> {
+    let commits = env("PERSIST_BENCH_LAG_COMMITS", 5_000) as usize;
+    let db = Db::Sqlite(dir.to_path_buf());
+    let m = open(&db, "lp5-master", Shape::Simple);
+    let acceptor = TcpAcceptor::bind("127.0.0.1:0", None).await.unwrap();
+    let addr = acceptor.local_socket_addr().to_string();
+    let _master = start_master(m.clone(), acceptor, cfg("master")).unwrap();
+    m.insert(&item(-1, 0)).unwrap();
+    let base = m.position();
+    let path = dir.join("lp5-backup-simple.db");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(
+            "PERSIST_BENCH_LAG_CHILD",
+            format!("{}|{addr}|{base}|{commits}", path.display()),
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = tokio::task::spawn_blocking(move || {
+        let l = lines.next().unwrap().unwrap();
+        assert_eq!(l, "READY");
+        lines
+    })
+    .await
+    .unwrap();
+    let mm = m.clone();
+    let committed = tokio::task::spawn_blocking(move || {
+        let mut at = Vec::with_capacity(commits);
+        let start = Instant::now();
+        for i in 0..commits {
+            pace(start, i);
+            mm.insert(&item(i as i64, 0)).unwrap();
+            at.push(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos(),
+            );
+        }
+        at
+    })
+    .await
+    .unwrap();
+    let applied = tokio::task::spawn_blocking(move || {
+        let mut applied = vec![0u128; commits];
+        for l in ready {
+            let l = l.unwrap();
+            let mut w = l.split_whitespace();
+            if w.next() == Some("APPLIED") {
+                let i: usize = w.next().unwrap().parse().unwrap();
+                applied[i] = w.next().unwrap().parse().unwrap();
+            }
+        }
+        applied
+    })
+    .await
+    .unwrap();
+    let _ = child.wait();
+    let mut h = Histogram::<u64>::new(3).unwrap();
+    for (c, a) in committed.iter().zip(&applied) {
+        assert!(*a > 0, "every commit applied");
+        h.record((a.saturating_sub(*c) / 1000) as u64).unwrap();
+    }
+    h
+}
+
+/// The `lagparts` case (see the module docs). `PERSIST_BENCH_LAGPARTS`
+/// names the parts to run, in that order (comma-separated; default all):
+/// `lp0` as the lag case, `lp1` checkpoints deferred, `lp2` scrubber off,
+/// `lp3` both, `lp4` checkpoints inside commits, `lp5` backup in another
+/// process, `local`, `local-deferred`, `tcp`, `hops`. Rotating the order
+/// between runs keeps a burst of load on the machine from landing on the
+/// same part every time.
+async fn lag_parts(db: &Db) {
+    let commits = env("PERSIST_BENCH_LAG_COMMITS", 5_000) as usize;
+    let be = db.label();
+    let target = "p50 <= 0.1, p99 <= 0.5 ms";
+    let sqlite = matches!(db, Db::Sqlite(_));
+    let parts = std::env::var("PERSIST_BENCH_LAGPARTS")
+        .unwrap_or_else(|_| "lp0,lp1,lp2,lp3,lp4,lp5,local,local-deferred,tcp,hops".into());
+    for part in parts.split(',').map(str::trim) {
+        let variant = match part {
+            "lp0" => Some(("as the lag case (defaults)", Checkpoints::Default, true)),
+            "lp1" if sqlite => Some((
+                "checkpoints deferred past the run",
+                Checkpoints::Deferred,
+                true,
+            )),
+            "lp2" => Some(("scrubber off", Checkpoints::Default, false)),
+            "lp3" if sqlite => Some((
+                "checkpoints deferred AND scrubber off",
+                Checkpoints::Deferred,
+                false,
+            )),
+            "lp4" if sqlite => Some(("checkpoints inside commits", Checkpoints::InCommit, true)),
+            _ => None,
+        };
+        if let Some((label, ckpt, scrub)) = variant {
+            let h = lag_run(db, Shape::Simple, part, ckpt, scrub).await;
+            row(
+                &format!("{be} lagparts {part}: commit -> applied, {label}"),
+                quantiles(&h),
+                target,
+            );
+            continue;
+        }
+        match (part, db) {
+            ("lp5", Db::Sqlite(dir)) => {
+                let h = lag_two_processes(dir).await;
+                row(
+                    &format!("{be} lagparts lp5: commit -> applied, backup in another process"),
+                    quantiles(&h),
+                    target,
+                );
+            }
+            ("local", _) => {
+                let h = local_commits(db, Checkpoints::Default);
+                row(
+                    &format!("{be} lagparts local: one local single-row commit (no replication)"),
+                    quantiles(&h),
+                    "",
+                );
+            }
+            ("local-deferred", Db::Sqlite(_)) => {
+                let h = local_commits(db, Checkpoints::Deferred);
+                row(
+                    &format!("{be} lagparts local-deferred: the same, checkpoints deferred"),
+                    quantiles(&h),
+                    "",
+                );
+            }
+            ("tcp", _) => {
+                let h = tokio::task::spawn_blocking(tcp_floor).await.unwrap();
+                row(
+                    &format!(
+                        "lagparts tcp: one-way loopback TCP, thread to thread, {commits} at 1000/s"
+                    ),
+                    quantiles(&h),
+                    "",
+                );
+            }
+            ("hops", _) => {
+                let h = hops_floor().await;
+                row(
+                    "lagparts hops: thread -> task -> TCP -> task -> thread, no store",
+                    quantiles(&h),
+                    "",
+                );
+            }
+            _ => {}
+        }
+    }
 }
 
 fn peak_rss_mb(pid: u32) -> f64 {
@@ -482,13 +881,18 @@ async fn catchup(db: &Db, shape: Shape) {
 }
 
 fn main() {
+    if let Ok(spec) = std::env::var("PERSIST_BENCH_LAG_CHILD") {
+        return lag_child(&spec);
+    }
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
     let named = |set: &[&str]| args.iter().any(|a| set.contains(&a.as_str()));
     let cases = ["throughput", "lag", "resync", "catchup"];
-    let run = |case: &str| !named(&cases) || args.iter().any(|a| a == case);
+    // `lagparts` only runs when named; naming it alone runs nothing else.
+    let run =
+        |case: &str| !(named(&cases) || named(&["lagparts"])) || args.iter().any(|a| a == case);
     let shapes: Vec<Shape> = [Shape::Simple, Shape::Tags]
         .into_iter()
         .filter(|s| !named(&["simple", "tags"]) || args.iter().any(|a| a == s.label()))
@@ -551,6 +955,9 @@ fn main() {
             if run("catchup") {
                 rt.block_on(catchup(db, shape));
             }
+        }
+        if args.iter().any(|a| a == "lagparts") {
+            rt.block_on(lag_parts(db));
         }
         db.clean();
     }

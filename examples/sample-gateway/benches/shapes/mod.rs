@@ -1,5 +1,5 @@
 //! The sample module's record shapes (examples/alarm-module) as the
-//! replication benchmark and `persist-node --shape tags` both register them:
+//! replication benchmark and `persist-node --tags` both register them:
 //! devices that notify through a profile (a reference, a unique name) and the
 //! tags they expose (a reference with a plain index, a long text column).
 //! Shared by `#[path]` so both ends register the very same definitions.
