@@ -78,7 +78,8 @@ fn default_request_timeout_ms() -> u64 {
     5_000
 }
 
-fn check_name(key: &str, v: &str) -> Result<()> {
+/// A name that goes into subjects, stream and bucket names.
+pub(crate) fn check_name(key: &str, v: &str) -> Result<()> {
     if v.is_empty()
         || v.len() > 64
         || !v
@@ -202,18 +203,9 @@ impl FleetConfig {
     /// Connects to NATS with the credentials the configuration names,
     /// bounded by the request timeout (the client then reconnects by itself).
     pub async fn connect(&self) -> Result<async_nats::Client> {
-        let mut opts = match &self.credentials_file {
-            Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
-                .await
-                .map_err(|e| file_error(path, e))?,
-            None => async_nats::ConnectOptions::new(),
-        };
-        if let Some(path) = &self.nkey_file {
-            let seed = std::fs::read_to_string(path).map_err(|e| file_error(path, e))?;
-            opts = opts.nkey(seed.trim().to_owned());
-        }
+        let opts = credentials(self.credentials_file.as_deref(), self.nkey_file.as_deref()).await?;
         let timeout = self.request_timeout();
-        opts = opts
+        let opts = opts
             .connection_timeout(timeout)
             .request_timeout(Some(timeout))
             .retry_on_initial_connect()
@@ -224,6 +216,25 @@ impl FleetConfig {
             ));
         crate::error::bounded("connect", timeout, opts.connect(self.url.as_str())).await
     }
+}
+
+/// Connection options with the credentials from files: a NATS `.creds`
+/// file and/or an NKey seed file (secrets never come from the TOML itself).
+pub(crate) async fn credentials(
+    credentials_file: Option<&Path>,
+    nkey_file: Option<&Path>,
+) -> Result<async_nats::ConnectOptions> {
+    let mut opts = match credentials_file {
+        Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(|e| file_error(path, e))?,
+        None => async_nats::ConnectOptions::new(),
+    };
+    if let Some(path) = nkey_file {
+        let seed = std::fs::read_to_string(path).map_err(|e| file_error(path, e))?;
+        opts = opts.nkey(seed.trim().to_owned());
+    }
+    Ok(opts)
 }
 
 fn file_error(path: &Path, e: impl std::fmt::Display) -> FleetError {

@@ -61,17 +61,7 @@ pub struct WitnessConfig {
 }
 
 fn check_name(setting: &str, v: &str) -> Result<()> {
-    if v.is_empty()
-        || v.len() > 64
-        || !v
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err(FleetError::Config(format!(
-            "[witness] {setting} = {v:?}: use 1-64 letters, digits, '-' or '_'"
-        )));
-    }
-    Ok(())
+    crate::config::check_name(&format!("[witness] {setting}"), v)
 }
 
 impl WitnessConfig {
@@ -168,22 +158,9 @@ impl NatsWitness {
 impl Inner {
     async fn connect(&self) -> Result<jetstream::Context> {
         let cfg = &self.cfg;
-        let mut opts = match &cfg.credentials_file {
-            Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
-                .await
-                .map_err(|e| FleetError::File {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?,
-            None => async_nats::ConnectOptions::new(),
-        };
-        if let Some(path) = &cfg.nkey_file {
-            let seed = std::fs::read_to_string(path).map_err(|e| FleetError::File {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-            opts = opts.nkey(seed.trim().to_owned());
-        }
+        let opts =
+            crate::config::credentials(cfg.credentials_file.as_deref(), cfg.nkey_file.as_deref())
+                .await?;
         let t = self.settings.request_timeout;
         // Redial soon after the server returns: a lease is worth as much
         // as the time left to renew it.

@@ -20,6 +20,8 @@ use persist::sync::redundancy::NodeRole;
 use persist::Store;
 use persist_fleet::{fleet_status, Edge, FleetConfig, FleetError, Publisher};
 
+use crate::operator::esc;
+
 enum Running {
     Publisher(Publisher),
     Edge(Edge),
@@ -241,13 +243,6 @@ pub(crate) fn router(runner: Arc<FleetRunner>) -> Router {
 
 async fn json(State(r): State<Arc<FleetRunner>>) -> Response {
     Json(r.view().await).into_response()
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 async fn page(State(r): State<Arc<FleetRunner>>) -> Html<String> {

@@ -283,7 +283,8 @@ fn ago(ms: u64) -> String {
     format!("{:.1} s ago", now.saturating_sub(ms) as f64 / 1000.0)
 }
 
-fn esc(s: &str) -> String {
+/// Escapes text for HTML (the status and fleet pages).
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

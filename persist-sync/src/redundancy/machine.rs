@@ -47,8 +47,8 @@
 //!   wants the lease once the takeover is due, and takes over when it has
 //!   it;
 //! - a node whose claim names it is active only while its lease counts or
-//!   its peer confirms it on a live link (the peer's claim names it, heard
-//!   within half the failover timeout) and no third node holds the lease;
+//!   its peer confirms it on a live link (the peer's claim names it; see
+//!   the echo below) and no third node holds the lease;
 //!   otherwise it stands by (at its standby level) without giving up its
 //!   claim, and is active again once either holds;
 //! - a confirmation counts until half a failover timeout after this

@@ -12,8 +12,9 @@
 //!   so it expires there later still, and `margin` covers a clock that runs
 //!   slow by up to that fraction.
 //! - A node may go active only while its lease counts, or while its peer
-//!   confirms it on a live link (the peer's claim names it, heard within half
-//!   the failover timeout) and no third node holds the lease.
+//!   confirms it on a live link (the peer's claim names it, in a heartbeat
+//!   echoing a send time of this node's from within half the failover
+//!   timeout) and no third node holds the lease.
 //! - A node that learns another holder, or whose lease stops counting
 //!   without a confirming peer, steps down.
 //! - One request at a time, each bounded by `request_timeout`: an answer
