@@ -565,18 +565,25 @@ async fn pair_lag(p: &mut Pair, n: u64, rate: u64) -> Quantiles {
     quantiles(&h)
 }
 
+impl Pair {
+    /// Commits the next `n` transactions on the master, as fast as it takes them.
+    async fn commit_burst(&mut self, n: u64) {
+        let (m, from) = (self.master.clone(), self.next);
+        tokio::task::spawn_blocking(move || {
+            for i in 0..n {
+                commit(&m, from + i);
+            }
+        })
+        .await
+        .unwrap();
+        self.next += n;
+    }
+}
+
 /// The same burst: entries/s committed on the master and applied on the backup.
 async fn pair_burst(p: &mut Pair, n: u64) -> f64 {
     let t0 = Instant::now();
-    let (m, from) = (p.master.clone(), p.next);
-    tokio::task::spawn_blocking(move || {
-        for i in 0..n {
-            commit(&m, from + i);
-        }
-    })
-    .await
-    .unwrap();
-    p.next += n;
+    p.commit_burst(n).await;
     wait_for(&p.backup, p.master.position()).await;
     n as f64 / t0.elapsed().as_secs_f64()
 }
@@ -586,15 +593,7 @@ async fn pair_catchup(p: &mut Pair, n: u64) -> f64 {
     if let Some(b) = p.backup_handle.take() {
         b.shutdown().await;
     }
-    let (m, from) = (p.master.clone(), p.next);
-    tokio::task::spawn_blocking(move || {
-        for i in 0..n {
-            commit(&m, from + i);
-        }
-    })
-    .await
-    .unwrap();
-    p.next += n;
+    p.commit_burst(n).await;
     let t0 = Instant::now();
     p.backup_handle = Some(
         start_backup(
