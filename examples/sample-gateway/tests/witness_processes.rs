@@ -112,6 +112,31 @@ fn a_frozen_then_killed_master_is_replaced_only_after_its_lease_and_the_pair_con
         || active(sa) && !active(sb) && held_here(sa),
     );
     converged(sa, sb);
+
+    // The transient states too, from what each gateway printed: a node is
+    // Active at most once per epoch (a stale claim re-asserted after SIGCONT
+    // or a restart would print a second line), and never at an epoch the
+    // other node was Active at.
+    let epochs = |id: &str| -> Vec<u64> {
+        let prefix = format!("{id}: Active (epoch ");
+        std::fs::read_to_string(d.join(format!("{id}.log")))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    let (ea, eb) = (epochs("gw-a"), epochs("gw-b"));
+    for (id, e) in [("gw-a", &ea), ("gw-b", &eb)] {
+        let mut once = e.to_vec();
+        once.dedup();
+        assert_eq!(&once, e, "{id} Active twice at one epoch: {e:?}");
+    }
+    assert!(
+        ea.iter().all(|e| !eb.contains(e)),
+        "both Active at one epoch: gw-a {ea:?}, gw-b {eb:?}"
+    );
+    assert_eq!(eb.len(), 2, "the backup took over twice: {eb:?}");
 }
 
 fn converged(sa: u16, sb: u16) {
