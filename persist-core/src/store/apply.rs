@@ -77,22 +77,29 @@ pub(crate) fn apply_batch(w: &mut Writer, reg: &Registry, entries: &[LogEntry]) 
     Ok(todo.len())
 }
 
-/// Inserts waiting to go to the database as one multi-row statement. Rows
-/// of consecutive entries accumulate: each entry's digest is checked from the
-/// row images in memory, so the database write can wait until the batch is
-/// full or a later change must read the table (an update or delete).
+/// Inserts waiting to go to the database as multi-row statements, one
+/// buffer per table. Rows of consecutive entries accumulate: each entry's
+/// digest is checked from the row images in memory, so the database write
+/// can wait until a table's buffer is full or a later change must read the
+/// tables (an update, a delete, an operation). Keeping a buffer per table
+/// matters for entries that insert into several (a device and its tags):
+/// one shared buffer would flush at every change of table, in statements
+/// of a row or two. Buffers of different tables go out in any order: the
+/// references between tables are deferred to commit on both backends.
 #[derive(Default)]
 struct Pending<'r> {
-    table: Option<&'r Table>,
-    rows: Vec<Value>,
+    tables: Vec<(&'r Table, Vec<Value>)>,
 }
 
 impl<'r> Pending<'r> {
+    /// Writes every buffered row.
     fn flush(&mut self, tx: &mut WriteTx<'_>, position: u64) -> Result<()> {
-        if let Some(t) = self.table.take() {
-            let rows = std::mem::take(&mut self.rows);
-            tx.exec_insert_rows(t, &rows)
-                .map_err(|e| wrap(position, t, e))?;
+        for (t, rows) in &mut self.tables {
+            if !rows.is_empty() {
+                tx.exec_insert_rows(t, rows)
+                    .map_err(|e| wrap(position, t, e))?;
+                rows.clear();
+            }
         }
         Ok(())
     }
@@ -104,13 +111,19 @@ impl<'r> Pending<'r> {
         values: Vec<Value>,
         position: u64,
     ) -> Result<()> {
-        if !self.table.is_some_and(|p| std::ptr::eq(p, t)) {
-            self.flush(tx, position)?;
-            self.table = Some(t);
-        }
-        self.rows.extend(values);
-        if self.rows.len() >= t.batch_rows * t.types.len() {
-            self.flush(tx, position)?;
+        let i = match self.tables.iter().position(|(p, _)| std::ptr::eq(*p, t)) {
+            Some(i) => i,
+            None => {
+                self.tables.push((t, Vec::new()));
+                self.tables.len() - 1
+            }
+        };
+        let rows = &mut self.tables[i].1;
+        rows.extend(values);
+        if rows.len() >= t.batch_rows * t.types.len() {
+            tx.exec_insert_rows(t, rows)
+                .map_err(|e| wrap(position, t, e))?;
+            rows.clear();
         }
         Ok(())
     }
