@@ -392,13 +392,20 @@ impl Restore {
             flat.extend(check_image(t, image).map_err(|e| self.refuse(e))?);
         }
         let mut tx = WriteTx::attach(&mut self.w, &reg, self.digest);
-        tx.insert_rows(t, flat).map_err(|e| match e {
+        tx.exec_insert_rows(t, &flat).map_err(|e| match e {
             e @ (Error::Locked(_) | Error::Unavailable(_) | Error::DiskFull(_)) => e,
             other => Error::Inapplicable {
                 position: self.header.position,
                 reason: format!("{}: {other}", t.name),
             },
         })?;
+        // The digest from the images as they came (as an applied entry's
+        // are), not encoded again: a non-canonical image fails the digest
+        // check at `finish`.
+        for (row, image) in flat.chunks_exact(t.types.len()).zip(rows) {
+            tx.bump_identity(t, row);
+            tx.delta.toggle(&mut tx.digest, t.name, t.seed, image);
+        }
         self.digest = tx.digest;
         tx.delta.drain_into(&mut self.ranges);
         drop(tx);
