@@ -189,7 +189,6 @@ pub(crate) mod pair_tests {
         c.reconnect_initial = Duration::from_millis(20);
         c.reconnect_max = Duration::from_millis(200);
         c.scrub.period = period;
-        c.scrub.step_interval = Duration::from_millis(5);
         c
     }
 

@@ -124,11 +124,20 @@ impl SyncConfig {
         if self.scrub.enabled {
             for (setting, d) in [
                 ("scrub.period", self.scrub.period),
-                ("scrub.step_interval", self.scrub.step_interval),
+                ("scrub.min_pause", self.scrub.min_pause),
             ] {
                 if d < Duration::from_millis(1) {
                     return err(setting, format!("must be at least 1 ms (it is {d:?})"));
                 }
+            }
+            if !(1..=100).contains(&self.scrub.max_core_percent) {
+                return err(
+                    "scrub.max_core_percent",
+                    format!(
+                        "must be from 1 to 100 (it is {})",
+                        self.scrub.max_core_percent
+                    ),
+                );
             }
         }
         for (setting, n) in sizes.into_iter().chain(scrub_sizes) {

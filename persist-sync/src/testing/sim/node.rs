@@ -216,10 +216,9 @@ impl SimNode {
         sync.retention.keep_acked = 20;
         sync.retention.max_entries = 400;
         sync.retention_interval = Duration::from_millis(200);
-        // A few steps per pass, a pass every 2 s: repairs within a run.
+        // A few steps per pass, a change found within 2 s: repairs within a run.
         sync.scrub.period = Duration::from_secs(2);
         sync.scrub.step_rows = 50;
-        sync.scrub.step_interval = Duration::from_millis(20);
         let sync = crate::redundancy::node::prepare(&store, role, &settings, sync);
         let faults = self.faults.clone();
         let mut worker = StoreWorker::new(store.clone(), None, None, clock.clone());
