@@ -104,6 +104,62 @@ pub struct StateView {
     pub witness_error: Option<String>,
     /// Whether the pair has a witness.
     pub witness: bool,
+    /// What the scrubber found and did (re-reading the rows against their
+    /// digests, repairing a backup's ranges).
+    pub scrub: ScrubView,
+}
+
+/// The scrubber's report, as served in [`StateView::scrub`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ScrubView {
+    /// Passes completed since the node started.
+    pub passes: u64,
+    /// How long the last pass took, in milliseconds.
+    pub last_pass_ms: Option<u64>,
+    /// The longest a row changed behind the library's back can go unseen
+    /// at the current pace, in milliseconds (at most the scrub period
+    /// unless the core share capped the pace).
+    pub finds_within_ms: Option<u64>,
+    /// Ranges whose rows did not match their digest in the last pass.
+    pub differing_ranges: usize,
+    /// Passes that found such ranges.
+    pub alarms: u64,
+    /// Repairs done (backup: applied; master: answered with rows).
+    pub repairs: u64,
+    /// Rows shipped by repairs.
+    pub rows_shipped: u64,
+    /// Backup: rows its repairs changed.
+    pub rows_repaired: u64,
+    /// Backup: repairs rolled back because rows moved meanwhile.
+    pub repair_failures: u64,
+    /// The master's own rows do not match its digest: nothing from those
+    /// ranges is shipped until an operator decides.
+    pub master_diverged: Option<String>,
+    /// The recorded ranges are unknown (the rows did not match the digest
+    /// when the store opened): scrubbing cannot tell where until a resync.
+    pub untrusted: bool,
+    /// The last scrub failure, if the last pass failed.
+    pub error: Option<String>,
+}
+
+impl From<&persist::sync::engine::ScrubStatus> for ScrubView {
+    fn from(s: &persist::sync::engine::ScrubStatus) -> Self {
+        let ms = |d: std::time::Duration| d.as_millis() as u64;
+        ScrubView {
+            passes: s.passes,
+            last_pass_ms: s.last_pass_took.map(ms),
+            finds_within_ms: s.finds_within.map(ms),
+            differing_ranges: s.differing_ranges,
+            alarms: s.alarms,
+            repairs: s.repairs,
+            rows_shipped: s.rows_shipped,
+            rows_repaired: s.rows_repaired,
+            repair_failures: s.repair_failures,
+            master_diverged: s.master_diverged.clone(),
+            untrusted: s.untrusted,
+            error: s.error.clone(),
+        }
+    }
 }
 
 /// Builds the state view of a node.
@@ -156,6 +212,7 @@ pub fn view(node_id: &str, node: &NodeHandle) -> StateView {
         witness_holder: s.witness.as_ref().and_then(|w| w.holder.clone()),
         witness_held_here: s.witness.as_ref().is_some_and(|w| w.held_here),
         witness_error: s.witness.and_then(|w| w.error),
+        scrub: ScrubView::from(&link.scrub),
     }
 }
 
@@ -265,6 +322,55 @@ pub fn metrics(v: &StateView) -> String {
         "Runtime state providers that reported an error.",
         v.runtime_errors.len().to_string(),
     );
+    let sc = &v.scrub;
+    gauge(
+        "persist_scrub_master_diverged",
+        "1 while the master's own rows do not match its digest (nothing from those ranges is shipped).",
+        u8::from(sc.master_diverged.is_some()).to_string(),
+    );
+    gauge(
+        "persist_scrub_differing_ranges",
+        "Ranges whose rows did not match their digest in the last scrub pass.",
+        sc.differing_ranges.to_string(),
+    );
+    gauge(
+        "persist_scrub_finds_within_seconds",
+        "The longest a row changed behind the library's back can go unseen at the scrubber's pace.",
+        sc.finds_within_ms
+            .map_or("0".into(), |ms| format!("{:.3}", ms as f64 / 1000.0)),
+    );
+    for (name, help, value) in [
+        (
+            "persist_scrub_passes_total",
+            "Scrub passes completed.",
+            sc.passes,
+        ),
+        (
+            "persist_scrub_alarms_total",
+            "Scrub passes that found ranges at odds with their digest.",
+            sc.alarms,
+        ),
+        (
+            "persist_scrub_repairs_total",
+            "Ranged repairs (backup: applied; master: answered).",
+            sc.repairs,
+        ),
+        (
+            "persist_scrub_rows_shipped_total",
+            "Rows shipped by ranged repairs.",
+            sc.rows_shipped,
+        ),
+        (
+            "persist_scrub_rows_repaired_total",
+            "Backup: rows ranged repairs changed.",
+            sc.rows_repaired,
+        ),
+    ] {
+        m.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{node=\"{}\"}} {value}\n",
+            v.node_id
+        ));
+    }
     m.push_str(&format!(
         "# HELP persist_unauthenticated_failures_total Clients that connected to the link port \
          and failed before authenticating.\n\
@@ -346,6 +452,7 @@ th{{color:#4a5568;font-weight:500}} .err{{color:#c53030}} .warn{{color:#975a16}}
                 v.unauthenticated_failures.to_string(),
             ),
             row("witness lease", witness_line(v)),
+            row("scrub", scrub_line(&v.scrub)),
         ]
         .join(""),
         audit = audit_table(audit),
@@ -354,12 +461,57 @@ th{{color:#4a5568;font-weight:500}} .err{{color:#c53030}} .warn{{color:#975a16}}
             .iter()
             .map(|w| format!("<p class=\"warn\">{}</p>", esc(w)))
             .collect::<String>(),
-        err = v
-            .last_error
-            .as_deref()
-            .map(|e| format!("<p class=\"err\">Last error: {}</p>", esc(e)))
-            .unwrap_or_default(),
+        err = [
+            v.last_error
+                .as_deref()
+                .map(|e| format!("<p class=\"err\">Last error: {}</p>", esc(e))),
+            v.scrub.master_diverged.as_deref().map(|e| {
+                format!(
+                    "<p class=\"err\">The master's rows do not match its own digest: {}. \
+                     Nothing from those ranges is shipped until an operator decides \
+                     (for example a resync from the node that is right).</p>",
+                    esc(e)
+                )
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<String>(),
     )
+}
+
+/// The scrub row of the status page (escaped by `row`).
+fn scrub_line(s: &ScrubView) -> String {
+    if s.passes == 0 && s.error.is_none() {
+        return "no pass yet".into();
+    }
+    let mut parts = vec![format!(
+        "{} passes, last {} ms",
+        s.passes,
+        s.last_pass_ms.unwrap_or(0)
+    )];
+    if let Some(ms) = s.finds_within_ms {
+        parts.push(format!("a change found within {:.1} s", ms as f64 / 1000.0));
+    }
+    if s.differing_ranges > 0 {
+        parts.push(format!("{} ranges differ", s.differing_ranges));
+    }
+    if s.alarms > 0 {
+        parts.push(format!("{} alarms", s.alarms));
+    }
+    if s.repairs > 0 {
+        parts.push(format!(
+            "{} repairs ({} rows shipped, {} repaired)",
+            s.repairs, s.rows_shipped, s.rows_repaired
+        ));
+    }
+    if s.untrusted {
+        parts.push("ranges unknown until a resync".into());
+    }
+    if let Some(e) = &s.error {
+        parts.push(format!("last pass failed: {e}"));
+    }
+    parts.join("; ")
 }
 
 /// The witness row of the status page (escaped by `row`).

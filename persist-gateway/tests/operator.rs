@@ -199,3 +199,131 @@ async fn operator_surface_over_http() {
     let sb: serde_json::Value = serde_json::from_str(&after).unwrap();
     assert_eq!(sb["resyncs"].as_u64(), Some(1));
 }
+
+/// What the scrubber finds reaches the operator: a row changed behind the
+/// backup's back is repaired and counted on `/state` and `/metrics`; a row
+/// changed behind the master's back is reported loudly on both nodes
+/// (`/state`, `/metrics`, the status page) and not shipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrub_findings_reach_the_operator() {
+    let net = MemoryNetwork::with_seed(22);
+    let (fm, fb) = (Fixture::sqlite(), Fixture::sqlite());
+    let (ms, bs) = (fm.open(), fb.open());
+    ms.register::<Profile>().unwrap();
+    bs.register::<Profile>().unwrap();
+    let scrubbing = |node: &str| {
+        let mut c = sync(node);
+        c.scrub.period = Duration::from_millis(300);
+        c
+    };
+    let m = Arc::new(
+        start_master_node(
+            ms.clone(),
+            settings(NodeRole::Master, "gw-a"),
+            net.acceptor("gw-a"),
+            scrubbing("gw-a"),
+        )
+        .unwrap(),
+    );
+    let b = Arc::new(
+        start_backup_node(
+            bs.clone(),
+            settings(NodeRole::Backup, "gw-b"),
+            net.dialer("gw-a"),
+            scrubbing("gw-b"),
+        )
+        .unwrap(),
+    );
+    for i in 0..50 {
+        ms.insert(&profile(&format!("p{i}"))).unwrap();
+    }
+    until("the backup caught up", || bs.position() == ms.position()).await;
+    let (mu, bu) = (
+        serve(m.clone(), "gw-a").await,
+        serve(b.clone(), "gw-b").await,
+    );
+    let state = |url: String| serde_json::from_str::<serde_json::Value>(&get(&url).1).unwrap();
+    let (mu2, bu2) = (mu.clone(), bu.clone());
+    let clean = blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let s = state(format!("{bu2}/state"));
+            if s["scrub"]["passes"].as_u64() >= Some(2) {
+                return (s, state(format!("{mu2}/state")));
+            }
+            assert!(std::time::Instant::now() < deadline, "no scrub pass: {s}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await;
+    for s in [&clean.0, &clean.1] {
+        assert_eq!(s["scrub"]["alarms"].as_u64(), Some(0), "{s}");
+        assert!(s["scrub"]["master_diverged"].is_null(), "{s}");
+        assert!(
+            s["scrub"]["finds_within_ms"].as_u64().unwrap() <= 300,
+            "{s}"
+        );
+    }
+
+    // Behind the backup's back: repaired, one row shipped.
+    fb.raw("UPDATE notification_profile SET name = 'tampered' WHERE id = 7");
+    let bu2 = bu.clone();
+    let repaired = blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let s = state(format!("{bu2}/state"));
+            if s["scrub"]["rows_repaired"].as_u64() >= Some(1) {
+                return s;
+            }
+            assert!(std::time::Instant::now() < deadline, "no repair: {s}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await;
+    assert_eq!(
+        repaired["scrub"]["rows_shipped"].as_u64(),
+        Some(1),
+        "{repaired}"
+    );
+    assert_eq!(repaired["resyncs"].as_u64(), Some(0), "{repaired}");
+    let bu2 = bu.clone();
+    let metrics = blocking(move || get(&format!("{bu2}/metrics")).1).await;
+    assert!(
+        metrics.contains("persist_scrub_rows_repaired_total{node=\"gw-b\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("persist_scrub_master_diverged{node=\"gw-b\"} 0"));
+
+    // Behind the master's back: reported by the master, nothing shipped
+    // (the backup, whose rows match its digest, has nothing to ask for).
+    fm.raw("UPDATE notification_profile SET name = 'forged' WHERE id = 9");
+    let mu2 = mu.clone();
+    let (sm, metrics, page) = blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let sm = state(format!("{mu2}/state"));
+            if !sm["scrub"]["master_diverged"].is_null() {
+                return (
+                    sm,
+                    get(&format!("{mu2}/metrics")).1,
+                    get(&format!("{mu2}/")).1,
+                );
+            }
+            assert!(std::time::Instant::now() < deadline, "not reported: {sm}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await;
+    assert!(sm["scrub"]["alarms"].as_u64() >= Some(1), "{sm}");
+    assert!(
+        metrics.contains("persist_scrub_master_diverged{node=\"gw-a\"} 1"),
+        "{metrics}"
+    );
+    assert!(page.contains("do not match its own digest"), "{page}");
+    assert_eq!(
+        bs.get::<Profile>(9i64).unwrap().unwrap().name,
+        "p8",
+        "the master's forged row is not shipped"
+    );
+    assert_eq!(b.state().activity, ActivityLevel::Cold);
+}
