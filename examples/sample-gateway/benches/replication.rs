@@ -755,6 +755,73 @@ fn peak_rss_mb(pid: u32) -> f64 {
         / 1024.0
 }
 
+/// CPU time (ms) per thread name of this process, from `/proc/self/task`.
+fn thread_cpu_ms() -> std::collections::BTreeMap<String, u64> {
+    process_thread_cpu_ms("self")
+}
+
+/// CPU time (ms) per thread name of process `pid` (or `self`).
+fn process_thread_cpu_ms(pid: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+            + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+        // USER_HZ is 100.
+        *out.entry(name).or_insert(0) += ticks * 10;
+    }
+    out
+}
+
+/// Prints where the CPU went between two [`thread_cpu_ms`] readings
+/// (threads that ended meanwhile are not counted), when
+/// `PERSIST_BENCH_THREADS` is set.
+fn print_thread_cpu(what: &str, before: &std::collections::BTreeMap<String, u64>, secs: f64) {
+    print_cpu_between(what, before, &thread_cpu_ms(), secs);
+}
+
+/// Prints the CPU per thread between two readings, when
+/// `PERSIST_BENCH_THREADS` is set.
+fn print_cpu_between(
+    what: &str,
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+    secs: f64,
+) {
+    if std::env::var_os("PERSIST_BENCH_THREADS").is_none() {
+        return;
+    }
+    let mut parts: Vec<(u64, &String)> = after
+        .iter()
+        .map(|(name, ms)| {
+            (
+                ms.saturating_sub(before.get(name).copied().unwrap_or(0)),
+                name,
+            )
+        })
+        .filter(|(ms, _)| *ms > 0)
+        .collect();
+    parts.sort_unstable_by(|a, b| b.cmp(a));
+    let list: Vec<String> = parts
+        .iter()
+        .map(|(ms, name)| format!("{name} {:.0} %", *ms as f64 / 10.0 / secs))
+        .collect();
+    println!(
+        "  {what}: CPU per thread over {secs:.2} s: {}",
+        list.join(", ")
+    );
+}
+
 /// Returns the resync rate (rows/s).
 fn resync(db: &Db, dir: &Path, shape: Shape) -> f64 {
     let rows = env("PERSIST_BENCH_ROWS", 1_000_000);
@@ -821,6 +888,16 @@ fn resync(db: &Db, dir: &Path, shape: Shape) -> f64 {
     }
     let secs = t.elapsed().as_secs_f64();
     let (mrss, brss) = (peak_rss_mb(master.id()), peak_rss_mb(backup.id()));
+    let none = Default::default();
+    for (who, p) in [("master", &master), ("backup", &backup)] {
+        let cpu = process_thread_cpu_ms(&p.id().to_string());
+        print_cpu_between(
+            &format!("{be} {sh} resync, {who} process"),
+            &none,
+            &cpu,
+            secs,
+        );
+    }
     let _ = master.kill();
     let _ = backup.kill();
     let _ = master.wait();
@@ -864,10 +941,11 @@ async fn catchup(db: &Db, shape: Shape) {
     })
     .await
     .unwrap();
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), thread_cpu_ms());
     let _backup = start_backup(b.clone(), TcpDialer::new(addr, None), cfg("backup")).unwrap();
     wait_for(&b, m.position()).await;
     let secs = t.elapsed().as_secs_f64();
+    print_thread_cpu(&format!("{be} {sh} catch-up"), &cpu, secs);
     assert_eq!(b.digest(), m.digest());
     row(
         &format!("{be} {sh} catch-up: {txs} missed transactions of {per_tx} rows"),
