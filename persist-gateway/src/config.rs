@@ -26,6 +26,11 @@
 //! [database]
 //! sqlite = "gw-a.db"               # or: postgres_url = "postgres://..."  postgres_schema = "gw_a"
 //!
+//! [scrub]                          # re-reading the rows against their digests (optional)
+//! enabled = true
+//! period_ms = 10000                # a row changed behind the library's back is found within it
+//! max_core_percent = 25            # 1 to 100: the share of one core a pass may use
+//!
 //! [status]
 //! listen = "127.0.0.1:8080"        # loopback by default; no TLS: put a TLS proxy in front
 //! operator_token_file = "operator.token"   # at least 16 characters
@@ -56,6 +61,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use persist::sync::engine::ScrubConfig;
 
 use persist::sync::auth::{Secret, MIN_SECRET_LEN};
 use persist::sync::redundancy::{NodeRole, RecoveryMode, RedundancySettings, StandbyLevel};
@@ -101,6 +108,8 @@ struct Raw {
     audit: RawAudit,
     #[serde(default)]
     api: RawApi,
+    #[serde(default)]
+    scrub: RawScrub,
     /// Checked by persist-fleet's `WitnessConfig` (its keys, its rules).
     witness: Option<Spanned<toml::Table>>,
     /// Checked by persist-fleet's `FleetConfig`.
@@ -228,6 +237,25 @@ enum RecoveryName {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawScrub {
+    enabled: bool,
+    period_ms: Spanned<u64>,
+    max_core_percent: Spanned<u32>,
+}
+
+impl Default for RawScrub {
+    fn default() -> Self {
+        let d = ScrubConfig::default();
+        RawScrub {
+            enabled: d.enabled,
+            period_ms: Spanned::new(0..0, d.period.as_millis() as u64),
+            max_core_percent: Spanned::new(0..0, d.max_core_percent),
+        }
+    }
+}
+
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDatabase {
     sqlite: Option<Spanned<PathBuf>>,
@@ -310,6 +338,8 @@ pub struct Config {
     pub tls: LinkTls,
     /// The backup's longest pause between dials.
     pub reconnect_max: Duration,
+    /// The scrubber (`[scrub]`).
+    pub scrub: ScrubConfig,
     /// The store.
     pub database: Database,
     /// Where the status page and the operator actions listen.
@@ -678,6 +708,29 @@ impl Config {
             };
             return Err(c.err(key, Some(span), e.problem));
         }
+        let scrub = {
+            let r = &raw.scrub;
+            if *r.period_ms.get_ref() < 2 {
+                return Err(c.err(
+                    "[scrub] period_ms",
+                    Some(r.period_ms.span()),
+                    "must be at least 2",
+                ));
+            }
+            if !(1..=100).contains(r.max_core_percent.get_ref()) {
+                return Err(c.err(
+                    "[scrub] max_core_percent",
+                    Some(r.max_core_percent.span()),
+                    "must be from 1 to 100",
+                ));
+            }
+            ScrubConfig {
+                enabled: r.enabled,
+                period: Duration::from_millis(*r.period_ms.get_ref()),
+                max_core_percent: *r.max_core_percent.get_ref(),
+                ..ScrubConfig::default()
+            }
+        };
         if *r.reconnect_max_ms.get_ref() == 0 {
             return Err(c.err(
                 "[redundancy] reconnect_max_ms",
@@ -856,6 +909,7 @@ impl Config {
             secret,
             tls,
             reconnect_max: Duration::from_millis(*r.reconnect_max_ms.get_ref()),
+            scrub,
             database,
             status_listen,
             operator_token: token,
@@ -928,6 +982,33 @@ operator_token_file = "operator.token"
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         // Nothing was created: the database is opened later.
         assert!(!d.0.path().join("gw-a.db").exists());
+    }
+
+    #[test]
+    fn the_scrub_section_sets_the_scrubber_and_names_a_bad_value() {
+        let d = Dir::new();
+        assert_eq!(d.parse(MASTER).unwrap().scrub, ScrubConfig::default());
+        let c = d
+            .parse(&format!(
+                "{MASTER}\n[scrub]\nperiod_ms = 60000\nmax_core_percent = 10\n"
+            ))
+            .unwrap();
+        assert_eq!(c.scrub.period, Duration::from_secs(60));
+        assert_eq!(c.scrub.max_core_percent, 10);
+        assert!(c.scrub.enabled);
+        let off = d
+            .parse(&format!("{MASTER}\n[scrub]\nenabled = false\n"))
+            .unwrap();
+        assert!(!off.scrub.enabled);
+        let e = d
+            .parse(&format!("{MASTER}\n[scrub]\nmax_core_percent = 0\n"))
+            .unwrap_err();
+        assert_eq!(e.key, "[scrub] max_core_percent");
+        assert_eq!(e.line, Some(21), "{e}");
+        let e = d
+            .parse(&format!("{MASTER}\n[scrub]\nperiod = 5\n"))
+            .unwrap_err();
+        assert!(e.to_string().contains("period"), "{e}");
     }
 
     #[test]

@@ -167,6 +167,7 @@ impl Gateway {
         // runs on one node only, is refused by name.
         sync = sync.modules(modules.manifests().to_vec());
         sync.reconnect_max = cfg.reconnect_max;
+        sync.scrub = cfg.scrub.clone();
         sync.reconnect_initial = sync.reconnect_initial.min(sync.reconnect_max);
         let mut builder = NodeBuilder::new(store.clone(), cfg.settings.clone(), sync)
             .runtime(modules.runtime())
