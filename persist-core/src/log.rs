@@ -259,19 +259,12 @@ pub fn encode_key(key: &Value, out: &mut Vec<u8>) {
 /// Decodes a row image.
 pub fn decode_image(bytes: &[u8]) -> Result<Vec<Value>, DecodeError> {
     let mut r = Reader { bytes, pos: 0 };
-    let count = r.varint_bits(64)?;
-    // Every value takes at least one byte: bound the count before allocating.
-    if count > r.remaining() as u64 {
-        return Err(malformed(format!(
-            "row image: {count} values cannot fit in {} bytes",
-            r.remaining()
-        )));
-    }
-    let mut values = Vec::with_capacity(count as usize);
+    let count = r.count(1, "row image values")?;
+    let mut values = Vec::with_capacity(count);
     for _ in 0..count {
         let value = match r.varint_bits(32)? {
             0 => Value::Null,
-            1 => Value::I64(unzigzag(r.varint_bits(64)?)),
+            1 => Value::I64(unzigzag(r.varint()?)),
             2 => {
                 let u = r.varint_bits(32)?;
                 Value::I32(unzigzag(u) as i32)
@@ -286,17 +279,17 @@ pub fn decode_image(bytes: &[u8]) -> Result<Vec<Value>, DecodeError> {
                 b => return Err(malformed(format!("row image: bool byte {b}"))),
             },
             5 => {
-                let len = r.varint_bits(64)?;
+                let len = r.varint()?;
                 let b = r.take(len)?;
                 let t = std::str::from_utf8(b)
                     .map_err(|e| malformed(format!("row image: text is not UTF-8: {e}")))?;
                 Value::Text(t.to_owned())
             }
             6 => {
-                let len = r.varint_bits(64)?;
+                let len = r.varint()?;
                 Value::Blob(r.take(len)?.to_vec())
             }
-            7 => Value::Timestamp(unzigzag(r.varint_bits(64)?)),
+            7 => Value::Timestamp(unzigzag(r.varint()?)),
             tag => return Err(malformed(format!("row image: unknown value kind {tag}"))),
         };
         values.push(value);
@@ -426,15 +419,9 @@ pub fn decode_body(body: &[u8]) -> Result<Vec<ChangeRef<'_>>, DecodeError> {
             supported: FORMAT_VERSION,
         });
     }
-    let count = r.varint()?;
-    // Every change takes at least 3 bytes: bound the count before allocating.
-    if count > (r.remaining() / 3) as u64 {
-        return Err(malformed(format!(
-            "{count} changes cannot fit in {} bytes",
-            r.remaining()
-        )));
-    }
-    let mut raw = Vec::with_capacity(count as usize);
+    // Every change takes at least 3 bytes.
+    let count = r.count(3, "changes")?;
+    let mut raw = Vec::with_capacity(count);
     for _ in 0..count {
         let table = r.varint()?;
         let op = Op::from_code(r.byte()?)?;
@@ -442,14 +429,8 @@ pub fn decode_body(body: &[u8]) -> Result<Vec<ChangeRef<'_>>, DecodeError> {
         let payload = r.take(len)?;
         raw.push((table, op, payload));
     }
-    let ntables = r.varint()?;
-    if ntables > r.remaining() as u64 {
-        return Err(malformed(format!(
-            "{ntables} table names cannot fit in {} bytes",
-            r.remaining()
-        )));
-    }
-    let mut tables = Vec::with_capacity(ntables as usize);
+    let ntables = r.count(1, "table names")?;
+    let mut tables = Vec::with_capacity(ntables);
     for _ in 0..ntables {
         let len = r.varint()?;
         let name =
@@ -498,18 +479,19 @@ impl<'a> Reader<'a> {
         Ok(b)
     }
     fn varint(&mut self) -> Result<u64, DecodeError> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte()?;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                if shift == 63 && b > 1 {
-                    break;
-                }
-                return Ok(v);
-            }
+        self.varint_bits(64)
+    }
+    /// A count of items that take at least `min_bytes` each, bounded by the
+    /// bytes left before anything is allocated for them.
+    fn count(&mut self, min_bytes: usize, what: &str) -> Result<usize, DecodeError> {
+        let n = self.varint()?;
+        if n > (self.remaining() / min_bytes) as u64 {
+            return Err(malformed(format!(
+                "{n} {what} cannot fit in {} bytes",
+                self.remaining()
+            )));
         }
-        Err(malformed("varint overflows 64 bits"))
+        Ok(n as usize)
     }
     /// A varint of an integer of `bits` bits, as postcard reads it: at most
     /// `ceil(bits / 7)` bytes, the last of them within the bits left.
@@ -527,9 +509,7 @@ impl<'a> Reader<'a> {
                 return Ok(v);
             }
         }
-        Err(malformed(format!(
-            "row image: varint overflows {bits} bits"
-        )))
+        Err(malformed(format!("varint overflows {bits} bits")))
     }
     fn take(&mut self, len: u64) -> Result<&'a [u8], DecodeError> {
         if len > self.remaining() as u64 {

@@ -16,6 +16,8 @@ use persist::sync::redundancy::{
     start_backup_node, start_master_node, ActivityLevel, NodeHandle, NodeRole,
 };
 use persist::sync::testing::memory::MemoryNetwork;
+use persist::sync::worker::SyncConfig;
+use persist::Store;
 
 const TOKEN: &str = "operator token of the pair";
 
@@ -64,31 +66,63 @@ async fn until(what: &str, f: impl Fn() -> bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operator_surface_over_http() {
-    let net = MemoryNetwork::with_seed(21);
+/// A master `gw-a` and a backup `gw-b` of profiles, each on its own SQLite
+/// store, linked over a memory network (which, like the fixtures, must
+/// outlive the nodes).
+struct Pair {
+    m: Arc<NodeHandle>,
+    b: Arc<NodeHandle>,
+    ms: Store,
+    bs: Store,
+    fm: Fixture,
+    fb: Fixture,
+    net: MemoryNetwork,
+}
+
+fn start_pair(seed: u64, sync: impl Fn(&str) -> SyncConfig) -> Pair {
+    let net = MemoryNetwork::with_seed(seed);
     let (fm, fb) = (Fixture::sqlite(), Fixture::sqlite());
     let (ms, bs) = (fm.open(), fb.open());
     ms.register::<Profile>().unwrap();
     bs.register::<Profile>().unwrap();
-    let m = Arc::new(
-        start_master_node(
-            ms.clone(),
-            settings(NodeRole::Master, "gw-a"),
-            net.acceptor("gw-a"),
-            sync("gw-a"),
-        )
-        .unwrap(),
-    );
-    let b = Arc::new(
-        start_backup_node(
-            bs,
-            settings(NodeRole::Backup, "gw-b"),
-            net.dialer("gw-a"),
-            sync("gw-b"),
-        )
-        .unwrap(),
-    );
+    let m = start_master_node(
+        ms.clone(),
+        settings(NodeRole::Master, "gw-a"),
+        net.acceptor("gw-a"),
+        sync("gw-a"),
+    )
+    .unwrap();
+    let b = start_backup_node(
+        bs.clone(),
+        settings(NodeRole::Backup, "gw-b"),
+        net.dialer("gw-a"),
+        sync("gw-b"),
+    )
+    .unwrap();
+    Pair {
+        m: Arc::new(m),
+        b: Arc::new(b),
+        ms,
+        bs,
+        fm,
+        fb,
+        net,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_surface_over_http() {
+    // Every part is bound (`_x` too holds it): the fixtures and the network
+    // must live as long as the nodes.
+    let Pair {
+        m,
+        b,
+        ms,
+        bs: _bs,
+        fm: _fm,
+        fb: _fb,
+        net: _net,
+    } = start_pair(21, sync);
     until("pair up", || {
         m.state().activity == ActivityLevel::Active && b.state().activity == ActivityLevel::Cold
     })
@@ -206,34 +240,19 @@ async fn operator_surface_over_http() {
 /// (`/state`, `/metrics`, the status page) and not shipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scrub_findings_reach_the_operator() {
-    let net = MemoryNetwork::with_seed(22);
-    let (fm, fb) = (Fixture::sqlite(), Fixture::sqlite());
-    let (ms, bs) = (fm.open(), fb.open());
-    ms.register::<Profile>().unwrap();
-    bs.register::<Profile>().unwrap();
-    let scrubbing = |node: &str| {
+    let Pair {
+        m,
+        b,
+        ms,
+        bs,
+        fm,
+        fb,
+        net: _net,
+    } = start_pair(22, |node| {
         let mut c = sync(node);
         c.scrub.period = Duration::from_millis(300);
         c
-    };
-    let m = Arc::new(
-        start_master_node(
-            ms.clone(),
-            settings(NodeRole::Master, "gw-a"),
-            net.acceptor("gw-a"),
-            scrubbing("gw-a"),
-        )
-        .unwrap(),
-    );
-    let b = Arc::new(
-        start_backup_node(
-            bs.clone(),
-            settings(NodeRole::Backup, "gw-b"),
-            net.dialer("gw-a"),
-            scrubbing("gw-b"),
-        )
-        .unwrap(),
-    );
+    });
     for i in 0..50 {
         ms.insert(&profile(&format!("p{i}"))).unwrap();
     }

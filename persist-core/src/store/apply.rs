@@ -95,11 +95,7 @@ impl<'r> Pending<'r> {
     /// Writes every buffered row.
     fn flush(&mut self, tx: &mut WriteTx<'_>, position: u64) -> Result<()> {
         for (t, rows) in &mut self.tables {
-            if !rows.is_empty() {
-                tx.exec_insert_rows(t, rows)
-                    .map_err(|e| wrap(position, t, e))?;
-                rows.clear();
-            }
+            write_rows(tx, t, rows, position)?;
         }
         Ok(())
     }
@@ -121,12 +117,20 @@ impl<'r> Pending<'r> {
         let rows = &mut self.tables[i].1;
         rows.extend(values);
         if rows.len() >= t.batch_rows * t.types.len() {
-            tx.exec_insert_rows(t, rows)
-                .map_err(|e| wrap(position, t, e))?;
-            rows.clear();
+            write_rows(tx, t, rows, position)?;
         }
         Ok(())
     }
+}
+
+/// Inserts a table's buffered rows (if any) and empties the buffer.
+fn write_rows(tx: &mut WriteTx<'_>, t: &Table, rows: &mut Vec<Value>, position: u64) -> Result<()> {
+    if !rows.is_empty() {
+        tx.exec_insert_rows(t, rows)
+            .map_err(|e| wrap(position, t, e))?;
+        rows.clear();
+    }
+    Ok(())
 }
 
 fn wrap(position: u64, t: &Table, e: Error) -> Error {

@@ -168,24 +168,6 @@ impl Scrubber {
         })
     }
 
-    /// The pause after a step that took `work`, `steps` steps into a pass
-    /// that began at `start`.
-    fn pause(&self, now: Time, work: Duration, pass: &Pass) -> Duration {
-        let percent = self.cfg.max_core_percent.clamp(1, 100);
-        let capped = work * (100 - percent) / percent;
-        // The rest of the pass spread over what is left of 90 % of its
-        // half period (a little room for the last step and the result).
-        let spread = match pass.planned {
-            Some(planned) if planned > pass.steps => {
-                let budget = pass.start + self.half() * 9 / 10;
-                let left = budget.since(now);
-                left / (planned - pass.steps) as u32
-            }
-            _ => Duration::ZERO,
-        };
-        self.cfg.min_pause.max(capped).max(spread)
-    }
-
     /// A step's result; a finished pass that still describes the data.
     pub fn stepped(&mut self, now: Time, result: StoreResult) -> Option<ScrubReport> {
         let asked = self.in_flight.take().unwrap_or(now);
@@ -195,8 +177,7 @@ impl Scrubber {
                 let pause = match self.pass.as_mut() {
                     Some(pass) => {
                         pass.steps += 1;
-                        let pass = self.pass.as_ref().expect("a pass in progress");
-                        self.pause(now, work, pass)
+                        pause(&self.cfg, now, work, pass)
                     }
                     None => self.cfg.min_pause,
                 };
@@ -262,6 +243,22 @@ impl Scrubber {
             self.next_at = self.next_at.min(now + self.cfg.min_pause);
         }
     }
+}
+
+/// The pause after a step that took `work`, `pass.steps` steps into `pass`.
+fn pause(cfg: &ScrubConfig, now: Time, work: Duration, pass: &Pass) -> Duration {
+    let percent = cfg.max_core_percent.clamp(1, 100);
+    let capped = work * (100 - percent) / percent;
+    // The rest of the pass spread over what is left of 90 % of its half
+    // period (a little room for the last step and the result).
+    let spread = match pass.planned {
+        Some(planned) if planned > pass.steps => {
+            let budget = pass.start + cfg.period / 2 * 9 / 10;
+            budget.since(now) / (planned - pass.steps) as u32
+        }
+        _ => Duration::ZERO,
+    };
+    cfg.min_pause.max(capped).max(spread)
 }
 
 #[cfg(test)]
