@@ -17,7 +17,9 @@ pub trait ValueCodec: Backend + Sized {
     /// The dialect for DDL.
     const DIALECT: Dialect;
 
-    /// Pushes `value` as a bind parameter of type `ty`.
+    /// Pushes `value` as a bind parameter of type `ty`, without its
+    /// placeholder: the statement's text already holds it
+    /// ([`Statement::text`]).
     fn push_value<'b>(
         pass: &mut AstPass<'_, 'b, Self>,
         ty: SqlType,
@@ -75,18 +77,19 @@ pub(crate) struct Bound<'a> {
 }
 
 impl<DB: ValueCodec> QueryFragment<DB> for Bound<'_> {
+    /// The whole text in one piece, then the values alone: diesel builds the
+    /// text of a statement it has not cached by type on every execution, and
+    /// pushing a multi-row insert's text piece by piece, placeholder by
+    /// placeholder, cost more than binding its values.
     fn walk_ast<'b>(&'b self, mut pass: AstPass<'_, 'b, DB>) -> QueryResult<()> {
-        let parts = self.stmt.parts();
-        for (i, part) in parts.iter().enumerate() {
-            pass.push_sql(part);
-            if let Some(&(index, ty)) = self.stmt.binds().get(i) {
-                let value = self.values.get(index).ok_or_else(|| {
-                    DieselError::QueryBuilderError(
-                        format!("bind {index} missing for `{}`", self.stmt.display()).into(),
-                    )
-                })?;
-                DB::push_value(&mut pass, ty, value)?;
-            }
+        pass.push_sql(self.stmt.text(DB::DIALECT));
+        for &(index, ty) in self.stmt.binds() {
+            let value = self.values.get(index).ok_or_else(|| {
+                DieselError::QueryBuilderError(
+                    format!("bind {index} missing for `{}`", self.stmt.display()).into(),
+                )
+            })?;
+            DB::push_value(&mut pass, ty, value)?;
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ pub mod pg;
 pub mod sqlite;
 
 use std::fmt::Write as _;
+use std::sync::OnceLock;
 
 use crate::error::Result;
 use crate::value::{SqlType, Value};
@@ -88,10 +89,16 @@ pub fn quote_ident(name: &str) -> String {
 /// `parts.len() == binds.len() + 1`; bind `i` sits between `parts[i]` and
 /// `parts[i + 1]` and takes `values[binds[i].0]` as SQL type `binds[i].1`, so
 /// one row image can feed an `UPDATE` whose placeholders are in another order.
+///
+/// The text with each dialect's placeholders is rendered once, on first use,
+/// and kept: the store runs the same statements millions of times, and a
+/// multi-row insert's text is several kilobytes.
 #[derive(Debug, Clone, Default)]
 pub struct Statement {
     parts: Vec<String>,
     binds: Vec<(usize, SqlType)>,
+    /// The text with placeholders, per dialect ([`Dialect::Sqlite`] first).
+    rendered: [OnceLock<String>; 2],
 }
 
 impl Statement {
@@ -100,12 +107,14 @@ impl Statement {
         Statement {
             parts: vec![sql.into()],
             binds: Vec::new(),
+            rendered: Default::default(),
         }
     }
 
     /// Appends SQL text.
     pub fn sql(&mut self, sql: &str) -> &mut Self {
         self.parts.last_mut().expect("never empty").push_str(sql);
+        self.rendered = Default::default();
         self
     }
 
@@ -113,6 +122,7 @@ impl Statement {
     pub fn bind(&mut self, index: usize, ty: SqlType) -> &mut Self {
         self.binds.push((index, ty));
         self.parts.push(String::new());
+        self.rendered = Default::default();
         self
     }
 
@@ -129,6 +139,32 @@ impl Statement {
     /// The statement as text with `?` placeholders (for logs and errors).
     pub fn display(&self) -> String {
         self.parts.join("?")
+    }
+
+    /// The statement's text as `dialect` runs it: `?` placeholders for
+    /// SQLite, `$1`, `$2`, ... in bind order for PostgreSQL. Rendered on the
+    /// first call and kept.
+    pub fn text(&self, dialect: Dialect) -> &str {
+        let slot = match dialect {
+            Dialect::Sqlite => &self.rendered[0],
+            Dialect::Postgres => &self.rendered[1],
+        };
+        slot.get_or_init(|| {
+            let len = self.parts.iter().map(String::len).sum::<usize>() + 6 * self.binds.len();
+            let mut text = String::with_capacity(len);
+            for (i, part) in self.parts.iter().enumerate() {
+                if i > 0 {
+                    match dialect {
+                        Dialect::Sqlite => text.push('?'),
+                        Dialect::Postgres => {
+                            let _ = write!(text, "${i}");
+                        }
+                    }
+                }
+                text.push_str(part);
+            }
+            text
+        })
     }
 }
 

@@ -86,13 +86,13 @@ impl ValueCodec for Pg {
         value: &'b Value,
     ) -> QueryResult<()> {
         match ty {
-            SqlType::BigInt => pass.push_bind_param::<sql_types::BigInt, Value>(value),
-            SqlType::Integer => pass.push_bind_param::<sql_types::Integer, Value>(value),
-            SqlType::Double => pass.push_bind_param::<sql_types::Double, Value>(value),
-            SqlType::Bool => pass.push_bind_param::<sql_types::Bool, Value>(value),
-            SqlType::Text => pass.push_bind_param::<sql_types::Text, Value>(value),
-            SqlType::Blob => pass.push_bind_param::<sql_types::Binary, Value>(value),
-            SqlType::Timestamp => pass.push_bind_param::<sql_types::Timestamptz, Value>(value),
+            SqlType::BigInt => pass.push_bind_param_value_only::<sql_types::BigInt, Value>(value),
+            SqlType::Integer => pass.push_bind_param_value_only::<sql_types::Integer, Value>(value),
+            SqlType::Double => pass.push_bind_param_value_only::<sql_types::Double, Value>(value),
+            SqlType::Bool => pass.push_bind_param_value_only::<sql_types::Bool, Value>(value),
+            SqlType::Text => pass.push_bind_param_value_only::<sql_types::Text, Value>(value),
+            SqlType::Blob => pass.push_bind_param_value_only::<sql_types::Binary, Value>(value),
+            SqlType::Timestamp => pass.push_bind_param_value_only::<sql_types::Timestamptz, Value>(value),
         }
     }
 
