@@ -15,6 +15,22 @@
 //! to by index. Decoding checks every length against the bytes that remain
 //! before allocating, so a hostile or corrupt entry fails with
 //! [`DecodeError::Malformed`] and never panics or over-allocates.
+//!
+//! # Stored bodies
+//! The store keeps a body as it is, or, when it is at least
+//! [`PACK_MIN_BYTES`] long and LZ4 makes it at least a quarter smaller,
+//! packed ([`pack_stored`], [`unpack_stored`]):
+//! ```text
+//! u8      0x81 (never a format version)
+//! varint  length of the body
+//! bytes   the body as one LZ4 block
+//! ```
+//! A body in a transaction of many rows repeats itself (column values, text
+//! written by the same module), and the log's copy of every row is what a
+//! write costs beyond the row itself: written to the database file twice
+//! (WAL, then checkpoint) like the row. Only the stored copy is packed;
+//! entries in memory, on the wire and in the commit feed carry the body
+//! itself, and the digest covers row images, never the stored bytes.
 
 use crate::digest::Digest;
 use crate::error::DecodeError;
@@ -22,6 +38,85 @@ use crate::value::Value;
 
 /// The entry format this build writes and reads.
 pub const FORMAT_VERSION: u8 = 1;
+
+/// The first byte of a packed stored body (see "Stored bodies" above).
+const PACKED: u8 = 0x81;
+
+/// Bodies shorter than this are stored as they are: a single-row commit's
+/// body gains nothing worth the work on the commit path.
+pub const PACK_MIN_BYTES: usize = 512;
+
+/// LZ4 never expands more than this: a packed body's stated length beyond
+/// it is corrupt, refused before anything is allocated for it.
+const LZ4_MAX_RATIO: usize = 255;
+
+/// Packing must save at least this share of a body (a quarter) to be kept:
+/// below it, the work of packing and unpacking costs more than the writes it
+/// saves (measured with text LZ4 cannot shrink, `benches/store_write.rs`).
+const PACK_KEEP: (usize, usize) = (3, 4);
+
+/// A body this much larger than [`PACK_PROBE_BYTES`] is first probed: its
+/// first bytes are packed alone, and if they do not shrink enough the body is
+/// stored as it is, without packing the rest.
+const PACK_PROBE_BYTES: usize = 16 * 1024;
+
+fn worth_keeping(packed: usize, of: usize) -> bool {
+    packed.saturating_mul(PACK_KEEP.1) <= of.saturating_mul(PACK_KEEP.0)
+}
+
+/// The bytes the store keeps for `body`: packed if that saves at least a
+/// quarter of it, the body itself otherwise.
+pub fn pack_stored(body: Vec<u8>) -> Vec<u8> {
+    if body.len() < PACK_MIN_BYTES {
+        return body;
+    }
+    if body.len() >= 2 * PACK_PROBE_BYTES {
+        let probe = lz4_flex::block::compress(&body[..PACK_PROBE_BYTES]);
+        if !worth_keeping(probe.len(), PACK_PROBE_BYTES) {
+            return body;
+        }
+    }
+    let mut out = Vec::with_capacity(body.len() / 2);
+    out.push(PACKED);
+    put_varint(&mut out, body.len() as u64);
+    let header = out.len();
+    out.resize(header + lz4_flex::block::get_maximum_output_size(body.len()), 0);
+    match lz4_flex::block::compress_into(&body, &mut out[header..]) {
+        Ok(n) if worth_keeping(header + n, body.len()) => {
+            out.truncate(header + n);
+            out
+        }
+        _ => body,
+    }
+}
+
+/// The body of stored bytes written by [`pack_stored`] (or by a build
+/// that stored every body as it is).
+pub fn unpack_stored(stored: Vec<u8>) -> Result<Vec<u8>, DecodeError> {
+    if stored.first() != Some(&PACKED) {
+        return Ok(stored);
+    }
+    let mut r = Reader {
+        bytes: &stored,
+        pos: 1,
+    };
+    let len = r.varint()?;
+    let packed = &stored[r.pos..];
+    if len > (packed.len().saturating_mul(LZ4_MAX_RATIO) + 16) as u64 {
+        return Err(malformed(format!(
+            "a packed body of {} bytes cannot hold {len}",
+            packed.len()
+        )));
+    }
+    let mut body = vec![0; len as usize];
+    match lz4_flex::block::decompress_into(packed, &mut body) {
+        Ok(n) if n == body.len() => Ok(body),
+        Ok(n) => Err(malformed(format!(
+            "packed body unpacks to {n} bytes, not the {len} it states"
+        ))),
+        Err(e) => Err(malformed(format!("packed body: {e}"))),
+    }
+}
 
 /// What a change does to its row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -694,6 +789,100 @@ mod tests {
             let mut with_version = vec![FORMAT_VERSION];
             with_version.extend_from_slice(&bytes);
             let _ = decode_body(&with_version);
+            let mut packed = vec![PACKED];
+            packed.extend_from_slice(&bytes);
+            let _ = unpack_stored(packed);
         }
+
+        /// Whatever is stored, packed or not, reads back as the body.
+        #[test]
+        fn stored_bodies_read_back(rows in proptest::collection::vec(proptest::collection::vec(value(), 1..6), 0..80), repeat in 1usize..40) {
+            let mut changes = Vec::new();
+            for _ in 0..repeat {
+                for row in &rows {
+                    changes.push(("t", Op::Insert, postcard::to_allocvec(row).unwrap()));
+                }
+            }
+            let refs: Vec<(&str, Op, &[u8])> = changes.iter().map(|(t, o, p)| (*t, *o, p.as_slice())).collect();
+            let body = encode_body(&refs);
+            let stored = pack_stored(body.clone());
+            prop_assert!(stored.len() <= body.len());
+            prop_assert_eq!(unpack_stored(stored).unwrap(), body);
+        }
+
+        /// A packed body cut short or with a byte changed is refused, never
+        /// read as another body (or a panic).
+        #[test]
+        fn damaged_packed_bodies_are_refused(at in any::<prop::sample::Index>(), byte in any::<u8>(), cut in any::<bool>()) {
+            let body = repetitive_body();
+            let mut stored = pack_stored(body.clone());
+            prop_assert_eq!(stored[0], PACKED);
+            let i = at.index(stored.len());
+            if cut {
+                stored.truncate(i);
+            } else {
+                stored[i] = byte;
+            }
+            if let Ok(read) = unpack_stored(stored) {
+                // A changed literal byte may still unpack, to a body of the
+                // same length: the body's own decoder and the entry's digest
+                // catch what it changed. A changed first byte leaves bytes
+                // read as they are, which no body decoder accepts.
+                prop_assert!(read.len() == body.len() || decode_body(&read).is_err());
+            }
+        }
+    }
+
+    fn repetitive_body() -> Vec<u8> {
+        let rows: Vec<Vec<u8>> = (0..200)
+            .map(|i| {
+                postcard::to_allocvec(&vec![
+                    Value::I64(i),
+                    Value::Text(format!("register {i} of cell {}: motor current", i % 7)),
+                ])
+                .unwrap()
+            })
+            .collect();
+        let refs: Vec<(&str, Op, &[u8])> = rows.iter().map(|r| ("tag", Op::Insert, r.as_slice())).collect();
+        encode_body(&refs)
+    }
+
+    #[test]
+    fn large_repetitive_bodies_are_stored_packed_and_small_ones_as_they_are() {
+        let body = repetitive_body();
+        let stored = pack_stored(body.clone());
+        assert_eq!(stored[0], PACKED);
+        assert!(stored.len() * 3 < body.len(), "{} of {}", stored.len(), body.len());
+        assert_eq!(unpack_stored(stored).unwrap(), body);
+
+        let small = encode_body(&[("t", Op::Insert, &[1, 2, 3][..])]);
+        assert!(small.len() < PACK_MIN_BYTES);
+        assert_eq!(pack_stored(small.clone()), small);
+    }
+
+    #[test]
+    fn bodies_that_do_not_shrink_are_stored_as_they_are() {
+        // 40 KiB of bytes from a xorshift: nothing to pack, found by the probe.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let noise: Vec<u8> = (0..40 * 1024)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let body = encode_body(&[("blob", Op::Insert, &noise[..])]);
+        assert_eq!(pack_stored(body.clone()), body);
+        assert_eq!(unpack_stored(body.clone()).unwrap(), body);
+    }
+
+    #[test]
+    fn a_packed_body_stating_an_impossible_length_is_refused_before_allocating() {
+        let mut stored = vec![PACKED];
+        put_varint(&mut stored, u64::MAX / 2);
+        stored.extend_from_slice(&[0x10, 0x41]);
+        let e = unpack_stored(stored).unwrap_err();
+        assert!(e.to_string().contains("cannot hold"), "{e}");
     }
 }

@@ -349,7 +349,10 @@ fn entry_from_row(row: Vec<Value>) -> Result<LogEntry> {
             committed_at: t,
             digest: Digest::from_bytes(&d)
                 .ok_or_else(|| Error::Database(format!("log entry {p}: digest is not 16 bytes")))?,
-            body: b,
+            body: crate::log::unpack_stored(b).map_err(|source| Error::Decode {
+                context: format!("stored log entry {p}"),
+                source,
+            })?,
         }),
         _ => Err(Error::Database("malformed log row".into())),
     }

@@ -175,7 +175,7 @@ impl<'a> WriteTx<'a> {
             Value::I64(epoch as i64),
             Value::I64(committed_at),
             Value::Blob(digest.to_bytes().to_vec()),
-            Value::Blob(body),
+            Value::Blob(crate::log::pack_stored(body)),
         ];
         self.w.conn.execute(log_insert(), &values)?;
         self.head = Some((position, self.digest));
