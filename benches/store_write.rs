@@ -536,7 +536,11 @@ fn main() {
     // show what the figure is when the log cannot be packed.
     let variants = [
         (Text::Templated, "shaped 1000-row tx", &[true, false][..]),
-        (Text::Random, "shaped, random text, 1000-row tx", &[true][..]),
+        (
+            Text::Random,
+            "shaped, random text, 1000-row tx",
+            &[true][..],
+        ),
     ];
     for (text, name, modes) in variants {
         let data = shaped(rows_batched / 1000, 1000, text);

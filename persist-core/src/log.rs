@@ -80,7 +80,10 @@ pub fn pack_stored(body: Vec<u8>) -> Vec<u8> {
     out.push(PACKED);
     put_varint(&mut out, body.len() as u64);
     let header = out.len();
-    out.resize(header + lz4_flex::block::get_maximum_output_size(body.len()), 0);
+    out.resize(
+        header + lz4_flex::block::get_maximum_output_size(body.len()),
+        0,
+    );
     match lz4_flex::block::compress_into(&body, &mut out[header..]) {
         Ok(n) if worth_keeping(header + n, body.len()) => {
             out.truncate(header + n);
@@ -843,7 +846,10 @@ mod tests {
                 .unwrap()
             })
             .collect();
-        let refs: Vec<(&str, Op, &[u8])> = rows.iter().map(|r| ("tag", Op::Insert, r.as_slice())).collect();
+        let refs: Vec<(&str, Op, &[u8])> = rows
+            .iter()
+            .map(|r| ("tag", Op::Insert, r.as_slice()))
+            .collect();
         encode_body(&refs)
     }
 
@@ -852,7 +858,12 @@ mod tests {
         let body = repetitive_body();
         let stored = pack_stored(body.clone());
         assert_eq!(stored[0], PACKED);
-        assert!(stored.len() * 3 < body.len(), "{} of {}", stored.len(), body.len());
+        assert!(
+            stored.len() * 3 < body.len(),
+            "{} of {}",
+            stored.len(),
+            body.len()
+        );
         assert_eq!(unpack_stored(stored).unwrap(), body);
 
         let small = encode_body(&[("t", Op::Insert, &[1, 2, 3][..])]);

@@ -510,7 +510,10 @@ pub fn large_entries_read_back_as_written(fx: &Fixture) {
     assert_eq!(written[0].changes().unwrap().len(), 500);
     match feed.recv_timeout(Duration::from_secs(5)).unwrap() {
         persist::listen::FeedItem::Commit(c) => {
-            assert_eq!(*c.entry, written[0], "the commit feed carries the entry as read back")
+            assert_eq!(
+                *c.entry, written[0],
+                "the commit feed carries the entry as read back"
+            )
         }
         other => panic!("{other:?}"),
     }
@@ -521,9 +524,16 @@ pub fn large_entries_read_back_as_written(fx: &Fixture) {
     assert!(a.verify().unwrap().is_consistent());
     let fx_b = fx.sibling();
     let b = store_with_all(&fx_b);
-    assert!(matches!(b.apply(&written[0]).unwrap(), Applied::Applied { changes: 500 }));
+    assert!(matches!(
+        b.apply(&written[0]).unwrap(),
+        Applied::Applied { changes: 500 }
+    ));
     assert_eq!(b.digest(), digest);
-    assert_eq!(b.read_log(1, 10).unwrap(), written, "the backup keeps the master's entry");
+    assert_eq!(
+        b.read_log(1, 10).unwrap(),
+        written,
+        "the backup keeps the master's entry"
+    );
     assert_eq!(b.list::<Profile>().unwrap(), a.list::<Profile>().unwrap());
 }
 

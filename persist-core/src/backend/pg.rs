@@ -92,7 +92,9 @@ impl ValueCodec for Pg {
             SqlType::Bool => pass.push_bind_param_value_only::<sql_types::Bool, Value>(value),
             SqlType::Text => pass.push_bind_param_value_only::<sql_types::Text, Value>(value),
             SqlType::Blob => pass.push_bind_param_value_only::<sql_types::Binary, Value>(value),
-            SqlType::Timestamp => pass.push_bind_param_value_only::<sql_types::Timestamptz, Value>(value),
+            SqlType::Timestamp => {
+                pass.push_bind_param_value_only::<sql_types::Timestamptz, Value>(value)
+            }
         }
     }
 
