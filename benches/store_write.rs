@@ -447,6 +447,33 @@ fn persist_shaped(
     (rate, log_bytes(&store, path))
 }
 
+/// Runs plain diesel and persist once per round, each in a fresh directory,
+/// alternating which goes first so neither always runs on a warmer cache.
+/// Returns both sides' rates and the log bytes of persist's last round.
+fn rounds_of(
+    rounds: usize,
+    mut plain: impl FnMut(&Path) -> f64,
+    mut ours: impl FnMut(&Path) -> (f64, LogBytes),
+) -> (Vec<f64>, Vec<f64>, LogBytes) {
+    let (mut p, mut l, mut bytes) = (Vec::new(), Vec::new(), LogBytes::default());
+    for round in 0..rounds {
+        let dir = tempfile::tempdir().unwrap();
+        let mut run_ours = || {
+            let (r, b) = ours(dir.path());
+            l.push(r);
+            bytes = b;
+        };
+        if round % 2 == 0 {
+            p.push(plain(dir.path()));
+            run_ours();
+        } else {
+            run_ours();
+            p.push(plain(dir.path()));
+        }
+    }
+    (p, l, bytes)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -496,22 +523,11 @@ fn main() {
             (true, "background checkpoints"),
             (false, "checkpoints in commit"),
         ] {
-            let (mut p, mut l, mut bytes) = (Vec::new(), Vec::new(), LogBytes::default());
-            for round in 0..rounds {
-                let dir = tempfile::tempdir().unwrap();
-                // Alternate the order so neither side always runs on a warmer cache.
-                if round % 2 == 0 {
-                    p.push(plain(&dir.path().join("plain.db"), &data, per_tx, bg));
-                    let (r, b) = persist(&dir.path().join("log.db"), &data, per_tx, bg, many);
-                    l.push(r);
-                    bytes = b;
-                } else {
-                    let (r, b) = persist(&dir.path().join("log.db"), &data, per_tx, bg, many);
-                    l.push(r);
-                    bytes = b;
-                    p.push(plain(&dir.path().join("plain.db"), &data, per_tx, bg));
-                }
-            }
+            let (p, l, bytes) = rounds_of(
+                rounds,
+                |dir| plain(&dir.join("plain.db"), &data, per_tx, bg),
+                |dir| persist(&dir.join("log.db"), &data, per_tx, bg, many),
+            );
             let (p, l) = (median(p), median(l));
             println!(
                 "{:<52} {:>12.0} {:>12.0} {:>6.2} {:>7}",
@@ -554,22 +570,11 @@ fn main() {
                 (true, "background checkpoints"),
                 (false, "checkpoints in commit"),
             ] {
-                let (mut p, mut l, mut bytes) = (Vec::new(), Vec::new(), LogBytes::default());
-                for round in 0..rounds {
-                    let dir = tempfile::tempdir().unwrap();
-                    let mut ours = || {
-                        let (r, b) = persist_shaped(&dir.path().join("log.db"), &data, bg, many);
-                        l.push(r);
-                        bytes = b;
-                    };
-                    if round % 2 == 0 {
-                        p.push(plain_shaped(&dir.path().join("plain.db"), &data, bg));
-                        ours();
-                    } else {
-                        ours();
-                        p.push(plain_shaped(&dir.path().join("plain.db"), &data, bg));
-                    }
-                }
+                let (p, l, bytes) = rounds_of(
+                    rounds,
+                    |dir| plain_shaped(&dir.join("plain.db"), &data, bg),
+                    |dir| persist_shaped(&dir.join("log.db"), &data, bg, many),
+                );
                 let (pm, lm) = (median(p.clone()), median(l.clone()));
                 let ratios: Vec<f64> = l.iter().zip(&p).map(|(l, p)| l / p).collect();
                 let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
