@@ -54,7 +54,21 @@ fn row(i: usize) -> BenchRow {
 /// Plain diesel, in its fastest single-row form: every column bound with
 /// `.eq()` (an `Insertable` struct turns `None` into `DEFAULT`, which changes
 /// the SQL per row and defeats diesel's statement cache).
-fn plain(path: &Path, rows: &[BenchRow], per_tx: usize, background_checkpoint: bool) -> f64 {
+/// Rows per multi-row INSERT on the plain side when it batches (the store's
+/// own batch for these tables).
+const PLAIN_BATCH: usize = 100;
+
+/// Plain diesel: `many` batches each transaction's rows into multi-row
+/// inserts (`insert_into(..).values(&vec)`), as a diesel user loading rows
+/// in bulk would, and is the baseline of `insert_many`; otherwise one
+/// INSERT per row, the baseline of `insert`.
+fn plain(
+    path: &Path,
+    rows: &[BenchRow],
+    per_tx: usize,
+    background_checkpoint: bool,
+    many: bool,
+) -> f64 {
     let mut conn = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
     conn.batch_execute(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
@@ -72,16 +86,37 @@ fn plain(path: &Path, rows: &[BenchRow], per_tx: usize, background_checkpoint: b
     let start = Instant::now();
     for (c, chunk) in rows.chunks(per_tx).enumerate() {
         conn.transaction::<_, diesel::result::Error, _>(|conn| {
-            for (j, r) in chunk.iter().enumerate() {
-                diesel::insert_into(plain_row::table)
-                    .values((
-                        plain_row::id.eq((c * per_tx + j + 1) as i64),
-                        plain_row::name.eq(&r.name),
-                        plain_row::value.eq(r.value),
-                        plain_row::active.eq(r.active),
-                        plain_row::note.eq(r.note.as_deref()),
-                    ))
-                    .execute(conn)?;
+            if many {
+                let all: Vec<_> = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(j, r)| {
+                        (
+                            plain_row::id.eq((c * per_tx + j + 1) as i64),
+                            plain_row::name.eq(&r.name),
+                            plain_row::value.eq(r.value),
+                            plain_row::active.eq(r.active),
+                            plain_row::note.eq(r.note.as_deref()),
+                        )
+                    })
+                    .collect();
+                for batch in all.chunks(PLAIN_BATCH) {
+                    diesel::insert_into(plain_row::table)
+                        .values(batch)
+                        .execute(conn)?;
+                }
+            } else {
+                for (j, r) in chunk.iter().enumerate() {
+                    diesel::insert_into(plain_row::table)
+                        .values((
+                            plain_row::id.eq((c * per_tx + j + 1) as i64),
+                            plain_row::name.eq(&r.name),
+                            plain_row::value.eq(r.value),
+                            plain_row::active.eq(r.active),
+                            plain_row::note.eq(r.note.as_deref()),
+                        ))
+                        .execute(conn)?;
+                }
             }
             Ok(())
         })
@@ -271,7 +306,8 @@ fn shaped_rows(data: &[Shaped]) -> usize {
 /// Plain diesel on the same tables: the same columns, the same unique and
 /// plain indexes, the same deferred foreign keys (SQLite checks them), every
 /// column bound with `.eq()`.
-fn plain_shaped(path: &Path, data: &[Shaped], background_checkpoint: bool) -> f64 {
+/// Plain diesel on the shape; `many` as in [`plain`].
+fn plain_shaped(path: &Path, data: &[Shaped], background_checkpoint: bool, many: bool) -> f64 {
     let mut conn = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
     conn.batch_execute(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
@@ -306,30 +342,53 @@ fn plain_shaped(path: &Path, data: &[Shaped], background_checkpoint: bool) -> f6
     for s in data {
         conn.transaction::<_, diesel::result::Error, _>(|conn| {
             let first_device = next_device;
-            for d in &s.devices {
-                diesel::insert_into(device::table)
-                    .values((
-                        device::id.eq(next_device),
+            let devices: Vec<_> = s
+                .devices
+                .iter()
+                .map(|d| {
+                    next_device += 1;
+                    (
+                        device::id.eq(next_device - 1),
                         device::name.eq(&d.name),
                         device::host.eq(&d.host),
                         device::port.eq(d.port),
                         device::profile_id.eq(d.profile_id),
                         device::alarm_above.eq(d.alarm_above),
-                    ))
-                    .execute(conn)?;
-                next_device += 1;
-            }
-            for t in &s.tags {
-                diesel::insert_into(tag::table)
-                    .values((
-                        tag::id.eq(next_tag),
+                    )
+                })
+                .collect();
+            let tags: Vec<_> = s
+                .tags
+                .iter()
+                .map(|t| {
+                    next_tag += 1;
+                    (
+                        tag::id.eq(next_tag - 1),
                         tag::device_id.eq(first_device + t.device_id),
                         tag::address.eq(&t.address),
                         tag::scale.eq(t.scale),
                         tag::description.eq(&t.description),
-                    ))
-                    .execute(conn)?;
-                next_tag += 1;
+                    )
+                })
+                .collect();
+            if many {
+                for batch in devices.chunks(PLAIN_BATCH) {
+                    diesel::insert_into(device::table)
+                        .values(batch)
+                        .execute(conn)?;
+                }
+                for batch in tags.chunks(PLAIN_BATCH) {
+                    diesel::insert_into(tag::table)
+                        .values(batch)
+                        .execute(conn)?;
+                }
+            } else {
+                for d in devices {
+                    diesel::insert_into(device::table).values(d).execute(conn)?;
+                }
+                for t in tags {
+                    diesel::insert_into(tag::table).values(t).execute(conn)?;
+                }
             }
             Ok(())
         })
@@ -525,7 +584,7 @@ fn main() {
         ] {
             let (p, l, bytes) = rounds_of(
                 rounds,
-                |dir| plain(&dir.join("plain.db"), &data, per_tx, bg),
+                |dir| plain(&dir.join("plain.db"), &data, per_tx, bg, many),
                 |dir| persist(&dir.join("log.db"), &data, per_tx, bg, many),
             );
             let (p, l) = (median(p), median(l));
@@ -572,7 +631,7 @@ fn main() {
             ] {
                 let (p, l, bytes) = rounds_of(
                     rounds,
-                    |dir| plain_shaped(&dir.join("plain.db"), &data, bg),
+                    |dir| plain_shaped(&dir.join("plain.db"), &data, bg, many),
                     |dir| persist_shaped(&dir.join("log.db"), &data, bg, many),
                 );
                 let (pm, lm) = (median(p.clone()), median(l.clone()));
