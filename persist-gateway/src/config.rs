@@ -62,9 +62,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use persist::sync::engine::ScrubConfig;
-
 use persist::sync::auth::{Secret, MIN_SECRET_LEN};
+use persist::sync::engine::ScrubConfig;
 use persist::sync::redundancy::{NodeRole, RecoveryMode, RedundancySettings, StandbyLevel};
 use serde::Deserialize;
 use toml::Spanned;

@@ -238,12 +238,8 @@ fn activity_number(a: &str) -> u8 {
 /// The Prometheus text exposition of a state view.
 pub fn metrics(v: &StateView) -> String {
     let mut m = String::new();
-    let mut gauge = |name: &str, help: &str, value: String| {
-        m.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node=\"{}\"}} {value}\n",
-            v.node_id
-        ));
-    };
+    let mut gauge =
+        |name: &str, help: &str, value: String| metric(&mut m, v, "gauge", name, help, &value);
     gauge(
         "persist_role",
         "Configured role: 0 independent, 1 master, 2 backup.",
@@ -365,20 +361,30 @@ pub fn metrics(v: &StateView) -> String {
             "Backup: rows ranged repairs changed.",
             sc.rows_repaired,
         ),
+        (
+            "persist_unauthenticated_failures_total",
+            "Clients that connected to the link port and failed before authenticating.",
+            v.unauthenticated_failures,
+        ),
     ] {
-        m.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{node=\"{}\"}} {value}\n",
-            v.node_id
-        ));
+        metric(&mut m, v, "counter", name, help, &value);
     }
-    m.push_str(&format!(
-        "# HELP persist_unauthenticated_failures_total Clients that connected to the link port \
-         and failed before authenticating.\n\
-         # TYPE persist_unauthenticated_failures_total counter\n\
-         persist_unauthenticated_failures_total{{node=\"{}\"}} {}\n",
-        v.node_id, v.unauthenticated_failures
-    ));
     m
+}
+
+/// Appends one metric of `kind` (`gauge`, `counter`), labelled with the node.
+fn metric(
+    m: &mut String,
+    v: &StateView,
+    kind: &str,
+    name: &str,
+    help: &str,
+    value: &dyn std::fmt::Display,
+) {
+    m.push_str(&format!(
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{}\"}} {value}\n",
+        v.node_id
+    ));
 }
 
 /// "3.2 s ago" for a time in milliseconds since the Unix epoch.
