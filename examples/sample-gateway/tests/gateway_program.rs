@@ -53,6 +53,7 @@ fn a_pair_of_gateway_processes_fails_over_and_recovers() {
     until("master active again", WAIT, || {
         activity(sa).as_deref() == Some("Active") && activity(sb).as_deref() == Some("Cold")
     });
+    until("the backup caught up", WAIT, || switchover_ready(sa));
     // A planned switchover through the operator surface needs the token.
     let r = agent(HTTP)
         .post(&format!("http://127.0.0.1:{sa}/actions/failover"))

@@ -89,7 +89,7 @@ fn a_rolling_upgrade_backup_first_then_a_switchover_then_the_old_master() {
     until(
         "the pair replicates across versions, and says so",
         WAIT,
-        || in_sync(sa, sb) && text(sb, "module_warnings").contains(skew),
+        || in_sync(sa, sb) && switchover_ready(sa) && text(sb, "module_warnings").contains(skew),
     );
     assert!(
         text(sa, "module_warnings").contains("0.1.0 here, 0.1.1 on gw-b"),

@@ -279,6 +279,14 @@ pub fn activity(port: u16) -> Option<String> {
     state(port).and_then(|s| s["activity"].as_str().map(str::to_owned))
 }
 
+/// Whether the master at `port` would accept a planned switchover: its
+/// backup is connected and has acknowledged everything it holds (it refuses
+/// with 409 otherwise, as it should, and a test that asks right after a
+/// recovery can meet that window).
+pub fn switchover_ready(port: u16) -> bool {
+    state(port).is_some_and(|s| s["peer_connected"] == true && s["peer_acked"] == s["position"])
+}
+
 pub fn post(port: u16, path: &str) -> (u16, String) {
     let mut r = agent(Duration::from_secs(5))
         .post(&format!("http://127.0.0.1:{port}{path}"))
