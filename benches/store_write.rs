@@ -429,7 +429,7 @@ fn log_bytes(store: &Store, path: &Path) -> LogBytes {
     let (mut entries, mut written) = (0, 0);
     for e in store.log_iter(1, 1000) {
         entries += 1;
-        written += e.unwrap().body.len() as u64;
+        written += e.unwrap().plain_len() as u64;
     }
     let mut conn = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
     let stored = diesel::sql_query("SELECT COALESCE(SUM(LENGTH(body)), 0) AS n FROM _persist_log")

@@ -164,10 +164,12 @@ fn main() -> Result<(), Error> {
     println!("\nreplication log (one entry per committed transaction):");
     for entry in master.log_iter(1, 100) {
         let entry = entry?;
-        let changes = entry.changes().map_err(|e| Error::Decode {
-            context: "log".into(),
-            source: e,
-        })?;
+        let decode = |source| Error::Decode {
+            context: format!("log entry {}", entry.position),
+            source,
+        };
+        let body = entry.plain_body().map_err(decode)?;
+        let changes = persist::log::decode_body(&body).map_err(decode)?;
         let summary: Vec<String> = changes
             .iter()
             .map(|c| format!("{} {}", c.op.name(), c.table))

@@ -28,9 +28,15 @@
 //! A body in a transaction of many rows repeats itself (column values, text
 //! written by the same module), and the log's copy of every row is what a
 //! write costs beyond the row itself: written to the database file twice
-//! (WAL, then checkpoint) like the row. Only the stored copy is packed;
-//! entries in memory, on the wire and in the commit feed carry the body
-//! itself, and the digest covers row images, never the stored bytes.
+//! (WAL, then checkpoint) like the row. A body is packed once, when its
+//! transaction commits, and travels as it is stored: a [`LogEntry`] in the
+//! commit feed, read back from the log or shipped to a backup carries the
+//! stored bytes, and a backup stores them as they came, so a body is never
+//! packed twice and a link carries the smaller form. Read a body with
+//! [`LogEntry::plain_body`] (which unpacks it when it is packed) before
+//! [`decode_body`]. The digest covers row images, never the stored bytes.
+
+use std::borrow::Cow;
 
 use crate::digest::Digest;
 use crate::error::DecodeError;
@@ -65,9 +71,10 @@ fn worth_keeping(packed: usize, of: usize) -> bool {
 }
 
 /// The bytes the store keeps for `body`: packed if that saves at least a
-/// quarter of it, the body itself otherwise.
+/// quarter of it, the body itself otherwise (and a body already packed as
+/// it is).
 pub fn pack_stored(body: Vec<u8>) -> Vec<u8> {
-    if body.len() < PACK_MIN_BYTES {
+    if body.len() < PACK_MIN_BYTES || body.first() == Some(&PACKED) {
         return body;
     }
     if body.len() >= 2 * PACK_PROBE_BYTES {
@@ -93,13 +100,13 @@ pub fn pack_stored(body: Vec<u8>) -> Vec<u8> {
 }
 
 /// The body of stored bytes written by [`pack_stored`] (or by a build
-/// that stored every body as it is).
-pub fn unpack_stored(stored: Vec<u8>) -> Result<Vec<u8>, DecodeError> {
+/// that stored every body as it is): borrowed when it was stored as it is.
+pub fn unpack_stored(stored: &[u8]) -> Result<Cow<'_, [u8]>, DecodeError> {
     if stored.first() != Some(&PACKED) {
-        return Ok(stored);
+        return Ok(Cow::Borrowed(stored));
     }
     let mut r = Reader {
-        bytes: &stored,
+        bytes: stored,
         pos: 1,
     };
     let len = r.varint()?;
@@ -112,7 +119,7 @@ pub fn unpack_stored(stored: Vec<u8>) -> Result<Vec<u8>, DecodeError> {
     }
     let mut body = vec![0; len as usize];
     match lz4_flex::block::decompress_into(packed, &mut body) {
-        Ok(n) if n == body.len() => Ok(body),
+        Ok(n) if n == body.len() => Ok(Cow::Owned(body)),
         Ok(n) => Err(malformed(format!(
             "packed body unpacks to {n} bytes, not the {len} it states"
         ))),
@@ -177,7 +184,8 @@ pub struct LogEntry {
     pub committed_at: i64,
     /// The origin's state digest after this entry.
     pub digest: Digest,
-    /// The encoded body (see the module docs).
+    /// The body as the store keeps it: encoded (see the module docs), or
+    /// packed when it is large. [`LogEntry::plain_body`] reads either.
     #[serde(with = "byte_string")]
     pub body: Vec<u8>,
 }
@@ -233,9 +241,50 @@ mod byte_string {
 }
 
 impl LogEntry {
-    /// Decodes the body's changes.
-    pub fn changes(&self) -> Result<Vec<ChangeRef<'_>>, DecodeError> {
-        decode_body(&self.body)
+    /// The body in the entry format, unpacked if it is packed: decode it
+    /// with [`decode_body`].
+    ///
+    /// ```
+    /// # use persist_core::log::{decode_body, encode_body, pack_stored, LogEntry, Op};
+    /// # use persist_core::Digest;
+    /// let image = [1u8; 40];
+    /// let changes = vec![("device", Op::Insert, &image[..]); 100];
+    /// let entry = LogEntry {
+    ///     position: 1,
+    ///     epoch: 0,
+    ///     committed_at: 0,
+    ///     digest: Digest::default(),
+    ///     body: pack_stored(encode_body(&changes)),
+    /// };
+    /// let body = entry.plain_body()?;
+    /// assert_eq!(decode_body(&body)?.len(), 100);
+    /// # Ok::<(), persist_core::error::DecodeError>(())
+    /// ```
+    pub fn plain_body(&self) -> Result<Cow<'_, [u8]>, DecodeError> {
+        unpack_stored(&self.body)
+    }
+
+    /// The length of the body in the entry format: what applying it costs
+    /// is in proportion to this, not to the (perhaps packed) bytes it
+    /// carries. A packed body states it in its header; a malformed header
+    /// counts as the bytes carried (the apply refuses it anyway).
+    pub fn plain_len(&self) -> usize {
+        if self.body.first() != Some(&PACKED) {
+            return self.body.len();
+        }
+        let mut r = Reader {
+            bytes: &self.body,
+            pos: 1,
+        };
+        r.varint()
+            .ok()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(self.body.len())
+    }
+
+    /// How many changes the body holds.
+    pub fn change_count(&self) -> Result<usize, DecodeError> {
+        Ok(decode_body(&self.plain_body()?)?.len())
     }
 }
 
@@ -800,7 +849,7 @@ mod tests {
             let _ = decode_body(&with_version);
             let mut packed = vec![PACKED];
             packed.extend_from_slice(&bytes);
-            let _ = unpack_stored(packed);
+            let _ = unpack_stored(&packed);
         }
 
         /// Whatever is stored, packed or not, reads back as the body.
@@ -812,7 +861,7 @@ mod tests {
             let body = insert_body("t", &images);
             let stored = pack_stored(body.clone());
             prop_assert!(stored.len() <= body.len());
-            prop_assert_eq!(unpack_stored(stored).unwrap(), body);
+            prop_assert_eq!(unpack_stored(&stored).unwrap().into_owned(), body);
         }
 
         /// A packed body cut short or with a byte changed is refused, never
@@ -828,7 +877,7 @@ mod tests {
             } else {
                 stored[i] = byte;
             }
-            if let Ok(read) = unpack_stored(stored) {
+            if let Ok(read) = unpack_stored(&stored) {
                 // A changed literal byte may still unpack, to a body of the
                 // same length: the body's own decoder and the entry's digest
                 // catch what it changed. A changed first byte leaves bytes
@@ -862,11 +911,28 @@ mod tests {
             stored.len(),
             body.len()
         );
-        assert_eq!(unpack_stored(stored).unwrap(), body);
+        assert_eq!(unpack_stored(&stored).unwrap().into_owned(), body);
+        // An entry carries the stored bytes and reads as the body.
+        let entry = |body| LogEntry {
+            position: 1,
+            epoch: 1,
+            committed_at: 0,
+            digest: Digest::EMPTY,
+            body,
+        };
+        let packed = entry(stored.clone());
+        assert_eq!(packed.plain_len(), body.len());
+        assert_eq!(&*packed.plain_body().unwrap(), &body[..]);
+        assert_eq!(packed.change_count().unwrap(), 200);
+        // A packed body is passed on as it is, never packed twice.
+        assert_eq!(pack_stored(stored.clone()), stored);
 
         let small = encode_body(&[("t", Op::Insert, &[1, 2, 3][..])]);
         assert!(small.len() < PACK_MIN_BYTES);
         assert_eq!(pack_stored(small.clone()), small);
+        let plain = entry(small.clone());
+        assert_eq!(plain.plain_len(), small.len());
+        assert!(matches!(plain.plain_body().unwrap(), Cow::Borrowed(_)));
     }
 
     #[test]
@@ -883,7 +949,7 @@ mod tests {
             .collect();
         let body = encode_body(&[("blob", Op::Insert, &noise[..])]);
         assert_eq!(pack_stored(body.clone()), body);
-        assert_eq!(unpack_stored(body.clone()).unwrap(), body);
+        assert_eq!(unpack_stored(&body).unwrap().into_owned(), body);
     }
 
     #[test]
@@ -891,7 +957,7 @@ mod tests {
         let mut stored = vec![PACKED];
         put_varint(&mut stored, u64::MAX / 2);
         stored.extend_from_slice(&[0x10, 0x41]);
-        let e = unpack_stored(stored).unwrap_err();
+        let e = unpack_stored(&stored).unwrap_err();
         assert!(e.to_string().contains("cannot hold"), "{e}");
     }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use persist_core::log::{decode_body, decode_image, Op};
+use persist_core::log::{decode_body, decode_image, unpack_stored, Op};
 use persist_core::{Digest, Value};
 
 use crate::error::{FleetError, Result};
@@ -85,12 +85,14 @@ impl Shadow {
         Ok(())
     }
 
-    /// Keeps the shared changes of a central log body; returns them encoded
-    /// as a body (None when the entry touches no shared table) and applies
-    /// them to the copy. Operation markers are dropped: the record changes
-    /// an operation made are in the body before it and are carried instead.
-    pub(crate) fn take_shared(&mut self, body: &[u8]) -> Result<Option<Vec<u8>>> {
-        let changes = decode_body(body).map_err(|e| bad(e.to_string()))?;
+    /// Keeps the shared changes of a central log body (as the central store
+    /// keeps it: packed or not); returns them encoded as a body (None when
+    /// the entry touches no shared table) and applies them to the copy.
+    /// Operation markers are dropped: the record changes an operation made
+    /// are in the body before it and are carried instead.
+    pub(crate) fn take_shared(&mut self, stored: &[u8]) -> Result<Option<Vec<u8>>> {
+        let body = unpack_stored(stored).map_err(|e| bad(e.to_string()))?;
+        let changes = decode_body(&body).map_err(|e| bad(e.to_string()))?;
         let mut kept: Vec<(&str, Op, &[u8])> = Vec::new();
         for ch in &changes {
             if ch.op != Op::Operation && self.is_shared(ch.table) {

@@ -320,7 +320,11 @@ fn the_nats_server_restarted_mid_stream_loses_and_repeats_nothing() {
         .read_log(1, 100_000)
         .unwrap()
         .iter()
-        .filter(|e| e.changes().unwrap().iter().any(|c| c.table == "fleet_tag"))
+        .filter(|e| {
+            let body = e.plain_body().unwrap();
+            let changes = persist_core::log::decode_body(&body).unwrap();
+            changes.iter().any(|c| c.table == "fleet_tag")
+        })
         .count() as u64;
     assert_eq!(st.position, with_shared);
     rt.block_on(edge.stop());

@@ -22,7 +22,9 @@
 //!   checked against [`Limits::max_string`] after decoding;
 //! - [`Message::Entries`] must hold strictly consecutive positions.
 //!
-//! Entry bodies are not decoded here: the apply step does that with
+//! Entry bodies are not decoded here: the apply step unpacks a packed body
+//! ([`persist_core::LogEntry::plain_body`], whose stated length is bounded
+//! by what LZ4 can expand the bytes to) and decodes it with
 //! [`persist_core::log::decode_body`], which bounds its own lengths.
 
 use persist_core::LogEntry;

@@ -199,21 +199,21 @@ fn hello(protocol: u16, role: LinkRole, nonce: [u8; 32]) -> Vec<u8> {
     })
 }
 
-/// Version 4 carries ranged repair: a version 3 peer, which would not
-/// understand a repair request, is refused in its hello, with a reason an
-/// operator can read.
+/// Version 6 ships entry bodies packed: a version 5 peer, which would take
+/// a packed body for a malformed one, is refused in its hello, with a
+/// reason an operator can read.
 #[tokio::test]
-async fn a_peer_from_before_echoed_heartbeats_is_refused_with_both_versions() {
-    assert_eq!(PROTOCOL_VERSION, 5);
+async fn a_peer_from_before_packed_bodies_is_refused_with_both_versions() {
+    assert_eq!(PROTOCOL_VERSION, 6);
     let master = cfg("plant-7", "gw-a", SECRET);
     let (d, a) = memory_link().await;
     let (mut d_tx, mut d_rx) = d.split();
     let (mut a_tx, mut a_rx) = a.split();
-    d_tx.send(hello(4, LinkRole::Dialer, [1; 32]))
+    d_tx.send(hello(5, LinkRole::Dialer, [1; 32]))
         .await
         .unwrap();
     let ar = authenticate(&mut a_tx, &mut a_rx, LinkRole::Acceptor, &master, T).await;
-    let expected = RefuseReason::ProtocolVersion { ours: 5, theirs: 4 };
+    let expected = RefuseReason::ProtocolVersion { ours: 6, theirs: 5 };
     assert!(
         matches!(&ar, Err(AuthError::Refused(r)) if *r == expected),
         "{ar:?}"
@@ -227,7 +227,7 @@ async fn a_peer_from_before_echoed_heartbeats_is_refused_with_both_versions() {
     );
     assert_eq!(
         expected.to_string(),
-        "protocol version 4 refused by a node speaking version 5: \
+        "protocol version 5 refused by a node speaking version 6: \
          run releases of the same protocol on both nodes"
     );
 }

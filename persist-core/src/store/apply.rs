@@ -2,7 +2,7 @@
 //! verified against the master's digest, recorded at the master's position.
 
 use crate::error::{Error, Result};
-use crate::log::{LogEntry, Op};
+use crate::log::{decode_body, LogEntry, Op};
 
 use super::schema::Table;
 use super::write::WriteTx;
@@ -147,10 +147,12 @@ fn apply_one<'r>(
     pending: &mut Pending<'r>,
 ) -> Result<()> {
     let position = entry.position;
-    let changes = entry.changes().map_err(|source| Error::Decode {
+    let decode = |source| Error::Decode {
         context: format!("log entry {position}"),
         source,
-    })?;
+    };
+    let body = entry.plain_body().map_err(decode)?;
+    let changes = decode_body(&body).map_err(decode)?;
     // Record changes an operation produced are not applied: the operation runs instead.
     let mut produced = vec![false; changes.len()];
     for (i, ch) in changes.iter().enumerate() {

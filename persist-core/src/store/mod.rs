@@ -349,10 +349,7 @@ fn entry_from_row(row: Vec<Value>) -> Result<LogEntry> {
             committed_at: t,
             digest: Digest::from_bytes(&d)
                 .ok_or_else(|| Error::Database(format!("log entry {p}: digest is not 16 bytes")))?,
-            body: crate::log::unpack_stored(b).map_err(|source| Error::Decode {
-                context: format!("stored log entry {p}"),
-                source,
-            })?,
+            body: b,
         }),
         _ => Err(Error::Database("malformed log row".into())),
     }
@@ -949,7 +946,7 @@ impl Store {
                 Applied::AlreadyApplied
             } else {
                 Applied::Applied {
-                    changes: entry.changes().map(|c| c.len()).unwrap_or(0),
+                    changes: entry.change_count().unwrap_or(0),
                 }
             }
         })

@@ -154,9 +154,11 @@ impl<'a> WriteTx<'a> {
         if replay.is_none() && self.body.is_empty() {
             return Ok(None);
         }
-        let (body, digest) = match replay {
+        // A replayed body is kept as its origin stored it (packed or not):
+        // the logs of both nodes hold the same bytes, packed once.
+        let (stored, digest) = match replay {
             Some((b, d)) => (b.to_vec(), d),
-            None => (self.body.finish(), self.digest),
+            None => (crate::log::pack_stored(self.body.finish()), self.digest),
         };
         self.body.clear();
         // The commit feed carries the entry, so the sync worker can ship a
@@ -167,7 +169,7 @@ impl<'a> WriteTx<'a> {
                 epoch,
                 committed_at,
                 digest,
-                body: body.clone(),
+                body: stored.clone(),
             })
         });
         let values = [
@@ -175,7 +177,7 @@ impl<'a> WriteTx<'a> {
             Value::I64(epoch as i64),
             Value::I64(committed_at),
             Value::Blob(digest.to_bytes().to_vec()),
-            Value::Blob(crate::log::pack_stored(body)),
+            Value::Blob(stored),
         ];
         self.w.conn.execute(log_insert(), &values)?;
         self.head = Some((position, self.digest));

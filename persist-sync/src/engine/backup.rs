@@ -1324,8 +1324,9 @@ impl Link {
 }
 
 /// How many queued entries the next transaction applies: at most
-/// [`APPLY_BATCH`] entries and about `max_bytes` of bodies (one frame's
-/// worth; a larger entry goes alone), so a backlog is applied and
+/// [`APPLY_BATCH`] entries and about `max_bytes` of bodies, counted
+/// unpacked (one frame's worth of plain bodies; a larger entry goes alone),
+/// so a backlog is applied and
 /// acknowledged a batch at a time, not in one transaction that outlasts
 /// the master's patience (15 entries of 10,000 rows: 1.2 s in a debug build).
 fn apply_batch_len(queue: &VecDeque<LogEntry>, max_bytes: usize) -> usize {
@@ -1334,7 +1335,7 @@ fn apply_batch_len(queue: &VecDeque<LogEntry>, max_bytes: usize) -> usize {
         .iter()
         .take(APPLY_BATCH)
         .take_while(|e| {
-            bytes = bytes.saturating_add(e.body.len());
+            bytes = bytes.saturating_add(e.plain_len());
             bytes <= max_bytes
         })
         .count()
@@ -1389,5 +1390,12 @@ mod tests {
             apply_batch_len(&queue(&[10; APPLY_BATCH + 5]), 4 * mb),
             APPLY_BATCH
         );
+        // Packed bodies count as what they unpack to.
+        let mut packed = queue(&[mb; 15]);
+        for e in &mut packed {
+            e.body = persist_core::log::pack_stored(std::mem::take(&mut e.body));
+            assert!(e.body.len() < mb / 100);
+        }
+        assert_eq!(apply_batch_len(&packed, 4 * mb), 4);
     }
 }

@@ -39,10 +39,12 @@ use serde::{Deserialize, Serialize};
 /// [`RefuseReason::ModuleMismatch`]); version 4 added ranged repair
 /// ([`Message::RepairRequest`], [`Message::RepairRows`],
 /// [`Message::RepairRefused`]); version 5 added the send time and its echo
-/// to [`Message::Heartbeat`] (the witness's confirmation). A peer of another
-/// version is refused in the
-/// hello with [`RefuseReason::ProtocolVersion`].
-pub const PROTOCOL_VERSION: u16 = 5;
+/// to [`Message::Heartbeat`] (the witness's confirmation); version 6 ships
+/// entry bodies as the store keeps them, packed when they are large (see
+/// [`persist_core::log`]), which a version-5 peer cannot read. A peer of
+/// another version is refused in the hello with
+/// [`RefuseReason::ProtocolVersion`].
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// A node's configured role in the pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
