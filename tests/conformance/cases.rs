@@ -549,6 +549,36 @@ pub fn large_entries_read_back_as_written(fx: &Fixture) {
     assert_eq!(b.list::<Profile>().unwrap(), a.list::<Profile>().unwrap());
 }
 
+/// Many entries applied in one batch (more than one multi-row log
+/// statement holds, and not a power of two) keep every log row: the
+/// sibling's log is the master's, after a restart too, and a batch that
+/// fails on its last entry leaves none of them.
+pub fn a_batch_of_entries_keeps_every_log_row(fx: &Fixture) {
+    let a = store_with_all(fx);
+    for i in 0..150 {
+        a.insert(&profile(&format!("p{i}"))).unwrap();
+    }
+    let written = a.read_log(1, 1000).unwrap();
+    assert_eq!(written.len(), 150);
+    let fx_b = fx.sibling();
+    let b = store_with_all(&fx_b);
+    let mut bad = written.clone();
+    bad[149].digest = persist::Digest(bad[149].digest.0 ^ 1);
+    assert!(
+        b.apply_batch(&bad).is_err(),
+        "a wrong digest on the last entry"
+    );
+    assert_eq!((b.position(), b.read_log(1, 1000).unwrap().len()), (0, 0));
+    assert_eq!(b.apply_batch(&written).unwrap(), 150);
+    assert_eq!(b.read_log(1, 1000).unwrap(), written);
+    assert_eq!(b.digest(), a.digest());
+    drop(b);
+    let b = store_with_all(&fx_b);
+    assert_eq!(b.position(), 150);
+    assert_eq!(b.read_log(1, 1000).unwrap(), written, "after a restart");
+    assert!(b.verify().unwrap().is_consistent());
+}
+
 /// Writes a mixed history on `a` and replays it on a fresh sibling.
 fn replicate(fx: &Fixture) -> (Store, Store, Fixture) {
     let a = store_with_all(fx);

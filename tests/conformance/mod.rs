@@ -147,6 +147,7 @@ macro_rules! conformance_suite {
                 log_entries_hold_changes_in_commit_order,
                 log_reads_and_trim,
                 large_entries_read_back_as_written,
+                a_batch_of_entries_keeps_every_log_row,
                 apply_replicates_exactly,
                 apply_is_idempotent_and_refuses_gaps,
                 apply_detects_divergence,
