@@ -20,7 +20,8 @@
 //!   empty structs;
 //! - strings cannot allocate more than the frame holds; their lengths are
 //!   checked against [`Limits::max_string`] after decoding;
-//! - [`Message::Entries`] must hold strictly consecutive positions.
+//! - [`Message::Entries`] must hold strictly consecutive positions, and no
+//!   body may state an unpacked length beyond [`Limits::max_frame`].
 //!
 //! Entry bodies are not decoded here: the apply step unpacks a packed body
 //! ([`persist_core::LogEntry::plain_body`], whose stated length is bounded
@@ -303,6 +304,12 @@ fn check_message(msg: &Message, limits: &Limits) -> Result<(), CodecError> {
         Message::Entries(entries) => {
             check_count("entries", entries.len() as u64, limits.max_items)?;
             check_consecutive(entries)?;
+            // A packed body states what it unpacks to: no more than a frame,
+            // the bound a body had when bodies travelled unpacked, so a small
+            // frame cannot make the apply allocate gigabytes.
+            for e in entries {
+                check_size("unpacked entry body", e.plain_len(), limits.max_frame)?;
+            }
         }
         Message::SnapshotBegin {
             history, tables, ..
@@ -462,6 +469,34 @@ mod tests {
                 Ok(Message::Entries(vec![e]))
             );
         }
+    }
+
+    /// A packed body may not state more than a frame's worth of body: the
+    /// frame is refused before anything is unpacked, whatever it holds.
+    #[test]
+    fn a_packed_body_stating_more_than_a_frame_is_refused() {
+        let limits = Limits {
+            max_frame: 64 * 1024,
+            ..Limits::default()
+        };
+        let packed = |position, plain: usize| LogEntry {
+            body: persist_core::log::pack_stored(vec![7; plain]),
+            ..entry(position)
+        };
+        let fits = packed(1, 60 * 1024);
+        assert!(fits.body.len() < 1024 && fits.plain_len() == 60 * 1024);
+        let frame = encode(&Message::Entries(vec![fits.clone()]));
+        assert_eq!(decode(&frame, &limits), Ok(Message::Entries(vec![fits])));
+        let frame = encode(&Message::Entries(vec![entry(1), packed(2, 65 * 1024)]));
+        assert!(frame.len() < 2048);
+        assert_eq!(
+            decode(&frame, &limits),
+            Err(CodecError::TooLarge {
+                what: "unpacked entry body",
+                size: 65 * 1024,
+                limit: 64 * 1024,
+            })
+        );
     }
 
     #[test]
