@@ -99,18 +99,27 @@ pub fn pack_stored(body: Vec<u8>) -> Vec<u8> {
     }
 }
 
-/// The body of stored bytes written by [`pack_stored`] (or by a build
-/// that stored every body as it is): borrowed when it was stored as it is.
-pub fn unpack_stored(stored: &[u8]) -> Result<Cow<'_, [u8]>, DecodeError> {
+/// A packed body's stated length and where its LZ4 block starts; `None`
+/// for a body stored as it is.
+fn packed_header(stored: &[u8]) -> Option<Result<(u64, usize), DecodeError>> {
     if stored.first() != Some(&PACKED) {
-        return Ok(Cow::Borrowed(stored));
+        return None;
     }
     let mut r = Reader {
         bytes: stored,
         pos: 1,
     };
-    let len = r.varint()?;
-    let packed = &stored[r.pos..];
+    Some(r.varint().map(|len| (len, r.pos)))
+}
+
+/// The body of stored bytes written by [`pack_stored`] (or by a build
+/// that stored every body as it is): borrowed when it was stored as it is.
+pub fn unpack_stored(stored: &[u8]) -> Result<Cow<'_, [u8]>, DecodeError> {
+    let Some(header) = packed_header(stored) else {
+        return Ok(Cow::Borrowed(stored));
+    };
+    let (len, start) = header?;
+    let packed = &stored[start..];
     if len > (packed.len().saturating_mul(LZ4_MAX_RATIO) + 16) as u64 {
         return Err(malformed(format!(
             "a packed body of {} bytes cannot hold {len}",
@@ -269,17 +278,10 @@ impl LogEntry {
     /// carries. A packed body states it in its header; a malformed header
     /// counts as the bytes carried (the apply refuses it anyway).
     pub fn plain_len(&self) -> usize {
-        if self.body.first() != Some(&PACKED) {
-            return self.body.len();
+        match packed_header(&self.body) {
+            Some(Ok((len, _))) => usize::try_from(len).unwrap_or(self.body.len()),
+            _ => self.body.len(),
         }
-        let mut r = Reader {
-            bytes: &self.body,
-            pos: 1,
-        };
-        r.varint()
-            .ok()
-            .and_then(|n| usize::try_from(n).ok())
-            .unwrap_or(self.body.len())
     }
 
     /// How many changes the body holds.

@@ -549,10 +549,9 @@ pub fn large_entries_read_back_as_written(fx: &Fixture) {
     assert_eq!(b.list::<Profile>().unwrap(), a.list::<Profile>().unwrap());
 }
 
-/// Many entries applied in one batch (more than one multi-row log
-/// statement holds, and not a power of two) keep every log row: the
-/// sibling's log is the master's, after a restart too, and a batch that
-/// fails on its last entry leaves none of them.
+/// Many entries applied in one batch keep every log row: the sibling's log
+/// is the master's, after a restart too, and a batch that fails on its last
+/// entry leaves none of them.
 pub fn a_batch_of_entries_keeps_every_log_row(fx: &Fixture) {
     let a = store_with_all(fx);
     for i in 0..150 {

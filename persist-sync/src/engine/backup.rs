@@ -1324,11 +1324,11 @@ impl Link {
 }
 
 /// How many queued entries the next transaction applies: at most
-/// [`APPLY_BATCH`] entries and about `max_bytes` of bodies, counted
-/// unpacked (one frame's worth of plain bodies; a larger entry goes alone),
-/// so a backlog is applied and
-/// acknowledged a batch at a time, not in one transaction that outlasts
-/// the master's patience (15 entries of 10,000 rows: 1.2 s in a debug build).
+/// [`APPLY_BATCH`] entries and about `max_bytes` of bodies counted unpacked
+/// (one frame's worth of plain bodies; a larger entry goes alone), so a
+/// backlog is applied and acknowledged a batch at a time, not in one
+/// transaction that outlasts the master's patience (15 entries of 10,000
+/// rows: 1.2 s in a debug build).
 fn apply_batch_len(queue: &VecDeque<LogEntry>, max_bytes: usize) -> usize {
     let mut bytes = 0usize;
     queue
