@@ -9,6 +9,10 @@
 //! realistic shape runs twice: with the sample module's templated
 //! descriptions, and with descriptions of random letters that nothing can
 //! pack, so the figure does not rest on how well the text compresses.
+//!
+//! `PERSIST_BENCH_ONLY=simple|shaped` runs one half, `PERSIST_BENCH_CASE=text`
+//! only the cases whose label contains `text`, `PERSIST_BENCH_ROUNDS` sets the
+//! rounds (3).
 
 #![allow(missing_docs)] // diesel::table! generates undocumented items
 
@@ -548,7 +552,13 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200_000);
     let rows_single = (rows_batched / 4).max(1000);
-    let rounds = 3;
+    let rounds: usize = std::env::var("PERSIST_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    // `PERSIST_BENCH_CASE=text` runs only the cases whose label contains it
+    // (to profile one case, say).
+    let case = std::env::var("PERSIST_BENCH_CASE").unwrap_or_default();
     println!("persist store_write benchmark: bundled SQLite, WAL, synchronous=NORMAL, {rounds} rounds, median");
     println!(
         "machine: {} cores, {}",
@@ -586,6 +596,9 @@ fn main() {
             (true, "background checkpoints"),
             (false, "checkpoints in commit"),
         ] {
+            if !format!("{label}, {bg_label}").contains(&case) {
+                continue;
+            }
             let (p, l, bytes) = rounds_of(
                 rounds,
                 |dir| plain(&dir.join("plain.db"), &data, per_tx, bg, many),
@@ -633,6 +646,9 @@ fn main() {
                 (true, "background checkpoints"),
                 (false, "checkpoints in commit"),
             ] {
+                if !format!("{label}, {bg_label}").contains(&case) {
+                    continue;
+                }
                 let (p, l, bytes) = rounds_of(
                     rounds,
                     |dir| plain_shaped(&dir.join("plain.db"), &data, bg, many),

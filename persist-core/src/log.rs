@@ -74,28 +74,53 @@ fn worth_keeping(packed: usize, of: usize) -> bool {
 /// quarter of it, the body itself otherwise (and a body already packed as
 /// it is).
 pub fn pack_stored(body: Vec<u8>) -> Vec<u8> {
+    let mut packed = Vec::new();
+    match pack_into(&body, &mut packed) {
+        Some(n) => {
+            packed.truncate(n);
+            packed
+        }
+        None => body,
+    }
+}
+
+/// [`pack_stored`] of a borrowed body, packing through `scratch`: a buffer
+/// the caller keeps across calls, because packing needs room for the worst
+/// case, and allocating and zeroing that for every commit of a bulk load
+/// costs more than LZ4 itself. Returns the stored bytes, allocated exactly.
+pub fn pack_stored_with(body: &[u8], scratch: &mut Vec<u8>) -> Vec<u8> {
+    match pack_into(body, scratch) {
+        Some(n) => scratch[..n].to_vec(),
+        None => body.to_vec(),
+    }
+}
+
+/// Packs `body` into the start of `out`, growing `out` if it is too short
+/// for the worst case (never shrinking it, so a kept buffer is zeroed once);
+/// returns the packed length, or `None` if the body is to be stored as it is
+/// (short, packed already, or not shrinking enough).
+fn pack_into(body: &[u8], out: &mut Vec<u8>) -> Option<usize> {
     if body.len() < PACK_MIN_BYTES || body.first() == Some(&PACKED) {
-        return body;
+        return None;
     }
     if body.len() >= 2 * PACK_PROBE_BYTES {
         let probe = lz4_flex::block::compress(&body[..PACK_PROBE_BYTES]);
         if !worth_keeping(probe.len(), PACK_PROBE_BYTES) {
-            return body;
+            return None;
         }
     }
-    let most = lz4_flex::block::get_maximum_output_size(body.len());
     // The marker and a varint of at most 10 bytes come first.
-    let mut out = Vec::with_capacity(11 + most);
-    out.push(PACKED);
-    put_varint(&mut out, body.len() as u64);
-    let header = out.len();
-    out.resize(header + most, 0);
-    match lz4_flex::block::compress_into(&body, &mut out[header..]) {
-        Ok(n) if worth_keeping(header + n, body.len()) => {
-            out.truncate(header + n);
-            out
-        }
-        _ => body,
+    let mut head = Vec::with_capacity(11);
+    head.push(PACKED);
+    put_varint(&mut head, body.len() as u64);
+    let most = head.len() + lz4_flex::block::get_maximum_output_size(body.len());
+    if out.len() < most {
+        out.resize(most, 0);
+    }
+    out[..head.len()].copy_from_slice(&head);
+    match lz4_flex::block::compress_into(body, &mut out[head.len()..most]) {
+        Ok(n) if worth_keeping(head.len() + n, body.len()) => Some(head.len() + n),
+        _ => None,
     }
 }
 
@@ -497,16 +522,24 @@ impl BodyWriter {
 
     /// Finishes the body.
     pub fn finish(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.buf.len() + 16 + self.tables.len() * 16);
+        let mut out = Vec::new();
+        self.finish_into(&mut out);
+        out
+    }
+
+    /// Finishes the body into `out`, replacing what it held (a buffer kept
+    /// across commits: a bulk transaction's body is hundreds of kilobytes).
+    pub fn finish_into(&self, out: &mut Vec<u8>) {
+        out.clear();
+        out.reserve(self.buf.len() + 16 + self.tables.len() * 16);
         out.push(FORMAT_VERSION);
-        put_varint(&mut out, self.count);
+        put_varint(out, self.count);
         out.extend_from_slice(&self.buf);
-        put_varint(&mut out, self.tables.len() as u64);
+        put_varint(out, self.tables.len() as u64);
         for t in &self.tables {
-            put_varint(&mut out, t.len() as u64);
+            put_varint(out, t.len() as u64);
             out.extend_from_slice(t.as_bytes());
         }
-        out
     }
 
     /// The current length, to roll back to with [`BodyWriter::reset`].
@@ -526,6 +559,15 @@ impl BodyWriter {
         self.buf.clear();
         self.count = 0;
         self.tables.clear();
+    }
+
+    /// Drops all changes, and the buffer too if it grew past `bytes`: a
+    /// writer that keeps one for the next transaction keeps at most that.
+    pub fn release_above(&mut self, bytes: usize) {
+        if self.buf.capacity() > bytes {
+            self.buf = Vec::new();
+        }
+        self.clear();
     }
 }
 
@@ -935,6 +977,29 @@ mod tests {
         let plain = entry(small.clone());
         assert_eq!(plain.plain_len(), small.len());
         assert!(matches!(plain.plain_body().unwrap(), Cow::Borrowed(_)));
+    }
+
+    /// A kept packing buffer, left longer and full of an earlier body's
+    /// bytes, changes nothing in what is stored.
+    #[test]
+    fn packing_through_a_kept_buffer_stores_the_same_bytes() {
+        let large = repetitive_body();
+        let short: Vec<u8> = large[..large.len() / 3].to_vec();
+        let mut scratch = Vec::new();
+        for body in [&large, &short, &large] {
+            let stored = pack_stored_with(body, &mut scratch);
+            assert_eq!(stored, pack_stored(body.clone()));
+            assert_eq!(stored.len(), stored.capacity(), "allocated exactly");
+            assert_eq!(&*unpack_stored(&stored).unwrap(), &body[..]);
+        }
+        let small = encode_body(&[("t", Op::Insert, &[1, 2, 3][..])]);
+        assert_eq!(pack_stored_with(&small, &mut scratch), small);
+        // A body finished into a kept buffer is the body finished afresh.
+        let mut w = BodyWriter::new();
+        w.push("t", Op::Insert, &[9; 40]);
+        let mut out = large.clone();
+        w.finish_into(&mut out);
+        assert_eq!(out, w.finish());
     }
 
     #[test]

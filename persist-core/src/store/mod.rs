@@ -127,6 +127,8 @@ pub(crate) struct Writer {
     pub last_entry_epoch: u64,
     /// The recorded range digests (see `ranges`), shared with readers.
     pub ranges: ranges::SharedRanges,
+    /// Buffers kept for the next write transaction.
+    pub spare: write::Spare,
 }
 
 /// Which node a pair considers active, as of an epoch. The epoch grows by one
@@ -461,6 +463,7 @@ impl Store {
                     digest: head.digest,
                     epoch,
                     next_id: HashMap::new(),
+                    spare: Default::default(),
                     listeners: Listeners::default(),
                 })),
                 readers: Mutex::new(Vec::new()),
