@@ -140,8 +140,36 @@ fn packed_header(stored: &[u8]) -> Option<Result<(u64, usize), DecodeError>> {
 /// The body of stored bytes written by [`pack_stored`] (or by a build
 /// that stored every body as it is): borrowed when it was stored as it is.
 pub fn unpack_stored(stored: &[u8]) -> Result<Cow<'_, [u8]>, DecodeError> {
-    let Some(header) = packed_header(stored) else {
+    let Some((len, packed)) = packed_parts(stored)? else {
         return Ok(Cow::Borrowed(stored));
+    };
+    let mut body = vec![0; len];
+    unpack_exact(packed, &mut body)?;
+    Ok(Cow::Owned(body))
+}
+
+/// [`unpack_stored`] into `scratch`, a buffer the caller keeps across calls
+/// (an applier unpacking one large body after another): the body borrowed
+/// from `stored` when it was stored as it is, from `scratch` otherwise.
+pub fn unpack_stored_with<'a>(
+    stored: &'a [u8],
+    scratch: &'a mut Vec<u8>,
+) -> Result<&'a [u8], DecodeError> {
+    let Some((len, packed)) = packed_parts(stored)? else {
+        return Ok(stored);
+    };
+    if scratch.len() < len {
+        scratch.resize(len, 0);
+    }
+    unpack_exact(packed, &mut scratch[..len])?;
+    Ok(&scratch[..len])
+}
+
+/// A packed body's stated length and LZ4 block (`None`: stored as it is),
+/// the length refused if the block could not hold it.
+fn packed_parts(stored: &[u8]) -> Result<Option<(usize, &[u8])>, DecodeError> {
+    let Some(header) = packed_header(stored) else {
+        return Ok(None);
     };
     let (len, start) = header?;
     let packed = &stored[start..];
@@ -151,11 +179,16 @@ pub fn unpack_stored(stored: &[u8]) -> Result<Cow<'_, [u8]>, DecodeError> {
             packed.len()
         )));
     }
-    let mut body = vec![0; len as usize];
-    match lz4_flex::block::decompress_into(packed, &mut body) {
-        Ok(n) if n == body.len() => Ok(Cow::Owned(body)),
+    Ok(Some((len as usize, packed)))
+}
+
+/// Unpacks an LZ4 block that must fill `body` exactly.
+fn unpack_exact(packed: &[u8], body: &mut [u8]) -> Result<(), DecodeError> {
+    match lz4_flex::block::decompress_into(packed, body) {
+        Ok(n) if n == body.len() => Ok(()),
         Ok(n) => Err(malformed(format!(
-            "packed body unpacks to {n} bytes, not the {len} it states"
+            "packed body unpacks to {n} bytes, not the {} it states",
+            body.len()
         ))),
         Err(e) => Err(malformed(format!("packed body: {e}"))),
     }
@@ -994,6 +1027,16 @@ mod tests {
         }
         let small = encode_body(&[("t", Op::Insert, &[1, 2, 3][..])]);
         assert_eq!(pack_stored_with(&small, &mut scratch), small);
+        // Unpacking through a kept buffer, longer than the body and holding
+        // another's bytes, reads each body exactly.
+        let mut kept = vec![7u8; large.len() * 2];
+        for body in [&large, &short, &small] {
+            let stored = pack_stored(body.clone());
+            assert_eq!(unpack_stored_with(&stored, &mut kept).unwrap(), &body[..]);
+        }
+        let mut damaged = pack_stored(large.clone());
+        damaged.truncate(damaged.len() / 2);
+        assert!(unpack_stored_with(&damaged, &mut kept).is_err());
         // A body finished into a kept buffer is the body finished afresh.
         let mut w = BodyWriter::new();
         w.push("t", Op::Insert, &[9; 40]);

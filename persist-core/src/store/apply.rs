@@ -2,7 +2,7 @@
 //! verified against the master's digest, recorded at the master's position.
 
 use crate::error::{Error, Result};
-use crate::log::{decode_body, LogEntry, Op};
+use crate::log::{decode_body, unpack_stored_with, LogEntry, Op};
 
 use super::schema::Table;
 use super::write::WriteTx;
@@ -146,13 +146,29 @@ fn apply_one<'r>(
     entry: &LogEntry,
     pending: &mut Pending<'r>,
 ) -> Result<()> {
+    // A packed body is unpacked into the writer's kept buffer, given back
+    // whatever the outcome.
+    let mut scratch = std::mem::take(&mut tx.w.spare.plain);
+    let r = apply_body(tx, reg, entry, pending, &mut scratch);
+    super::write::keep_at_most(&mut scratch);
+    tx.w.spare.plain = scratch;
+    r
+}
+
+fn apply_body<'r>(
+    tx: &mut WriteTx<'_>,
+    reg: &'r Registry,
+    entry: &LogEntry,
+    pending: &mut Pending<'r>,
+    scratch: &mut Vec<u8>,
+) -> Result<()> {
     let position = entry.position;
     let decode = |source| Error::Decode {
         context: format!("log entry {position}"),
         source,
     };
-    let body = entry.plain_body().map_err(decode)?;
-    let changes = decode_body(&body).map_err(decode)?;
+    let body = unpack_stored_with(&entry.body, scratch).map_err(decode)?;
+    let changes = decode_body(body).map_err(decode)?;
     // Record changes an operation produced are not applied: the operation runs instead.
     let mut produced = vec![false; changes.len()];
     for (i, ch) in changes.iter().enumerate() {

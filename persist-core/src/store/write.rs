@@ -56,8 +56,8 @@ pub struct WriteTx<'a> {
 #[derive(Debug, Default)]
 pub(crate) struct Spare {
     body: BodyWriter,
-    /// The finished body.
-    plain: Vec<u8>,
+    /// The finished body (or, applying, an entry's unpacked one).
+    pub(crate) plain: Vec<u8>,
     /// Room for packing it.
     packed: Vec<u8>,
 }
@@ -66,7 +66,7 @@ pub(crate) struct Spare {
 /// should not pin its memory for the life of the store.
 const SPARE_MAX: usize = 4 << 20;
 
-fn keep_at_most(buf: &mut Vec<u8>) {
+pub(crate) fn keep_at_most(buf: &mut Vec<u8>) {
     if buf.capacity() > SPARE_MAX {
         *buf = Vec::new();
     }
