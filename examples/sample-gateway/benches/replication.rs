@@ -287,8 +287,10 @@ fn remove_store(db: &Db, name: &str, shape: Shape) {
             use diesel::connection::SimpleConnection;
             use diesel::Connection;
             let mut c = diesel::PgConnection::establish(url).unwrap();
-            c.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{prefix}_{name}\" CASCADE"))
-                .unwrap();
+            c.batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS \"{prefix}_{name}\" CASCADE"
+            ))
+            .unwrap();
         }
     }
 }

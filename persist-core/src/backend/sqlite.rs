@@ -220,3 +220,36 @@ impl ValueCodec for Sqlite {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use diesel::prelude::*;
+
+    #[derive(QueryableByName)]
+    struct CompileOption {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        compile_options: String,
+    }
+
+    /// The workspace's `.cargo/config.toml` compiles the bundled SQLite
+    /// without the two process-wide mutexes (see there): lose that file, or
+    /// build outside the workspace without the flags, and this says so.
+    #[test]
+    fn bundled_sqlite_is_built_without_process_wide_mutexes() {
+        let mut conn = SqliteConnection::establish(":memory:").unwrap();
+        let options: Vec<String> = diesel::sql_query("PRAGMA compile_options")
+            .load::<CompileOption>(&mut conn)
+            .unwrap()
+            .into_iter()
+            .map(|o| o.compile_options)
+            .collect();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "memory statistics on: {options:?}"
+        );
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "shared page-cache LRU on: {options:?}"
+        );
+    }
+}
