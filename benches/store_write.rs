@@ -559,6 +559,7 @@ fn main() {
     // `PERSIST_BENCH_CASE=text` runs only the cases whose label contains it
     // (to profile one case, say).
     let case = std::env::var("PERSIST_BENCH_CASE").unwrap_or_default();
+    let wanted = |label: &str, bg_label: &str| format!("{label}, {bg_label}").contains(&case);
     println!("persist store_write benchmark: bundled SQLite, WAL, synchronous=NORMAL, {rounds} rounds, median");
     println!(
         "machine: {} cores, {}",
@@ -596,7 +597,7 @@ fn main() {
             (true, "background checkpoints"),
             (false, "checkpoints in commit"),
         ] {
-            if !format!("{label}, {bg_label}").contains(&case) {
+            if !wanted(label, bg_label) {
                 continue;
             }
             let (p, l, bytes) = rounds_of(
@@ -646,7 +647,7 @@ fn main() {
                 (true, "background checkpoints"),
                 (false, "checkpoints in commit"),
             ] {
-                if !format!("{label}, {bg_label}").contains(&case) {
+                if !wanted(&label, bg_label) {
                     continue;
                 }
                 let (p, l, bytes) = rounds_of(

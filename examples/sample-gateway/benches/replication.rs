@@ -146,7 +146,6 @@ impl Db {
 
     /// Drops this run's schemas (PostgreSQL).
     fn clean(&self) {
-        use diesel::connection::SimpleConnection;
         use diesel::Connection;
         if let Db::Pg(url, prefix) = self {
             let mut c = diesel::PgConnection::establish(url).unwrap();
@@ -173,12 +172,44 @@ impl Db {
                 "lp4-master",
                 "lp4-backup",
             ] {
-                for shape in ["simple", "tags"] {
-                    let schema = format!("{prefix}_{name}-{shape}");
-                    c.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-                        .unwrap();
+                for shape in [Shape::Simple, Shape::Tags] {
+                    drop_schema(&mut c, prefix, &store_name(name, shape));
                 }
             }
+        }
+    }
+}
+
+/// The name of the store `name` of `shape`: its file stem or schema suffix.
+fn store_name(name: &str, shape: Shape) -> String {
+    format!("{name}-{}", shape.label())
+}
+
+fn drop_schema(c: &mut diesel::PgConnection, prefix: &str, store: &str) {
+    use diesel::connection::SimpleConnection;
+    c.batch_execute(&format!(
+        "DROP SCHEMA IF EXISTS \"{prefix}_{store}\" CASCADE"
+    ))
+    .unwrap();
+}
+
+/// Removes the store `name` of `shape`, if there is one: its files on
+/// SQLite, its schema on PostgreSQL.
+fn remove_store(db: &Db, name: &str, shape: Shape) {
+    let name = store_name(name, shape);
+    match db {
+        Db::Sqlite(dir) => {
+            for ext in ["db", "db-wal", "db-shm"] {
+                let _ = std::fs::remove_file(dir.join(format!("{name}.{ext}")));
+            }
+        }
+        Db::Pg(url, prefix) => {
+            use diesel::Connection;
+            drop_schema(
+                &mut diesel::PgConnection::establish(url).unwrap(),
+                prefix,
+                &name,
+            );
         }
     }
 }
@@ -199,7 +230,7 @@ enum Checkpoints {
 }
 
 fn open_with(db: &Db, name: &str, shape: Shape, ckpt: Checkpoints) -> Store {
-    let mut config = db.config(&format!("{name}-{}", shape.label()));
+    let mut config = db.config(&store_name(name, shape));
     if let persist::store::BackendConfig::Sqlite(o) = &mut config.backend {
         match ckpt {
             Checkpoints::Default => {}
@@ -273,33 +304,11 @@ fn row(case: &str, figure: String, target: &str) {
     println!("{case:<64} {figure:>30}   {target}");
 }
 
-/// Removes the store `name` of `shape`, if there is one: its files on
-/// SQLite, its schema on PostgreSQL.
-fn remove_store(db: &Db, name: &str, shape: Shape) {
-    let name = format!("{name}-{}", shape.label());
-    match db {
-        Db::Sqlite(dir) => {
-            for ext in ["db", "db-wal", "db-shm"] {
-                let _ = std::fs::remove_file(dir.join(format!("{name}.{ext}")));
-            }
-        }
-        Db::Pg(url, prefix) => {
-            use diesel::connection::SimpleConnection;
-            use diesel::Connection;
-            let mut c = diesel::PgConnection::establish(url).unwrap();
-            c.batch_execute(&format!(
-                "DROP SCHEMA IF EXISTS \"{prefix}_{name}\" CASCADE"
-            ))
-            .unwrap();
-        }
-    }
-}
-
 /// One round of the throughput case: local-only rows/s, then the master's
 /// rows/s and the rows/s committed and applied, with a pair.
 async fn throughput_round(db: &Db, shape: Shape, rows: u64, local_first: bool) -> [f64; 3] {
+    // Each store is removed once measured: the next round starts afresh.
     let local_rate = || {
-        remove_store(db, "local", shape);
         let local = open(db, "local", shape);
         seed(&local, shape);
         let t = Instant::now();
@@ -309,10 +318,7 @@ async fn throughput_round(db: &Db, shape: Shape, rows: u64, local_first: bool) -
         remove_store(db, "local", shape);
         rate
     };
-    let local = if local_first { local_rate() } else { 0.0 };
-    for name in ["tp-master", "tp-backup"] {
-        remove_store(db, name, shape);
-    }
+    let local = local_first.then(local_rate);
     let (m, b) = (open(db, "tp-master", shape), open(db, "tp-backup", shape));
     let (master, backup, _) = pair(&m, &b).await;
     seed(&m, shape);
@@ -333,7 +339,7 @@ async fn throughput_round(db: &Db, shape: Shape, rows: u64, local_first: bool) -
     for name in ["tp-master", "tp-backup"] {
         remove_store(db, name, shape);
     }
-    let local = if local_first { local } else { local_rate() };
+    let local = local.unwrap_or_else(local_rate);
     [local, master_rate, rows as f64 / all]
 }
 
