@@ -23,7 +23,9 @@
 //! - lag: master commit to backup apply at 1,000 commits/s: p50 <= 0.1 ms,
 //!   p99 <= 0.5 ms [0.35 / 1.09 ms at 500/s]
 //! - resync: full resync of 1M rows between two processes: >= 1M rows/s and
-//!   < 100 MB peak RSS each [initial copy 648k rows/s]
+//!   < 100 MB peak RSS each [initial copy 648k rows/s]; on SQLite, beside
+//!   SQLite's own bulk load of the same rows in the same run (generated in
+//!   SQL, `INSERT ... SELECT`, indexes built after): the database alone
 //! - catchup: 100,000 transactions missed while the backup was down:
 //!   >= 700k row changes/s [342k rows/s]
 //!
@@ -992,6 +994,133 @@ fn resync(db: &Db, dir: &Path, shape: Shape) -> f64 {
     rate
 }
 
+/// The rows of a resync of `shape` (as `write_batched` writes them: 1,000-row
+/// transactions), generated in SQL: `(table, columns, SELECT over c(x))`,
+/// `x` counting from 0. The tags shape's tables are filled devices first.
+fn generated_rows(shape: Shape, rows: u64) -> Vec<(&'static str, &'static str, String)> {
+    match shape {
+        Shape::Simple => vec![(
+            "item",
+            "id, tx, seq, payload",
+            format!(
+                "SELECT x + 1, x / 1000, x % 1000, \
+                 printf('device-%08d-point-%03d-value', x / 1000, x % 1000) \
+                 FROM c WHERE x < {rows}"
+            ),
+        )],
+        Shape::Tags => {
+            // Per 1,000-row transaction t: 20 devices, 980 tags (49 each).
+            let txs = rows / 1000;
+            vec![
+                (
+                    "device",
+                    "id, name, host, port, profile_id, alarm_above",
+                    format!(
+                        "SELECT x + 1, printf('plc-%08d', x), \
+                         printf('10.%d.%d.%d', x / 65536 % 256, x / 256 % 256, x % 256), \
+                         502, x % {profiles} + 1, 80.5 FROM c WHERE x < {devices}",
+                        profiles = shapes::PROFILES,
+                        devices = txs * 20,
+                    ),
+                ),
+                (
+                    "tag",
+                    "id, device_id, address, scale, description",
+                    format!(
+                        "SELECT x + 1, (x / 980) * 20 + (x % 980) / 49 + 1, \
+                         printf('ns=2;s=Line%d.Cell%d.Register%04d', x / 980, x % 980 % 7, x % 980), \
+                         0.1, \
+                         printf('Holding register %d of cell %d: motor current in tenths of an \
+                         ampere, sampled every 500 ms, alarms above the device threshold; \
+                         commissioned on line %d, see the wiring diagram sheet %d for the \
+                         terminal layout.', x % 980, x % 980 % 7, x / 980, x % 980 % 97) \
+                         FROM c WHERE x < {tags}",
+                        tags = txs * 980,
+                    ),
+                ),
+            ]
+        }
+    }
+}
+
+/// SQLite's own bulk load of the rows of a resync of `shape`, into a fresh
+/// store of the shape (tables, indexes and pragmas as persist makes them),
+/// loaded the way the restore loads them but with no transfer, no decoding
+/// and no binding: the rows generated beforehand into an in-memory table,
+/// then in one transaction the secondary indexes dropped, `INSERT ...
+/// SELECT`, the indexes built, every reference checked once
+/// (`foreign_key_check`), commit; the WAL left to the checkpointer, as the
+/// restore leaves it. What the database alone needs for these rows: the
+/// baseline of the resync. Returns rows/s and the seconds of each phase
+/// (insert, indexes, references).
+fn sqlite_bulk_load(dir: &Path, shape: Shape, rows: u64) -> (f64, [f64; 3]) {
+    use diesel::connection::SimpleConnection;
+    use diesel::{Connection, RunQueryDsl};
+    #[derive(diesel::QueryableByName)]
+    struct Pair {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        a: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        b: String,
+    }
+    let db = Db::Sqlite(dir.to_path_buf());
+    remove_store(&db, "floor", shape);
+    let s = open(&db, "floor", shape);
+    seed(&s, shape);
+    drop(s);
+    let path = dir.join(format!("{}.db", store_name("floor", shape)));
+    let mut c = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+    c.batch_execute(
+        "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF; \
+         PRAGMA wal_autocheckpoint = 0; ATTACH ':memory:' AS gen",
+    )
+    .unwrap();
+    let parts = generated_rows(shape, rows);
+    for (table, _, select) in &parts {
+        c.batch_execute(&format!(
+            "CREATE TABLE gen.{table} AS WITH RECURSIVE c(x) AS \
+             (SELECT 0 UNION ALL SELECT x + 1 FROM c WHERE x + 1 < {rows}) {select}"
+        ))
+        .unwrap();
+    }
+    let tables: Vec<String> = parts.iter().map(|(t, ..)| format!("'{t}'")).collect();
+    // (name, CREATE INDEX statement) of the secondary indexes.
+    let indexes: Vec<Pair> = diesel::sql_query(format!(
+        "SELECT name AS a, sql AS b FROM main.sqlite_master WHERE type = 'index' \
+         AND sql IS NOT NULL AND tbl_name IN ({})",
+        tables.join(", ")
+    ))
+    .load(&mut c)
+    .unwrap();
+    let t = Instant::now();
+    let mut sql = String::from("BEGIN;");
+    for ix in &indexes {
+        sql += &format!("DROP INDEX main.\"{}\";", ix.a);
+    }
+    for (table, columns, _) in &parts {
+        sql += &format!("INSERT INTO main.{table} ({columns}) SELECT * FROM gen.{table};");
+    }
+    c.batch_execute(&sql).unwrap();
+    let inserted = t.elapsed().as_secs_f64();
+    let sql: String = indexes.iter().map(|ix| format!("{};", ix.b)).collect();
+    c.batch_execute(&sql).unwrap();
+    let indexed = t.elapsed().as_secs_f64();
+    let dangling: Vec<Pair> = diesel::sql_query(
+        "SELECT \"table\" AS a, parent AS b FROM pragma_foreign_key_check() LIMIT 1",
+    )
+    .load(&mut c)
+    .unwrap();
+    c.batch_execute("COMMIT").unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    assert!(dangling.is_empty(), "generated rows reference missing rows");
+    drop(c);
+    remove_store(&db, "floor", shape);
+    (
+        rows as f64 / secs,
+        [inserted, indexed - inserted, secs - indexed],
+    )
+}
+
 async fn catchup(db: &Db, shape: Shape) {
     let txs = env("PERSIST_BENCH_CATCHUP_TXS", 100_000);
     let per_tx: u64 = 10;
@@ -1128,6 +1257,46 @@ fn main() {
                     format!("{:.2}x", tags / simple),
                     "what the shape costs the store",
                 );
+            }
+            // Beside what SQLite itself needs to load the same rows: the
+            // ceiling of any restore on this machine, in this run.
+            if let Db::Sqlite(dir) = db {
+                let rows = env("PERSIST_BENCH_ROWS", 1_000_000);
+                let floors: Vec<(Shape, f64)> = rates
+                    .iter()
+                    .map(|&(shape, rate)| {
+                        let (floor, [insert, index, check]) = sqlite_bulk_load(dir, shape, rows);
+                        row(
+                            &format!(
+                                "sqlite {} bulk load by SQLite alone (INSERT ... SELECT)",
+                                shape.label()
+                            ),
+                            format!("{floor:.0} rows/s"),
+                            "baseline: the database alone",
+                        );
+                        row(
+                            &format!(
+                                "sqlite {} bulk load by SQLite alone, its phases",
+                                shape.label()
+                            ),
+                            format!("{insert:.2} + {index:.2} + {check:.2} s"),
+                            "insert + indexes + references",
+                        );
+                        row(
+                            &format!("sqlite {} resync / SQLite's own bulk load", shape.label()),
+                            format!("{:.2}x", rate / floor),
+                            "",
+                        );
+                        (shape, floor)
+                    })
+                    .collect();
+                if let [(Shape::Simple, simple), (Shape::Tags, tags)] = floors[..] {
+                    row(
+                        "sqlite bulk load, SQLite alone: tags rate / simple rate",
+                        format!("{:.2}x", tags / simple),
+                        "what the shape costs SQLite itself",
+                    );
+                }
             }
         }
         for &shape in &shapes {
