@@ -232,7 +232,8 @@ mod tests {
     }
 
     /// The workspace's `.cargo/config.toml` compiles the bundled SQLite
-    /// without the two process-wide mutexes (see there): lose that file, or
+    /// without the two process-wide mutexes and in multi-thread mode, with
+    /// no mutex per connection (see there): lose that file, or
     /// build outside the workspace without the flags, and this says so.
     #[test]
     fn bundled_sqlite_is_built_without_process_wide_mutexes() {
@@ -250,6 +251,10 @@ mod tests {
         assert!(
             !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
             "shared page-cache LRU on: {options:?}"
+        );
+        assert!(
+            options.iter().any(|o| o == "THREADSAFE=2"),
+            "not multi-thread mode (a mutex per connection call): {options:?}"
         );
     }
 }
