@@ -250,7 +250,7 @@ fn restore_refuses_dangling_references_and_duplicates(fx: &Fixture) {
     let err = restore_forged(&a, &b).unwrap_err();
     if fx.is_sqlite() {
         assert!(
-            matches!(&err, Error::Inapplicable { reason, .. } if reason.contains("references a missing owner")),
+            matches!(&err, Error::Inapplicable { reason, .. } if reason.contains("reference a missing owner")),
             "{err}"
         );
     }

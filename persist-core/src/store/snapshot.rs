@@ -478,12 +478,12 @@ impl Restore {
     }
 
     /// Builds the secondary indexes dropped at the start and checks every
-    /// reference in one pass (SQLite's `foreign_key_check`), before commit.
+    /// reference once per distinct value, before commit.
     fn build_and_check(&mut self) -> Result<()> {
         let reg = self.reg.clone();
         let mut names: Vec<&'static str> = reg.tables.keys().copied().collect();
         names.sort_unstable();
-        for name in names {
+        for &name in &names {
             create_secondary_indexes(&mut *self.w.conn, reg.tables[name].meta).map_err(
                 |e| match e {
                     e @ (Error::Locked(_) | Error::Unavailable(_) | Error::DiskFull(_)) => e,
@@ -491,27 +491,32 @@ impl Restore {
                 },
             )?;
         }
-        let check = Statement::new(
-            "SELECT \"table\", rowid, parent FROM pragma_foreign_key_check() LIMIT 1",
-        );
-        let bad = query_rows(
-            &mut *self.w.conn,
-            &check,
-            &[],
-            &[SqlType::Text, SqlType::BigInt, SqlType::Text],
-        )?;
-        if let Some(row) = bad.into_iter().next() {
-            let text = |v: &Value| match v {
-                Value::Text(s) => s.clone(),
-                Value::I64(i) => i.to_string(),
-                _ => "?".to_owned(),
-            };
-            return Err(self.refuse(format!(
-                "{} row {} references a missing {} row",
-                text(&row[0]),
-                text(&row[1]),
-                text(&row[2])
-            )));
+        // Each reference is checked once per distinct value, read from the
+        // referencing column's index where it has one (built just above):
+        // SQLite's `foreign_key_check` reads every row of the child table
+        // and looks its parent up row by row.
+        for name in names {
+            let meta = reg.tables[name].meta;
+            for c in &meta.columns {
+                let Some(r) = &c.reference else { continue };
+                let parent = (r.target)();
+                let check = Statement::new(format!(
+                    "SELECT quote(c.v) FROM (SELECT DISTINCT {col} AS v FROM {child} \
+                     WHERE {col} IS NOT NULL) AS c WHERE NOT EXISTS \
+                     (SELECT 1 FROM {parent} AS p WHERE p.{key} = c.v) LIMIT 1",
+                    col = quote_ident(c.name),
+                    child = quote_ident(name),
+                    parent = quote_ident(parent.table),
+                    key = quote_ident(parent.key_column().name),
+                ));
+                let bad = query_rows(&mut *self.w.conn, &check, &[], &[SqlType::Text])?;
+                if let Some(Value::Text(value)) = bad.first().and_then(|row| row.first()) {
+                    return Err(self.refuse(format!(
+                        "{name} rows with {} = {value} reference a missing {} row",
+                        c.name, parent.table
+                    )));
+                }
+            }
         }
         Ok(())
     }
