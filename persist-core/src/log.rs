@@ -464,41 +464,72 @@ pub fn encode_key(key: &Value, out: &mut Vec<u8>) {
 
 /// Decodes a row image.
 pub fn decode_image(bytes: &[u8]) -> Result<Vec<Value>, DecodeError> {
+    let mut values = Vec::new();
+    decode_image_over(bytes, &mut values, 0)?;
+    Ok(values)
+}
+
+/// Decodes a row image into `out[at..]`, growing `out` as needed, and
+/// returns how many values it holds. A slot that already holds text (or a
+/// blob) and receives text (or a blob) keeps its buffer: decoding chunk
+/// after chunk of one table into the same `out` allocates nothing once the
+/// buffers are large enough. Slots past the image are left as they were.
+pub fn decode_image_over(
+    bytes: &[u8],
+    out: &mut Vec<Value>,
+    at: usize,
+) -> Result<usize, DecodeError> {
     let mut r = Reader { bytes, pos: 0 };
     let count = r.count(1, "row image values")?;
-    let mut values = Vec::with_capacity(count);
-    for _ in 0..count {
-        let value = match r.varint_bits(32)? {
-            0 => Value::Null,
-            1 => Value::I64(unzigzag(r.varint()?)),
+    if out.len() < at + count {
+        out.resize(at + count, Value::Null);
+    }
+    for slot in &mut out[at..at + count] {
+        match r.varint_bits(32)? {
+            0 => *slot = Value::Null,
+            1 => *slot = Value::I64(unzigzag(r.varint()?)),
             2 => {
                 let u = r.varint_bits(32)?;
-                Value::I32(unzigzag(u) as i32)
+                *slot = Value::I32(unzigzag(u) as i32);
             }
             3 => {
                 let b = r.take(8)?;
-                Value::F64(f64::from_le_bytes(b.try_into().expect("8 bytes")))
+                *slot = Value::F64(f64::from_le_bytes(b.try_into().expect("8 bytes")));
             }
-            4 => match r.byte()? {
-                0 => Value::Bool(false),
-                1 => Value::Bool(true),
-                b => return Err(malformed(format!("row image: bool byte {b}"))),
-            },
+            4 => {
+                *slot = match r.byte()? {
+                    0 => Value::Bool(false),
+                    1 => Value::Bool(true),
+                    b => return Err(malformed(format!("row image: bool byte {b}"))),
+                }
+            }
             5 => {
                 let len = r.varint()?;
                 let b = r.take(len)?;
                 let t = std::str::from_utf8(b)
                     .map_err(|e| malformed(format!("row image: text is not UTF-8: {e}")))?;
-                Value::Text(t.to_owned())
+                match slot {
+                    Value::Text(kept) => {
+                        kept.clear();
+                        kept.push_str(t);
+                    }
+                    _ => *slot = Value::Text(t.to_owned()),
+                }
             }
             6 => {
                 let len = r.varint()?;
-                Value::Blob(r.take(len)?.to_vec())
+                let b = r.take(len)?;
+                match slot {
+                    Value::Blob(kept) => {
+                        kept.clear();
+                        kept.extend_from_slice(b);
+                    }
+                    _ => *slot = Value::Blob(b.to_vec()),
+                }
             }
-            7 => Value::Timestamp(unzigzag(r.varint()?)),
+            7 => *slot = Value::Timestamp(unzigzag(r.varint()?)),
             tag => return Err(malformed(format!("row image: unknown value kind {tag}"))),
-        };
-        values.push(value);
+        }
     }
     if r.remaining() > 0 {
         return Err(malformed(format!(
@@ -506,7 +537,7 @@ pub fn decode_image(bytes: &[u8]) -> Result<Vec<Value>, DecodeError> {
             r.remaining()
         )));
     }
-    Ok(values)
+    Ok(count)
 }
 
 /// Builds an entry body change by change.
@@ -895,6 +926,33 @@ mod tests {
             encode_image(&values, &mut ours);
             prop_assert_eq!(&ours, &postcard::to_allocvec(&values).unwrap());
             prop_assert!(same(&decode_image(&ours).unwrap(), &values));
+        }
+
+        /// Decoding over slots that hold other values (text over text, text
+        /// over a number, a number over text...) gives the image's values,
+        /// and leaves the slots outside the image alone.
+        #[test]
+        fn decoding_over_kept_values_gives_the_images_values(
+            first in proptest::collection::vec(value(), 0..12),
+            second in proptest::collection::vec(value(), 0..12),
+            at in 0usize..4,
+        ) {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            encode_image(&first, &mut a);
+            encode_image(&second, &mut b);
+            let mut out = Vec::new();
+            prop_assert_eq!(decode_image_over(&a, &mut out, 0).unwrap(), first.len());
+            let before = out.clone();
+            prop_assert_eq!(decode_image_over(&b, &mut out, at).unwrap(), second.len());
+            prop_assert!(same(&out[at..at + second.len()], &second));
+            let len = before.len().max(at + second.len());
+            prop_assert_eq!(out.len(), len);
+            for i in (0..len).filter(|i| !(at..at + second.len()).contains(i)) {
+                match before.get(i) {
+                    Some(v) => prop_assert!(same(std::slice::from_ref(&out[i]), std::slice::from_ref(v))),
+                    None => prop_assert!(matches!(out[i], Value::Null)),
+                }
+            }
         }
 
         /// On any bytes, the decoder accepts what postcard accepts, with the

@@ -24,7 +24,7 @@ use crate::backend::{Connection, Dialect, Statement};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::listen::{CommitFeed, Listeners, Subscription, DEFAULT_CAPACITY};
-use crate::log::{decode_image, encode_image, LogEntry};
+use crate::log::{decode_image_over, encode_image, LogEntry};
 use crate::record::{PersistentRecord, RecordMeta};
 use crate::value::{SqlType, Value};
 
@@ -1088,15 +1088,29 @@ pub(crate) fn recompute_digest(conn: &mut dyn Connection) -> Result<Digest> {
 
 /// Decodes a row image against a table (types and column count checked).
 pub(crate) fn check_image(t: &Table, bytes: &[u8]) -> std::result::Result<Vec<Value>, String> {
-    let values = decode_image(bytes).map_err(|e| e.to_string())?;
-    if values.len() != t.types.len() {
+    let mut values = Vec::new();
+    check_image_over(t, bytes, &mut values, 0)?;
+    Ok(values)
+}
+
+/// [`check_image`] into `out[at..]`, keeping the buffers of the values it
+/// overwrites (see [`crate::log::decode_image_over`]).
+pub(crate) fn check_image_over(
+    t: &Table,
+    bytes: &[u8],
+    out: &mut Vec<Value>,
+    at: usize,
+) -> std::result::Result<(), String> {
+    let n = decode_image_over(bytes, out, at).map_err(|e| e.to_string())?;
+    if n != t.types.len() {
         return Err(format!(
             "{}: row image has {} values, table has {} columns",
             t.name,
-            values.len(),
+            n,
             t.types.len()
         ));
     }
+    let values = &out[at..at + n];
     for (i, (v, ty)) in values.iter().zip(&t.types).enumerate() {
         if !v.fits(*ty) || (v.is_null() && !t.meta.columns[i].nullable) {
             return Err(format!(
@@ -1109,6 +1123,5 @@ pub(crate) fn check_image(t: &Table, bytes: &[u8]) -> std::result::Result<Vec<Va
         }
     }
     // Before any SQL runs, so the refusal names the entry that carries it.
-    crate::value::refuse_nan(t.meta, &t.meta.columns, &values).map_err(|e| e.to_string())?;
-    Ok(values)
+    crate::value::refuse_nan(t.meta, &t.meta.columns, values).map_err(|e| e.to_string())
 }

@@ -25,7 +25,8 @@ use super::schema::{
 };
 use super::write::WriteTx;
 use super::{
-    check_image, load_head, meta_set, query_i64, query_rows, write_anchor, Registry, Store, Writer,
+    check_image_over, load_head, meta_set, query_i64, query_rows, write_anchor, Registry, Store,
+    Writer,
 };
 
 /// Rows of one table in a snapshot: the table's index in
@@ -289,6 +290,7 @@ impl Store {
             digest: Digest::EMPTY,
             ranges: Default::default(),
             open: true,
+            values: Vec::new(),
         })
     }
 }
@@ -312,6 +314,10 @@ pub struct Restore {
     /// indexes dropped and no checkpoint in commit until `finish` (see
     /// [`Store::begin_restore`]); the writer's `wal_autocheckpoint` to put back.
     fresh: Option<i64>,
+    /// The values of the chunk being loaded, kept from chunk to chunk with
+    /// their text buffers: decoding a chunk allocates nothing once they are
+    /// large enough (a chunk's worth, freed when the restore ends).
+    values: Vec<Value>,
 }
 
 /// Puts SQLite's reference enforcement and the writer's checkpoint mark
@@ -387,12 +393,31 @@ impl Restore {
         })?;
         let reg = self.reg.clone();
         let t = &reg.tables[name];
-        let mut flat = Vec::with_capacity(rows.len() * t.types.len());
-        for image in rows {
-            flat.extend(check_image(t, image).map_err(|e| self.refuse(e))?);
+        let width = t.types.len();
+        let mut flat = std::mem::take(&mut self.values);
+        for (i, image) in rows.iter().enumerate() {
+            if let Err(e) = check_image_over(t, image, &mut flat, i * width) {
+                return Err(self.refuse(e));
+            }
         }
-        let mut tx = WriteTx::attach(&mut self.w, &reg, self.digest);
-        tx.exec_insert_rows(t, &flat).map_err(|e| match e {
+        let r = self.insert_chunk(t, &reg, &flat[..rows.len() * width], rows);
+        self.values = flat;
+        r?;
+        self.counts[table as usize] += rows.len() as u64;
+        Ok(())
+    }
+
+    /// Inserts one chunk's decoded rows (`flat`, from the images `rows`)
+    /// and folds the images into the digests.
+    fn insert_chunk(
+        &mut self,
+        t: &Table,
+        reg: &Registry,
+        flat: &[Value],
+        rows: &[Vec<u8>],
+    ) -> Result<()> {
+        let mut tx = WriteTx::attach(&mut self.w, reg, self.digest);
+        tx.exec_insert_rows(t, flat).map_err(|e| match e {
             e @ (Error::Locked(_) | Error::Unavailable(_) | Error::DiskFull(_)) => e,
             other => Error::Inapplicable {
                 position: self.header.position,
@@ -408,8 +433,6 @@ impl Restore {
         }
         self.digest = tx.digest;
         tx.delta.drain_into(&mut self.ranges);
-        drop(tx);
-        self.counts[table as usize] += rows.len() as u64;
         Ok(())
     }
 
