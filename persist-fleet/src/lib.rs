@@ -79,7 +79,8 @@
 //! Each edge writes its [`EdgeStatus`] (applied position, digest, lag, last
 //! seen) to a JetStream KV bucket; [`fleet_status`] reads them on the
 //! central node and says whether each edge's digest agrees with the
-//! central one at the edge's position.
+//! central one at the edge's position ([`StatusReader`] reads them again
+//! and again over one kept connection, for an operator surface).
 
 mod config;
 mod edge;
@@ -99,7 +100,7 @@ pub use config::{FleetConfig, FleetKey};
 pub use edge::{Edge, EdgeStatus};
 pub use error::{FleetError, Result};
 pub use publisher::{Publisher, PublisherStatus};
-pub use status::{fleet_status, EdgeView};
+pub use status::{fleet_status, EdgeView, StatusReader};
 pub use wire::FleetEntry;
 pub use witness::{NatsWitness, WitnessConfig};
 

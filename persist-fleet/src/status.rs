@@ -24,9 +24,56 @@ pub struct EdgeView {
 
 /// Reads every edge's status from the fleet's status bucket (for the
 /// central operator surface), sorted by edge name. Bounded by the request
-/// timeout per NATS call.
+/// timeout per NATS call. It opens a NATS connection for the one read: a
+/// surface that asks again and again keeps a [`StatusReader`].
 pub async fn fleet_status(config: &FleetConfig) -> Result<Vec<EdgeView>> {
-    let fleet = Fleet::connect(config).await?;
+    read(&Fleet::connect(config).await?).await
+}
+
+/// Reads the fleet's status over one NATS connection, kept from read to
+/// read: the central operator surface asks on every page load, and a
+/// connection per load is a TCP connection, a handshake and a JetStream
+/// lookup each time. Opened at the first read and again after a read that
+/// failed (the server restarted, say). Reads from several tasks take turns.
+pub struct StatusReader {
+    config: FleetConfig,
+    fleet: tokio::sync::Mutex<Option<Fleet>>,
+}
+
+impl std::fmt::Debug for StatusReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusReader")
+            .field("cluster", &self.config.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StatusReader {
+    /// A reader of the fleet `config` names; it connects at its first read.
+    pub fn new(config: FleetConfig) -> StatusReader {
+        StatusReader {
+            config,
+            fleet: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// What [`fleet_status`] reads, over the kept connection.
+    pub async fn read(&self) -> Result<Vec<EdgeView>> {
+        let mut slot = self.fleet.lock().await;
+        let fleet = match slot.take() {
+            Some(f) => f,
+            None => Fleet::connect(&self.config).await?,
+        };
+        let r = read(&fleet).await;
+        if r.is_ok() {
+            *slot = Some(fleet);
+        }
+        r
+    }
+}
+
+async fn read(fleet: &Fleet) -> Result<Vec<EdgeView>> {
+    let config = &fleet.cfg;
     let kv = fleet.status_bucket().await?;
     let stream = fleet.stream(false).await.ok();
     let t = fleet.t();

@@ -40,6 +40,8 @@ pub fn free_port() -> u16 {
 pub struct NatsServer {
     /// Its client port on 127.0.0.1.
     pub port: u16,
+    /// Its HTTP monitoring port on 127.0.0.1 (`/varz`, `/connz`).
+    pub monitor_port: u16,
     /// Its JetStream store directory.
     pub dir: PathBuf,
     child: Option<Child>,
@@ -48,8 +50,13 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server storing under `dir/nats`, and waits until it listens.
     pub fn start(dir: &Path) -> NatsServer {
+        let port = free_port();
+        let monitor_port = std::iter::repeat_with(free_port)
+            .find(|&p| p != port)
+            .expect("a second free port");
         let mut s = NatsServer {
-            port: free_port(),
+            port,
+            monitor_port,
             dir: dir.join("nats"),
             child: None,
         };
@@ -62,6 +69,8 @@ impl NatsServer {
         let child = Command::new(server_binary())
             .args(["-js", "-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
+            .arg("-m")
+            .arg(self.monitor_port.to_string())
             .arg("-sd")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -82,6 +91,24 @@ impl NatsServer {
     /// Its client URL.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Client connections the server accepted since it started (`/varz`'s
+    /// `total_connections`).
+    pub fn total_connections(&self) -> u64 {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", self.monitor_port))
+            .expect("nats-server's monitoring port");
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(b"GET /varz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .unwrap();
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).expect("/varz");
+        let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let varz: serde_json::Value = serde_json::from_str(body).expect("/varz is JSON");
+        varz["total_connections"]
+            .as_u64()
+            .expect("/varz has total_connections")
     }
 
     /// Its process id while it runs (to measure its CPU, say).

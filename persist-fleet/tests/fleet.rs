@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 use persist_core::Store;
 use persist_fleet::sample::{FleetLimit, FleetTag, SiteNote, SiteTagNote};
-use persist_fleet::{records, Edge, FleetConfig, Publisher};
+use persist_fleet::{records, Edge, FleetConfig, Publisher, StatusReader};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -563,5 +563,69 @@ fn only_the_master_of_an_edge_pair_consumes() {
     assert!(tags(&backup_store).is_empty());
     rt.block_on(on_backup.stop());
     rt.block_on(on_master.stop());
+    rt.block_on(publisher.stop());
+}
+
+/// The central operator surface reads the fleet's status over one kept
+/// connection, not a connection per read (per page load), and opens it
+/// again after the server restarts.
+#[test]
+fn the_status_reader_keeps_its_connection_and_reopens_it_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = NatsServer::start(dir.path());
+    let key = key_file(dir.path(), 3);
+    let cfg = config(&nats, &key);
+    let rt = runtime();
+    let central = open_store(&dir.path().join("central.db"));
+    let publisher = rt
+        .block_on(Publisher::start(central.clone(), cfg.clone()))
+        .unwrap();
+    let edge_store = open_store(&dir.path().join("edge.db"));
+    let edge = rt
+        .block_on(Edge::start(edge_store.clone(), edge_config(&cfg, "seen")))
+        .unwrap();
+    churn(&central, 0, 10);
+    assert!(rt.block_on(publisher.wait_published(central.position(), WAIT)));
+    let target = publisher.status().position;
+    assert!(rt.block_on(edge.wait_position(target, WAIT)));
+
+    let reader = StatusReader::new(cfg.clone());
+    let sees_edge = |reader: &StatusReader| {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(view) = rt.block_on(reader.read()) {
+                if view
+                    .iter()
+                    .any(|v| v.status.edge == "seen" && v.status.position == target)
+                {
+                    return true;
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert!(sees_edge(&reader), "the edge's status");
+    let before = nats.total_connections();
+    for _ in 0..5 {
+        assert!(!rt.block_on(reader.read()).unwrap().is_empty());
+    }
+    assert_eq!(
+        nats.total_connections() - before,
+        0,
+        "five reads over the kept connection"
+    );
+    // What a read of its own costs, for contrast: a connection each.
+    let before = nats.total_connections();
+    for _ in 0..2 {
+        rt.block_on(persist_fleet::fleet_status(&cfg)).unwrap();
+    }
+    assert_eq!(nats.total_connections() - before, 2);
+
+    nats.restart();
+    assert!(sees_edge(&reader), "read again after the server restarted");
+    rt.block_on(edge.stop());
     rt.block_on(publisher.stop());
 }

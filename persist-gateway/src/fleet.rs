@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use parking_lot::Mutex;
 use persist::sync::redundancy::NodeRole;
 use persist::Store;
-use persist_fleet::{fleet_status, Edge, FleetConfig, FleetError, Publisher};
+use persist_fleet::{Edge, FleetConfig, FleetError, Publisher, StatusReader};
 
 use crate::operator::esc;
 
@@ -39,6 +39,9 @@ struct FleetState {
 pub(crate) struct FleetRunner {
     cfg: FleetConfig,
     role: NodeRole,
+    /// The edges' status for `/fleet` on a central node, over one kept
+    /// NATS connection (not one per page load).
+    status: StatusReader,
     state: Arc<Mutex<FleetState>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -150,6 +153,7 @@ impl FleetRunner {
             }
         });
         FleetRunner {
+            status: StatusReader::new(cfg.clone()),
             cfg,
             role,
             state,
@@ -209,7 +213,7 @@ impl FleetRunner {
             return view;
         }
         if self.cfg.edge.is_none() {
-            match fleet_status(&self.cfg).await {
+            match self.status.read().await {
                 Ok(edges) => {
                     view.edges = edges
                         .into_iter()
