@@ -31,6 +31,18 @@ pub trait ValueCodec: Backend + Sized {
         raw: Option<Self::RawValue<'_>>,
         ty: SqlType,
     ) -> diesel::deserialize::Result<Value>;
+
+    /// [`ValueCodec::read_value`] into `slot`, which holds the previous
+    /// row's value of the column: a backend that can keeps its text or blob
+    /// buffer.
+    fn read_value_over(
+        raw: Option<Self::RawValue<'_>>,
+        ty: SqlType,
+        slot: &mut Value,
+    ) -> diesel::deserialize::Result<()> {
+        *slot = Self::read_value(raw, ty)?;
+        Ok(())
+    }
 }
 
 /// The error for a value bound as a column type it does not fit.
@@ -140,7 +152,7 @@ where
         stmt: &Statement,
         values: &[Value],
         columns: &[SqlType],
-        each: &mut dyn FnMut(Vec<Value>) -> Result<()>,
+        each: &mut dyn FnMut(&mut Vec<Value>) -> Result<()>,
     ) -> Result<()>;
 }
 
@@ -150,7 +162,7 @@ fn load_rows_with<M, C>(
     stmt: &Statement,
     values: &[Value],
     columns: &[SqlType],
-    each: &mut dyn FnMut(Vec<Value>) -> Result<()>,
+    each: &mut dyn FnMut(&mut Vec<Value>) -> Result<()>,
 ) -> Result<()>
 where
     C: diesel::Connection + LoadConnection<M>,
@@ -161,18 +173,20 @@ where
     let cursor = conn
         .load(Bound { stmt, values })
         .map_err(|e| map_error(e, &sql()))?;
+    // One row's values, read over the previous row's: text and blob
+    // buffers are kept unless `each` takes the row.
+    let mut out: Vec<Value> = Vec::new();
     for row in cursor {
         let row = row.map_err(|e| map_error(e, &sql()))?;
-        let mut out = Vec::with_capacity(columns.len());
-        for (i, &ty) in columns.iter().enumerate() {
+        out.resize(columns.len(), Value::Null);
+        for (i, (&ty, slot)) in columns.iter().zip(&mut out).enumerate() {
             let field = row.get(i).ok_or_else(|| {
                 Error::Database(format!("result has no column {i} in `{}`", sql()))
             })?;
-            let value = <C::Backend as ValueCodec>::read_value(field.value(), ty)
+            <C::Backend as ValueCodec>::read_value_over(field.value(), ty, slot)
                 .map_err(|e| Error::Database(format!("column {i} of `{}`: {e}", sql())))?;
-            out.push(value);
         }
-        each(out)?;
+        each(&mut out)?;
     }
     Ok(())
 }
@@ -183,7 +197,7 @@ impl LoadRows for diesel::SqliteConnection {
         stmt: &Statement,
         values: &[Value],
         columns: &[SqlType],
-        each: &mut dyn FnMut(Vec<Value>) -> Result<()>,
+        each: &mut dyn FnMut(&mut Vec<Value>) -> Result<()>,
     ) -> Result<()> {
         load_rows_with::<diesel::connection::DefaultLoadingMode, _>(
             self, stmt, values, columns, each,
@@ -197,7 +211,7 @@ impl LoadRows for diesel::PgConnection {
         stmt: &Statement,
         values: &[Value],
         columns: &[SqlType],
-        each: &mut dyn FnMut(Vec<Value>) -> Result<()>,
+        each: &mut dyn FnMut(&mut Vec<Value>) -> Result<()>,
     ) -> Result<()> {
         load_rows_with::<diesel::pg::PgRowByRowLoadingMode, _>(self, stmt, values, columns, each)
     }
@@ -240,7 +254,7 @@ where
         stmt: &Statement,
         values: &[Value],
         columns: &[SqlType],
-        each: &mut dyn FnMut(Vec<Value>) -> Result<()>,
+        each: &mut dyn FnMut(&mut Vec<Value>) -> Result<()>,
     ) -> Result<()> {
         self.conn.load_rows(stmt, values, columns, each)
     }
@@ -277,8 +291,8 @@ where
         });
         let mut names = Vec::new();
         self.query(&stmt, &[], &[SqlType::Text], &mut |row| {
-            if let Some(Value::Text(name)) = row.into_iter().next() {
-                names.push(name);
+            if let Some(Value::Text(name)) = row.first_mut() {
+                names.push(std::mem::take(name));
             }
             Ok(())
         })?;

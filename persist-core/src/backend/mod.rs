@@ -183,13 +183,16 @@ pub trait Connection: Send {
     /// Runs a statement; returns the number of rows changed.
     fn execute(&mut self, stmt: &Statement, values: &[Value]) -> Result<usize>;
 
-    /// Runs a query and calls `row` for each result row, decoded as `columns`.
+    /// Runs a query and calls `row` for each result row, decoded as
+    /// `columns`. The values are read over the previous row's, keeping their
+    /// buffers: `row` borrows them, or takes them (`std::mem::take`) to keep
+    /// the row.
     fn query(
         &mut self,
         stmt: &Statement,
         values: &[Value],
         columns: &[SqlType],
-        row: &mut dyn FnMut(Vec<Value>) -> Result<()>,
+        row: &mut dyn FnMut(&mut Vec<Value>) -> Result<()>,
     ) -> Result<()>;
 
     /// Starts a write transaction (SQLite: `BEGIN IMMEDIATE`, so a writer

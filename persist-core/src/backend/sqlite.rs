@@ -219,6 +219,25 @@ impl ValueCodec for Sqlite {
             SqlType::Timestamp => Value::Timestamp(parse_timestamp(raw.read_text())?),
         })
     }
+
+    fn read_value_over(
+        raw: Option<SqliteValue<'_, '_, '_>>,
+        ty: SqlType,
+        slot: &mut Value,
+    ) -> diesel::deserialize::Result<()> {
+        match (raw, ty, &mut *slot) {
+            (Some(mut raw), SqlType::Text, Value::Text(kept)) => {
+                kept.clear();
+                kept.push_str(raw.read_text());
+            }
+            (Some(mut raw), SqlType::Blob, Value::Blob(kept)) => {
+                kept.clear();
+                kept.extend_from_slice(raw.read_blob());
+            }
+            (raw, ty, _) => *slot = Self::read_value(raw, ty)?,
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -256,5 +275,54 @@ mod tests {
             options.iter().any(|o| o == "THREADSAFE=2"),
             "not multi-thread mode (a mutex per connection call): {options:?}"
         );
+    }
+
+    /// A query reads each row over the previous one's values: text over
+    /// text (shorter and longer), NULL over text, text over NULL, blobs
+    /// likewise, and a row the callback took leaves nothing behind.
+    #[test]
+    fn rows_read_over_kept_values_are_each_rows_own() {
+        use crate::backend::diesel_conn::DieselConnection;
+        use crate::backend::{Connection, Statement};
+        use crate::value::{SqlType, Value};
+        let mut conn = DieselConnection::new(SqliteConnection::establish(":memory:").unwrap());
+        conn.batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, s TEXT, b BLOB); \
+             INSERT INTO t VALUES (1, 'a longer first text', x'0102'), (2, 'b', NULL), \
+             (3, NULL, x'03'), (4, 'fourth', x'040506'), (5, '', x''), (6, 'six', x'06')",
+        )
+        .unwrap();
+        let want = [
+            (1, Some("a longer first text"), Some(&[1u8, 2][..])),
+            (2, Some("b"), None),
+            (3, None, Some(&[3][..])),
+            (4, Some("fourth"), Some(&[4, 5, 6][..])),
+            (5, Some(""), Some(&[][..])),
+            (6, Some("six"), Some(&[6][..])),
+        ]
+        .map(|(id, s, b)| {
+            vec![
+                Value::I64(id),
+                s.map_or(Value::Null, |s| Value::Text(s.into())),
+                b.map_or(Value::Null, |b| Value::Blob(b.to_vec())),
+            ]
+        });
+        let mut seen = Vec::new();
+        conn.query(
+            &Statement::new("SELECT id, s, b FROM t ORDER BY id"),
+            &[],
+            &[SqlType::BigInt, SqlType::Text, SqlType::Blob],
+            &mut |row| {
+                // Row 4 is taken: row 5 is read into fresh values.
+                seen.push(if seen.len() == 3 {
+                    std::mem::take(row)
+                } else {
+                    row.clone()
+                });
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(seen, want);
     }
 }

@@ -250,7 +250,7 @@ pub(crate) fn query_rows(
 ) -> Result<Vec<Vec<Value>>> {
     let mut rows = Vec::new();
     conn.query(stmt, values, types, &mut |r| {
-        rows.push(r);
+        rows.push(std::mem::take(r));
         Ok(())
     })?;
     Ok(rows)
@@ -1078,7 +1078,7 @@ pub(crate) fn recompute_digest(conn: &mut dyn Connection) -> Result<Digest> {
         ));
         let seed = crate::digest::table_seed(&table);
         conn.query(&stmt, &[], &types, &mut |row| {
-            encode_image(&row, &mut image);
+            encode_image(row, &mut image);
             digest.toggle(seed, &image);
             Ok(())
         })?;

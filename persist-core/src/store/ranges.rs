@@ -272,7 +272,7 @@ pub(crate) fn recompute(conn: &mut dyn Connection) -> Result<RangeDigests> {
         let seed = table_seed(&table);
         let mut buckets = empty_buckets();
         conn.query(&stmt, &[], &types, &mut |row| {
-            encode_image(&row, &mut image);
+            encode_image(row, &mut image);
             let h = row_hash(seed, &image);
             buckets[bucket_of(h) as usize] ^= h;
             Ok(())
@@ -416,14 +416,17 @@ impl Scrub {
                 .bind(values.len(), SqlType::BigInt);
             values.push(Value::I64(left as i64));
             let mut n = 0usize;
-            let mut last = None;
+            let mut last: Option<Value> = None;
             let (image, computed) = (&mut self.image, &mut self.computed);
             let (name, seed, key_index) = (t.name, t.seed, t.meta.key);
             self.conn.query(&stmt, &values, &t.types, &mut |row| {
-                encode_image(&row, image);
+                encode_image(row, image);
                 computed.toggle(name, row_hash(seed, image));
                 n += 1;
-                last = Some(row);
+                match &mut last {
+                    Some(key) => key.clone_from(&row[key_index]),
+                    None => last = Some(row[key_index].clone()),
+                }
                 Ok(())
             })?;
             self.rows += n as u64;
@@ -431,7 +434,7 @@ impl Scrub {
             if left > 0 {
                 self.table += 1;
             } else {
-                self.last_key = last.map(|mut r| r.swap_remove(key_index));
+                self.last_key = last;
             }
         }
         Ok(self.table >= self.names.len())
@@ -655,7 +658,7 @@ impl Store {
                 let mut rows = Vec::new();
                 let mut image = Vec::new();
                 conn.query(&stmt, &[], &t.types, &mut |row| {
-                    encode_image(&row, &mut image);
+                    encode_image(row, &mut image);
                     let h = row_hash(t.seed, &image);
                     let b = bucket_of(h) as usize;
                     if want[b] {

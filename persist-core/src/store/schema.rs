@@ -386,8 +386,8 @@ pub(crate) fn stored_definition(conn: &mut dyn Connection, table: &str) -> Resul
         &[Value::Text(table.to_owned())],
         &[SqlType::Text],
         &mut |row| {
-            if let Some(Value::Text(d)) = row.into_iter().next() {
-                out = Some(d);
+            if let Some(Value::Text(d)) = row.first_mut() {
+                out = Some(std::mem::take(d));
             }
             Ok(())
         },
@@ -401,9 +401,8 @@ pub(crate) fn all_definitions(conn: &mut dyn Connection) -> Result<Vec<(String, 
     ));
     let mut out = Vec::new();
     conn.query(&stmt, &[], &[SqlType::Text, SqlType::Text], &mut |row| {
-        let mut it = row.into_iter();
-        if let (Some(Value::Text(t)), Some(Value::Text(d))) = (it.next(), it.next()) {
-            out.push((t, d));
+        if let [Value::Text(t), Value::Text(d)] = &mut row[..] {
+            out.push((std::mem::take(t), std::mem::take(d)));
         }
         Ok(())
     })?;

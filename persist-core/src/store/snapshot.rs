@@ -153,24 +153,29 @@ impl Snapshot {
             stmt.sql(&format!(" ORDER BY {key} LIMIT "))
                 .bind(values.len(), SqlType::BigInt);
             values.push(Value::I64(max_rows as i64));
-            let rows = query_rows(&mut *self.conn, &stmt, &values, &t.types)?;
+            // Each row encoded as it is read (its values read over the
+            // previous row's), and only the last row's key kept.
+            let (mut images, mut last) = (Vec::new(), None::<Value>);
+            let (image, key) = (&mut self.image, t.meta.key);
+            self.conn.query(&stmt, &values, &t.types, &mut |row| {
+                encode_image(row, image);
+                images.push(image.clone());
+                match &mut last {
+                    Some(k) => k.clone_from(&row[key]),
+                    None => last = Some(row[key].clone()),
+                }
+                Ok(())
+            })?;
             let index = self.table as u32;
-            if rows.len() < max_rows {
+            if images.len() < max_rows {
                 self.table += 1;
                 self.last_key = None;
             } else {
-                self.last_key = rows.last().map(|r| r[t.meta.key].clone());
+                self.last_key = last;
             }
-            if rows.is_empty() {
+            if images.is_empty() {
                 continue;
             }
-            let images = rows
-                .iter()
-                .map(|r| {
-                    encode_image(r, &mut self.image);
-                    self.image.clone()
-                })
-                .collect();
             return Ok(Some((index, images)));
         }
         Ok(None)
