@@ -67,15 +67,15 @@ fn twenty_edge_processes_converge_and_one_killed_mid_stream_catches_up() {
     const EDGES: usize = 20;
     const COMMITS: u64 = 350;
     let took = std::time::Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start(dir.path());
-    let key = key_file(dir.path(), 1);
-    let cfg = config(&nats, &key);
-    let rt = runtime();
-    let central = open_store(&dir.path().join("central.db"));
-    let publisher = rt
-        .block_on(Publisher::start(central.clone(), cfg.clone()))
-        .unwrap();
+    let Central {
+        dir,
+        nats,
+        key,
+        cfg,
+        rt,
+        central,
+        publisher,
+    } = start_central(1, |_| {});
     let names: Vec<String> = (0..EDGES).map(|i| format!("site-{i:02}")).collect();
     let mut edges = spawn_edges(&nats, &key, dir.path(), &names, &[]);
     let started = took.elapsed();
@@ -190,10 +190,7 @@ fn an_edge_offline_while_many_entries_are_published_catches_up() {
     let publisher = rt
         .block_on(Publisher::start(central.clone(), cfg.clone()))
         .unwrap();
-    let edge_store = open_store(&dir.path().join("edge.db"));
-    let edge = rt
-        .block_on(Edge::start(edge_store.clone(), edge_config(&cfg, "late")))
-        .unwrap();
+    let (edge_store, edge) = start_edge(&rt, &cfg, &dir.path().join("edge.db"), "late");
     churn(&central, 0, 10);
     assert!(rt.block_on(publisher.wait_published(central.position(), WAIT)));
     assert!(rt.block_on(edge.wait_position(publisher.status().position, WAIT)));
@@ -226,21 +223,19 @@ fn an_edge_offline_while_many_entries_are_published_catches_up() {
 
 #[test]
 fn an_edge_behind_retention_and_one_whose_shared_rows_were_changed_load_a_snapshot() {
-    let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start(dir.path());
-    let key = key_file(dir.path(), 3);
-    let mut cfg = config(&nats, &key);
-    cfg.snapshot_every = 50;
-    cfg.keep_snapshots = 1;
-    let rt = runtime();
-    let central = open_store(&dir.path().join("central.db"));
-    let publisher = rt
-        .block_on(Publisher::start(central.clone(), cfg.clone()))
-        .unwrap();
-    let edge_store = open_store(&dir.path().join("edge.db"));
-    let edge = rt
-        .block_on(Edge::start(edge_store.clone(), edge_config(&cfg, "behind")))
-        .unwrap();
+    let Central {
+        dir,
+        nats: _nats,
+        cfg,
+        rt,
+        central,
+        publisher,
+        ..
+    } = start_central(3, |cfg| {
+        cfg.snapshot_every = 50;
+        cfg.keep_snapshots = 1;
+    });
+    let (edge_store, edge) = start_edge(&rt, &cfg, &dir.path().join("edge.db"), "behind");
     churn(&central, 0, 20);
     assert!(rt.block_on(publisher.wait_published(central.position(), WAIT)));
     assert!(rt.block_on(edge.wait_position(publisher.status().position, WAIT)));
@@ -275,22 +270,16 @@ fn an_edge_behind_retention_and_one_whose_shared_rows_were_changed_load_a_snapsh
 
 #[test]
 fn the_nats_server_restarted_mid_stream_loses_and_repeats_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut nats = NatsServer::start(dir.path());
-    let key = key_file(dir.path(), 4);
-    let cfg = config(&nats, &key);
-    let rt = runtime();
-    let central = open_store(&dir.path().join("central.db"));
-    let publisher = rt
-        .block_on(Publisher::start(central.clone(), cfg.clone()))
-        .unwrap();
-    let edge_store = open_store(&dir.path().join("edge.db"));
-    let edge = rt
-        .block_on(Edge::start(
-            edge_store.clone(),
-            edge_config(&cfg, "through"),
-        ))
-        .unwrap();
+    let Central {
+        dir,
+        mut nats,
+        cfg,
+        rt,
+        central,
+        publisher,
+        ..
+    } = start_central(4, |_| {});
+    let (edge_store, edge) = start_edge(&rt, &cfg, &dir.path().join("edge.db"), "through");
     let writer = {
         let central = central.clone();
         std::thread::spawn(move || {
@@ -333,19 +322,16 @@ fn the_nats_server_restarted_mid_stream_loses_and_repeats_nothing() {
 
 #[test]
 fn a_forged_message_is_refused_and_the_real_entry_still_arrives() {
-    let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start(dir.path());
-    let key = key_file(dir.path(), 5);
-    let cfg = config(&nats, &key);
-    let rt = runtime();
-    let central = open_store(&dir.path().join("central.db"));
-    let publisher = rt
-        .block_on(Publisher::start(central.clone(), cfg.clone()))
-        .unwrap();
-    let edge_store = open_store(&dir.path().join("edge.db"));
-    let edge = rt
-        .block_on(Edge::start(edge_store.clone(), edge_config(&cfg, "target")))
-        .unwrap();
+    let Central {
+        dir,
+        nats,
+        key: _key,
+        cfg,
+        rt,
+        central,
+        publisher,
+    } = start_central(5, |_| {});
+    let (edge_store, edge) = start_edge(&rt, &cfg, &dir.path().join("edge.db"), "target");
     churn(&central, 0, 5);
     assert!(rt.block_on(publisher.wait_published(central.position(), WAIT)));
     let at = publisher.status().position;
@@ -419,19 +405,16 @@ fn a_forged_message_is_refused_and_the_real_entry_still_arrives() {
 
 #[test]
 fn a_site_override_outlives_central_updates_and_the_digests_still_agree() {
-    let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start(dir.path());
-    let key = key_file(dir.path(), 7);
-    let cfg = config(&nats, &key);
-    let rt = runtime();
-    let central = open_store(&dir.path().join("central.db"));
-    let publisher = rt
-        .block_on(Publisher::start(central.clone(), cfg.clone()))
-        .unwrap();
-    let edge_store = open_store(&dir.path().join("edge.db"));
-    let edge = rt
-        .block_on(Edge::start(edge_store.clone(), edge_config(&cfg, "ovr")))
-        .unwrap();
+    let Central {
+        dir,
+        nats: _nats,
+        cfg,
+        rt,
+        central,
+        publisher,
+        ..
+    } = start_central(7, |_| {});
+    let (edge_store, edge) = start_edge(&rt, &cfg, &dir.path().join("edge.db"), "ovr");
     central.insert(&tag(1, 100)).unwrap();
     assert!(rt.block_on(publisher.wait_published(central.position(), WAIT)));
     assert!(rt.block_on(edge.wait_position(publisher.status().position, WAIT)));
@@ -466,20 +449,18 @@ fn a_site_override_outlives_central_updates_and_the_digests_still_agree() {
 
 #[test]
 fn a_restarted_publisher_goes_on_from_the_stream_and_cascades_reach_edges() {
-    let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start(dir.path());
-    let key = key_file(dir.path(), 8);
-    let mut cfg = config(&nats, &key);
-    cfg.snapshot_every = 40;
-    let rt = runtime();
-    let central = open_store(&dir.path().join("central.db"));
-    let publisher = rt
-        .block_on(Publisher::start(central.clone(), cfg.clone()))
-        .unwrap();
-    let edge_store = open_store(&dir.path().join("edge.db"));
-    let edge = rt
-        .block_on(Edge::start(edge_store.clone(), edge_config(&cfg, "e")))
-        .unwrap();
+    let Central {
+        dir,
+        nats: _nats,
+        cfg,
+        rt,
+        central,
+        publisher,
+        ..
+    } = start_central(8, |cfg| {
+        cfg.snapshot_every = 40;
+    });
+    let (edge_store, edge) = start_edge(&rt, &cfg, &dir.path().join("edge.db"), "e");
     churn(&central, 0, 100);
     assert!(rt.block_on(publisher.wait_published(central.position(), WAIT)));
     let before = publisher.status();
@@ -526,15 +507,15 @@ fn a_restarted_publisher_goes_on_from_the_stream_and_cascades_reach_edges() {
 
 #[test]
 fn only_the_master_of_an_edge_pair_consumes() {
-    let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start(dir.path());
-    let key = key_file(dir.path(), 9);
-    let cfg = config(&nats, &key);
-    let rt = runtime();
-    let central = open_store(&dir.path().join("central.db"));
-    let publisher = rt
-        .block_on(Publisher::start(central.clone(), cfg.clone()))
-        .unwrap();
+    let Central {
+        dir,
+        nats: _nats,
+        cfg,
+        rt,
+        central,
+        publisher,
+        ..
+    } = start_central(9, |_| {});
     // The pair's backup: its write gate is closed, as the redundancy runtime closes it.
     let backup_store = open_store(&dir.path().join("backup.db"));
     backup_store.set_write_gate(Some("this node is the backup".into()));
@@ -571,19 +552,16 @@ fn only_the_master_of_an_edge_pair_consumes() {
 /// again after the server restarts.
 #[test]
 fn the_status_reader_keeps_its_connection_and_reopens_it_after_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut nats = NatsServer::start(dir.path());
-    let key = key_file(dir.path(), 3);
-    let cfg = config(&nats, &key);
-    let rt = runtime();
-    let central = open_store(&dir.path().join("central.db"));
-    let publisher = rt
-        .block_on(Publisher::start(central.clone(), cfg.clone()))
-        .unwrap();
-    let edge_store = open_store(&dir.path().join("edge.db"));
-    let edge = rt
-        .block_on(Edge::start(edge_store.clone(), edge_config(&cfg, "seen")))
-        .unwrap();
+    let Central {
+        dir,
+        mut nats,
+        cfg,
+        rt,
+        central,
+        publisher,
+        ..
+    } = start_central(3, |_| {});
+    let (_edge_store, edge) = start_edge(&rt, &cfg, &dir.path().join("edge.db"), "seen");
     churn(&central, 0, 10);
     assert!(rt.block_on(publisher.wait_published(central.position(), WAIT)));
     let target = publisher.status().position;

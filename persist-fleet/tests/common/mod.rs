@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use persist_core::Store;
 use persist_fleet::sample::{FleetLimit, FleetTag};
-use persist_fleet::FleetConfig;
+use persist_fleet::{Edge, FleetConfig, Publisher};
 
 pub use persist_fleet::testing::NatsServer;
 
@@ -38,6 +38,57 @@ pub fn config(nats: &NatsServer, key: &Path) -> FleetConfig {
         .share::<FleetLimit>();
     c.request_timeout_ms = 3_000;
     c
+}
+
+/// What most fleet tests start with: a nats-server of their own, a
+/// central store and its publisher (bind the fields in this order: they
+/// drop in reverse).
+pub struct Central {
+    pub dir: tempfile::TempDir,
+    pub nats: NatsServer,
+    pub key: PathBuf,
+    pub cfg: FleetConfig,
+    pub rt: tokio::runtime::Runtime,
+    pub central: Store,
+    pub publisher: Publisher,
+}
+
+/// Starts a [`Central`] with the fleet key of `key_byte`; `tune` adjusts
+/// the configuration before the publisher starts.
+pub fn start_central(key_byte: u8, tune: impl FnOnce(&mut FleetConfig)) -> Central {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(dir.path());
+    let key = key_file(dir.path(), key_byte);
+    let mut cfg = config(&nats, &key);
+    tune(&mut cfg);
+    let rt = runtime();
+    let central = open_store(&dir.path().join("central.db"));
+    let publisher = rt
+        .block_on(Publisher::start(central.clone(), cfg.clone()))
+        .unwrap();
+    Central {
+        dir,
+        nats,
+        key,
+        cfg,
+        rt,
+        central,
+        publisher,
+    }
+}
+
+/// An in-process edge named `name`, consuming into a store of its own at `path`.
+pub fn start_edge(
+    rt: &tokio::runtime::Runtime,
+    cfg: &FleetConfig,
+    path: &Path,
+    name: &str,
+) -> (Store, Edge) {
+    let store = open_store(path);
+    let edge = rt
+        .block_on(Edge::start(store.clone(), cfg.clone().with_edge(name)))
+        .unwrap();
+    (store, edge)
 }
 
 pub fn open_store(path: &Path) -> Store {
