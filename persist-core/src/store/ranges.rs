@@ -34,7 +34,7 @@ use crate::log::{encode_image, encode_key, LogEntry};
 use crate::value::{SqlType, Value};
 
 use super::schema::{self, column_list, Table};
-use super::{check_image, load_head, Registry, Store};
+use super::{check_image, load_head, query_i64, Registry, Store};
 
 /// Buckets per table. A bucket of a 1M-row table holds about 1,000 rows.
 pub const BUCKETS: usize = 1024;
@@ -389,6 +389,19 @@ impl Scrub {
     /// Rows read so far.
     pub fn rows(&self) -> u64 {
         self.rows
+    }
+
+    /// The rows this pass reads in all: each registered table counted in
+    /// the pass's read (SQLite scans each table's smallest index for it:
+    /// worth it once, to pace a pass whose size is not known yet).
+    pub fn count_rows(&mut self) -> Result<u64> {
+        let mut total = 0u64;
+        for name in &self.names {
+            let stmt = Statement::new(format!("SELECT COUNT(*) FROM {}", quote_ident(name)));
+            let n = query_i64(&mut *self.conn, &stmt, &[])?.unwrap_or(0);
+            total += u64::try_from(n).unwrap_or(0);
+        }
+        Ok(total)
     }
 
     /// Reads up to `max_rows` more rows; `true` once every table is read.

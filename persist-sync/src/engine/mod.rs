@@ -267,6 +267,9 @@ pub enum StoreOp {
     ScrubStep {
         /// Rows at most.
         rows: usize,
+        /// Also count the rows the pass reads in all (answered with
+        /// [`StoreValue::ScrubProgress`] unless the step ends the pass).
+        count: bool,
     },
     /// Either side: the rows of some buckets, with their recorded and
     /// computed digests ([`persist_core::Store::range_rows`]).
@@ -335,6 +338,12 @@ pub enum StoreValue {
     },
     /// [`StoreOp::ScrubStep`]: the pass's result once it has read every row.
     Scrubbed(Option<ScrubReport>),
+    /// [`StoreOp::ScrubStep`] with `count`: the pass goes on, and reads
+    /// `total` rows in all.
+    ScrubProgress {
+        /// Rows the pass reads in all.
+        total: u64,
+    },
     /// [`StoreOp::RangeRows`].
     RangeRows(RangeRows),
     /// [`StoreOp::Repair`].

@@ -103,8 +103,9 @@ pub struct ScrubStatus {
 /// A pass in progress.
 struct Pass {
     start: Time,
-    /// Steps this pass is planned to take (from the last pass's rows);
-    /// `None` for the first pass, which goes at the core share's pace.
+    /// Steps this pass is planned to take (from the last pass's rows, or
+    /// for the first pass from the rows counted with its first step);
+    /// `None` until then, at the core share's pace.
     planned: Option<u64>,
     steps: u64,
     generation: u64,
@@ -163,8 +164,15 @@ impl Scrubber {
             });
         }
         self.in_flight = Some(now);
+        // A pass of unknown size (the first) has its rows counted with its
+        // first step, and is spread like the others from then on.
+        let count = self
+            .pass
+            .as_ref()
+            .is_some_and(|p| p.planned.is_none() && p.steps == 0);
         Some(StoreOp::ScrubStep {
             rows: self.cfg.step_rows.max(1),
+            count,
         })
     }
 
@@ -174,14 +182,11 @@ impl Scrubber {
         let work = now.since(asked);
         match result {
             Ok(StoreValue::Scrubbed(None)) => {
-                let pause = match self.pass.as_mut() {
-                    Some(pass) => {
-                        pass.steps += 1;
-                        pause(&self.cfg, now, work, pass)
-                    }
-                    None => self.cfg.min_pause,
-                };
-                self.next_at = now + pause;
+                self.step_done(now, work, None);
+                None
+            }
+            Ok(StoreValue::ScrubProgress { total }) => {
+                self.step_done(now, work, Some(total));
                 None
             }
             Ok(StoreValue::Scrubbed(Some(report))) => {
@@ -227,6 +232,23 @@ impl Scrubber {
                 None
             }
         }
+    }
+
+    /// A step that did not end the pass took `work`; `total`, when the
+    /// pass had its rows counted, plans its steps.
+    fn step_done(&mut self, now: Time, work: Duration, total: Option<u64>) {
+        let step_rows = self.cfg.step_rows.max(1) as u64;
+        let pause = match self.pass.as_mut() {
+            Some(pass) => {
+                pass.steps += 1;
+                if let Some(total) = total {
+                    pass.planned = Some(total.div_ceil(step_rows).max(1));
+                }
+                pause(&self.cfg, now, work, pass)
+            }
+            None => self.cfg.min_pause,
+        };
+        self.next_at = now + pause;
     }
 
     /// The data changed outside the log: the pass in progress (if any) no
@@ -329,11 +351,15 @@ mod tests {
             "the first pass after half a period"
         );
         assert!(s.poll(at(4_999)).is_none());
-        // The first pass does not know its size: it goes at the core share's
-        // pace (a 10 ms step, then 30 ms of pause at 25 %).
+        // The first pass does not know its size and asks for the count with
+        // its first step; answered without it (as here), it goes at the core
+        // share's pace (a 10 ms step, then 30 ms of pause at 25 %).
         assert!(matches!(
             s.poll(at(5_000)),
-            Some(StoreOp::ScrubStep { rows: 3 })
+            Some(StoreOp::ScrubStep {
+                rows: 3,
+                count: true
+            })
         ));
         assert!(s.poll(at(5_000)).is_none());
         assert!(s
@@ -370,6 +396,45 @@ mod tests {
             Some(Duration::from_millis(5_000 + 4_501))
         );
         assert_eq!(s.deadline(), Some(at(15_000)));
+    }
+
+    #[test]
+    fn the_first_pass_counts_its_rows_and_is_spread_like_the_others() {
+        let mut s = Scrubber::new(cfg(), at(0));
+        assert!(matches!(
+            s.poll(at(5_000)),
+            Some(StoreOp::ScrubStep {
+                rows: 3,
+                count: true
+            })
+        ));
+        assert!(s
+            .stepped(at(5_002), Ok(StoreValue::ScrubProgress { total: 30 }))
+            .is_none());
+        // 30 rows: 10 steps, the 9 left spread over what is left of 90 % of
+        // the half period (about 500 ms apart), not at the core share's
+        // pace (3 ms apart).
+        let next = s.deadline().unwrap();
+        assert!((at(5_450)..=at(5_502)).contains(&next), "{next}");
+        let mut now = next;
+        for i in 2..=10 {
+            now = s.deadline().unwrap();
+            assert!(
+                matches!(s.poll(now), Some(StoreOp::ScrubStep { count: false, .. })),
+                "step {i} is counted no more"
+            );
+            now += Duration::from_millis(1);
+            let report = (i == 10).then(|| ScrubReport {
+                rows: 30,
+                ..report(0)
+            });
+            s.stepped(now, Ok(StoreValue::Scrubbed(report)));
+        }
+        assert_eq!(s.status.passes, 1);
+        assert!(
+            (at(9_400)..=at(9_502)).contains(&now),
+            "spread over the half period, and ended within it ({now})"
+        );
     }
 
     #[test]

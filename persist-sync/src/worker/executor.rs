@@ -248,13 +248,28 @@ impl StoreWorker {
                 }
                 Ok(StoreValue::Done)
             }
-            StoreOp::ScrubStep { rows } => {
+            StoreOp::ScrubStep { rows, count } => {
                 let scrub = match &mut self.scrub {
                     Some(s) => s,
                     None => self.scrub.insert(store.scrub()?),
                 };
+                let total = if count {
+                    match scrub.count_rows() {
+                        Ok(n) => Some(n),
+                        Err(e) => {
+                            self.scrub = None;
+                            return Err(e);
+                        }
+                    }
+                } else {
+                    None
+                };
+                let scrub = self.scrub.as_mut().expect("a scrub in progress");
                 match scrub.step(rows) {
-                    Ok(false) => Ok(StoreValue::Scrubbed(None)),
+                    Ok(false) => Ok(match total {
+                        Some(total) => StoreValue::ScrubProgress { total },
+                        None => StoreValue::Scrubbed(None),
+                    }),
                     Ok(true) => {
                         let report = self.scrub.take().expect("a scrub in progress").finish();
                         Ok(StoreValue::Scrubbed(Some(report)))
