@@ -508,24 +508,11 @@ pub fn decode_image_over(
                 let b = r.take(len)?;
                 let t = std::str::from_utf8(b)
                     .map_err(|e| malformed(format!("row image: text is not UTF-8: {e}")))?;
-                match slot {
-                    Value::Text(kept) => {
-                        kept.clear();
-                        kept.push_str(t);
-                    }
-                    _ => *slot = Value::Text(t.to_owned()),
-                }
+                slot.set_text(t);
             }
             6 => {
                 let len = r.varint()?;
-                let b = r.take(len)?;
-                match slot {
-                    Value::Blob(kept) => {
-                        kept.clear();
-                        kept.extend_from_slice(b);
-                    }
-                    _ => *slot = Value::Blob(b.to_vec()),
-                }
+                slot.set_blob(r.take(len)?);
             }
             7 => *slot = Value::Timestamp(unzigzag(r.varint()?)),
             tag => return Err(malformed(format!("row image: unknown value kind {tag}"))),

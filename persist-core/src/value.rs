@@ -99,6 +99,30 @@ impl Value {
     pub fn fits(&self, ty: SqlType) -> bool {
         self.sql_type().is_none_or(|t| t == ty)
     }
+
+    /// Makes this `Value::Text(text)`, keeping the buffer if it holds text
+    /// already (rows read one over the other allocate nothing then).
+    pub(crate) fn set_text(&mut self, text: &str) {
+        match self {
+            Value::Text(kept) => {
+                kept.clear();
+                kept.push_str(text);
+            }
+            _ => *self = Value::Text(text.to_owned()),
+        }
+    }
+
+    /// Makes this `Value::Blob(bytes)`, keeping the buffer if it holds a
+    /// blob already.
+    pub(crate) fn set_blob(&mut self, bytes: &[u8]) {
+        match self {
+            Value::Blob(kept) => {
+                kept.clear();
+                kept.extend_from_slice(bytes);
+            }
+            _ => *self = Value::Blob(bytes.to_vec()),
+        }
+    }
 }
 
 /// A Rust type that can be a field of a [`PersistentRecord`](crate::PersistentRecord).

@@ -225,16 +225,10 @@ impl ValueCodec for Sqlite {
         ty: SqlType,
         slot: &mut Value,
     ) -> diesel::deserialize::Result<()> {
-        match (raw, ty, &mut *slot) {
-            (Some(mut raw), SqlType::Text, Value::Text(kept)) => {
-                kept.clear();
-                kept.push_str(raw.read_text());
-            }
-            (Some(mut raw), SqlType::Blob, Value::Blob(kept)) => {
-                kept.clear();
-                kept.extend_from_slice(raw.read_blob());
-            }
-            (raw, ty, _) => *slot = Self::read_value(raw, ty)?,
+        match (raw, ty) {
+            (Some(mut raw), SqlType::Text) => slot.set_text(raw.read_text()),
+            (Some(mut raw), SqlType::Blob) => slot.set_blob(raw.read_blob()),
+            (raw, ty) => *slot = Self::read_value(raw, ty)?,
         }
         Ok(())
     }

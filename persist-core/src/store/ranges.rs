@@ -436,10 +436,7 @@ impl Scrub {
                 encode_image(row, image);
                 computed.toggle(name, row_hash(seed, image));
                 n += 1;
-                match &mut last {
-                    Some(key) => key.clone_from(&row[key_index]),
-                    None => last = Some(row[key_index].clone()),
-                }
+                last = Some(row[key_index].clone());
                 Ok(())
             })?;
             self.rows += n as u64;

@@ -160,10 +160,7 @@ impl Snapshot {
             self.conn.query(&stmt, &values, &t.types, &mut |row| {
                 encode_image(row, image);
                 images.push(image.clone());
-                match &mut last {
-                    Some(k) => k.clone_from(&row[key]),
-                    None => last = Some(row[key].clone()),
-                }
+                last = Some(row[key].clone());
                 Ok(())
             })?;
             let index = self.table as u32;

@@ -254,23 +254,14 @@ impl StoreWorker {
                     None => self.scrub.insert(store.scrub()?),
                 };
                 let total = if count {
-                    match scrub.count_rows() {
-                        Ok(n) => Some(n),
-                        Err(e) => {
-                            self.scrub = None;
-                            return Err(e);
-                        }
-                    }
+                    scrub.count_rows().map(Some)
                 } else {
-                    None
+                    Ok(None)
                 };
-                let scrub = self.scrub.as_mut().expect("a scrub in progress");
-                match scrub.step(rows) {
-                    Ok(false) => Ok(match total {
-                        Some(total) => StoreValue::ScrubProgress { total },
-                        None => StoreValue::Scrubbed(None),
-                    }),
-                    Ok(true) => {
+                match total.and_then(|total| Ok((total, scrub.step(rows)?))) {
+                    Ok((Some(total), false)) => Ok(StoreValue::ScrubProgress { total }),
+                    Ok((None, false)) => Ok(StoreValue::Scrubbed(None)),
+                    Ok((_, true)) => {
                         let report = self.scrub.take().expect("a scrub in progress").finish();
                         Ok(StoreValue::Scrubbed(Some(report)))
                     }
