@@ -996,7 +996,8 @@ fn resync(db: &Db, dir: &Path, shape: Shape) -> f64 {
 
 /// The rows of a resync of `shape` (as `write_batched` writes them: 1,000-row
 /// transactions), generated in SQL: `(table, columns, SELECT over c(x))`,
-/// `x` counting from 0. The tags shape's tables are filled devices first.
+/// `x` counting from 0, the long text column named as in the record. The
+/// tags shape's tables are filled devices first.
 fn generated_rows(shape: Shape, rows: u64) -> Vec<(&'static str, &'static str, String)> {
     match shape {
         Shape::Simple => vec![(
@@ -1004,7 +1005,7 @@ fn generated_rows(shape: Shape, rows: u64) -> Vec<(&'static str, &'static str, S
             "id, tx, seq, payload",
             format!(
                 "SELECT x + 1, x / 1000, x % 1000, \
-                 printf('device-%08d-point-%03d-value', x / 1000, x % 1000) \
+                 printf('device-%08d-point-%03d-value', x / 1000, x % 1000) AS payload \
                  FROM c WHERE x < {rows}"
             ),
         )],
@@ -1034,7 +1035,7 @@ fn generated_rows(shape: Shape, rows: u64) -> Vec<(&'static str, &'static str, S
                          ampere, sampled every 500 ms, alarms above the device threshold; \
                          commissioned on line %d, see the wiring diagram sheet %d for the \
                          terminal layout.', x % 980, x % 980 % 7, x / 980, x % 980 % 97) \
-                         FROM c WHERE x < {tags}",
+                         AS description FROM c WHERE x < {tags}",
                         tags = txs * 980,
                     ),
                 ),
@@ -1083,6 +1084,33 @@ fn sqlite_bulk_load(dir: &Path, shape: Shape, rows: u64) -> (f64, [f64; 3]) {
         ))
         .unwrap();
     }
+    // The SQL above mirrors the bench's own rows (`item`, `shapes`): the
+    // last row's long text column, checked against them.
+    let (table, column, x, want) = match shape {
+        Shape::Simple => ("item", "payload", rows - 1, {
+            item((rows - 1) as i64 / 1000, ((rows - 1) % 1000) as i32).payload
+        }),
+        Shape::Tags => {
+            let x = rows / 1000 * 980 - 1;
+            (
+                "tag",
+                "description",
+                x,
+                shapes::description(x / 980, x % 980),
+            )
+        }
+    };
+    let got: Vec<Pair> = diesel::sql_query(format!(
+        "SELECT {column} AS a, '' AS b FROM gen.{table} WHERE rowid = {}",
+        x + 1
+    ))
+    .load(&mut c)
+    .unwrap();
+    assert_eq!(
+        got.first().map(|p| p.a.as_str()),
+        Some(want.as_str()),
+        "the generated {table} rows drifted from the bench's"
+    );
     let tables: Vec<String> = parts.iter().map(|(t, ..)| format!("'{t}'")).collect();
     // (name, CREATE INDEX statement) of the secondary indexes.
     let indexes: Vec<Pair> = diesel::sql_query(format!(
@@ -1289,8 +1317,8 @@ fn main() {
                     "what the shape costs the store",
                 );
             }
-            // Beside what SQLite itself needs to load the same rows: the
-            // ceiling of any restore on this machine, in this run.
+            // Beside what SQLite itself needs to load the same rows, in
+            // this run: the database's share of the resync's cost.
             if let Db::Sqlite(dir) = db {
                 let rows = env("PERSIST_BENCH_ROWS", 1_000_000);
                 let floors: Vec<(Shape, f64)> = rates
