@@ -21,7 +21,9 @@
 //!   1,000-row transactions, against local-only batched inserts in the same
 //!   run: >= 0.7 of local [269k rows/s]
 //! - lag: master commit to backup apply at 1,000 commits/s: p50 <= 0.1 ms,
-//!   p99 <= 0.5 ms [0.35 / 1.09 ms at 500/s]
+//!   p99 <= 0.5 ms [0.35 / 1.09 ms at 500/s]; beside its floor in the same
+//!   run: one local commit of the row plus the sync path's hops without a
+//!   store (both at the same pacing)
 //! - resync: full resync of 1M rows between two processes: >= 1M rows/s and
 //!   < 100 MB peak RSS each [initial copy 648k rows/s]; on SQLite, beside
 //!   SQLite's own bulk load of the same rows in the same run (generated in
@@ -389,9 +391,30 @@ async fn lag(db: &Db, shape: Shape) {
     let commits = env("PERSIST_BENCH_LAG_COMMITS", 5_000) as usize;
     let (sh, be) = (shape.label(), db.label());
     let h = lag_run(db, shape, "lag", Checkpoints::Default, true).await;
+    // The floor of the same run: the backup's apply is at least one local
+    // commit of the row, and the entry crosses at least the hops of the
+    // sync path (committing thread -> task -> TCP -> task -> store thread).
+    let local = local_commits(db, shape, Checkpoints::Default);
+    let hops = hops_floor().await;
+    let p50 = |h: &Histogram<u64>| h.value_at_quantile(0.5) as f64 / 1000.0;
+    let floor = p50(&local) + p50(&hops);
+    row(
+        &format!("{be} {sh} lag: one local single-row commit, same pacing"),
+        quantiles(&local),
+        "baseline",
+    );
+    row(
+        &format!("{be} {sh} lag: the sync path's hops with no store"),
+        quantiles(&hops),
+        "baseline",
+    );
     row(
         &format!("{be} {sh} lag: commit -> applied, {commits} commits at 1000/s"),
-        quantiles(&h),
+        format!(
+            "{} (p50 {:.2}x of its floor {floor:.3} ms: commit p50 + hops p50)",
+            quantiles(&h),
+            p50(&h) / floor
+        ),
         "p50 <= 0.1, p99 <= 0.5 ms",
     );
 }
@@ -416,6 +439,33 @@ fn pace(start: Instant, i: usize) {
     }
 }
 
+/// What a lag load's inserts need first: the simple row's table in use and,
+/// for `tags`, one device (key 1) the tags reference.
+fn lag_seed(s: &Store, shape: Shape) {
+    s.insert(&item(-1, 0)).unwrap();
+    seed(s, shape);
+    if shape == Shape::Tags {
+        s.write(|t| shapes::write_tx(t, 0, 1)).unwrap();
+    }
+}
+
+/// Commit `i` of a lag load: one single-row insert of the shape.
+fn lag_insert(s: &Store, shape: Shape, i: usize) {
+    match shape {
+        Shape::Simple => drop(s.insert(&item(i as i64, 0)).unwrap()),
+        Shape::Tags => drop(
+            s.insert(&shapes::Tag {
+                id: 0,
+                device_id: 1,
+                address: format!("ns=2;s=Lag.Register{i:05}"),
+                scale: 0.1,
+                description: shapes::description(0, i as u64),
+            })
+            .unwrap(),
+        ),
+    }
+}
+
 /// One lag measurement (the `lag` case's): microseconds from the master's
 /// insert returning to the backup's commit hook, per commit.
 async fn lag_run(
@@ -431,12 +481,7 @@ async fn lag_run(
         open_with(db, &format!("{name}-backup"), shape, ckpt),
     );
     let (master, backup, _) = pair_with(&m, &b, scrub).await;
-    m.insert(&item(-1, 0)).unwrap();
-    seed(&m, shape);
-    if shape == Shape::Tags {
-        // One device (key 1) the tags of the lag load reference.
-        m.write(|t| shapes::write_tx(t, 0, 1)).unwrap();
-    }
+    lag_seed(&m, shape);
     wait_for(&b, m.position()).await;
     let base = m.position();
     // Timestamped in the backup's committing thread, right after the apply commits.
@@ -457,19 +502,7 @@ async fn lag_run(
         let start = Instant::now();
         for i in 0..commits {
             pace(start, i);
-            match shape {
-                Shape::Simple => drop(mm.insert(&item(i as i64, 0)).unwrap()),
-                Shape::Tags => drop(
-                    mm.insert(&shapes::Tag {
-                        id: 0,
-                        device_id: 1,
-                        address: format!("ns=2;s=Lag.Register{i:05}"),
-                        scale: 0.1,
-                        description: shapes::description(0, i as u64),
-                    })
-                    .unwrap(),
-                ),
-            }
+            lag_insert(&mm, shape, i);
             at.push(Instant::now());
         }
         at
@@ -492,21 +525,23 @@ async fn lag_run(
 }
 
 /// A local store (no replication) written as the lag case's master is:
-/// single-row inserts at 1,000/s; the histogram of each insert's duration.
-fn local_commits(db: &Db, ckpt: Checkpoints) -> Histogram<u64> {
+/// single-row inserts of the shape at 1,000/s; the histogram of each
+/// insert's duration (what the backup's apply of one entry costs at least).
+fn local_commits(db: &Db, shape: Shape, ckpt: Checkpoints) -> Histogram<u64> {
     let commits = env("PERSIST_BENCH_LAG_COMMITS", 5_000) as usize;
     let name = match ckpt {
         Checkpoints::Default => "lp-local",
         _ => "lp-local-deferred",
     };
-    let s = open_with(db, name, Shape::Simple, ckpt);
-    s.insert(&item(-1, 0)).unwrap();
+    remove_store(db, name, shape);
+    let s = open_with(db, name, shape, ckpt);
+    lag_seed(&s, shape);
     let mut h = Histogram::<u64>::new(3).unwrap();
     let start = Instant::now();
     for i in 0..commits {
         pace(start, i);
         let t = Instant::now();
-        s.insert(&item(i as i64, 0)).unwrap();
+        lag_insert(&s, shape, i);
         h.record(t.elapsed().as_micros() as u64).unwrap();
     }
     h
@@ -770,7 +805,7 @@ async fn lag_parts(db: &Db) {
                 );
             }
             ("local", _) => {
-                let h = local_commits(db, Checkpoints::Default);
+                let h = local_commits(db, Shape::Simple, Checkpoints::Default);
                 row(
                     &format!("{be} lagparts local: one local single-row commit (no replication)"),
                     quantiles(&h),
@@ -778,7 +813,7 @@ async fn lag_parts(db: &Db) {
                 );
             }
             ("local-deferred", Db::Sqlite(_)) => {
-                let h = local_commits(db, Checkpoints::Deferred);
+                let h = local_commits(db, Shape::Simple, Checkpoints::Deferred);
                 row(
                     &format!("{be} lagparts local-deferred: the same, checkpoints deferred"),
                     quantiles(&h),
