@@ -734,9 +734,24 @@ impl<'a> Reader<'a> {
         }
         Ok(n as usize)
     }
-    /// A varint of an integer of `bits` bits, as postcard reads it: at most
-    /// `ceil(bits / 7)` bytes, the last of them within the bits left.
+    /// A varint of an integer of `bits` bits (at least 7), as postcard reads
+    /// it: at most `ceil(bits / 7)` bytes, the last of them within the bits
+    /// left.
+    #[inline]
     fn varint_bits(&mut self, bits: u32) -> Result<u64, DecodeError> {
+        debug_assert!(bits >= 7);
+        // Most varints of an image are one byte (small integers, short
+        // lengths, column tags), and any byte below 0x80 is a whole varint
+        // of every width read here.
+        if let Some(&b) = self.bytes.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(b));
+            }
+        }
+        self.varint_long(bits)
+    }
+    fn varint_long(&mut self, bits: u32) -> Result<u64, DecodeError> {
         let max = bits.div_ceil(7);
         let last_max = (1u64 << (bits % 7)) - 1;
         let mut v = 0u64;
