@@ -214,6 +214,10 @@ fn restore_builds_indexes_and_keeps_checking_references(fx: &Fixture) {
     a.insert(&part(300, None)).unwrap();
     let entry = a.read_log(a.position(), 1).unwrap();
     assert!(b.apply(&entry[0]).is_err(), "a dangling reference applied");
+    // Identities go on after the restored keys (owners 1..=300; the refused
+    // insert above may have used one).
+    let next = b.insert(&owner(1000)).unwrap();
+    assert!(next > 300, "a new owner got key {next}, restored ones go to 300");
 }
 
 /// SQL that lets a raw connection leave references dangling.
@@ -255,6 +259,11 @@ fn restore_refuses_dangling_references_and_duplicates(fx: &Fixture) {
         );
     }
     check_intact(&b);
+    // The failed restore left the identities as they were: the next owner
+    // follows the one kept, not the rows that were rolled back.
+    let next = b.insert(&owner(43)).unwrap();
+    assert_eq!(next, kept + 1);
+    b.delete::<Owner>(next).unwrap();
     drop(a);
 
     // Two owners with one name.
@@ -272,6 +281,7 @@ fn restore_refuses_dangling_references_and_duplicates(fx: &Fixture) {
     let d = loaded(&fx_d);
     restore_all(&d, &b).unwrap();
     assert_eq!(b.list::<Owner>().unwrap().len(), 300);
+    assert_eq!(b.insert(&owner(1000)).unwrap(), 301);
 }
 
 macro_rules! suite {
