@@ -217,7 +217,10 @@ fn restore_builds_indexes_and_keeps_checking_references(fx: &Fixture) {
     // Identities go on after the restored keys (owners 1..=300; the refused
     // insert above may have used one).
     let next = b.insert(&owner(1000)).unwrap();
-    assert!(next > 300, "a new owner got key {next}, restored ones go to 300");
+    assert!(
+        next > 300,
+        "a new owner got key {next}, restored ones go to 300"
+    );
 }
 
 /// SQL that lets a raw connection leave references dangling.
